@@ -1,0 +1,16 @@
+// The weld subcommands. Each registers its options on the CLI11 app and runs when chosen.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace weld::cli {
+
+// Each returns the function to call when its subcommand was given (exit status).
+std::function<int()> add_merge_command(CLI::App& app);
+std::function<int()> add_inspect_command(CLI::App& app);
+std::function<int()> add_methods_command(CLI::App& app);
+std::function<int()> add_example_command(CLI::App& app);
+
+} // namespace weld::cli

@@ -1,0 +1,54 @@
+#include "cli/commands.h"
+#include "methods/method.h"
+#include "util/error.h"
+
+#include <fmt/format.h>
+
+#include <memory>
+
+namespace weld::cli {
+namespace {
+
+std::string describe_param(const ParamDef& def) {
+	std::string text = def.name;
+	if (def.required)
+		text += " (required)";
+	else if (!def.has_default)
+		text += " (optional)";
+	else if (def.type == ParamType::Bool)
+		text += def.default_value != 0 ? "=true" : "=false";
+	else
+		text += fmt::format("={:g}", def.default_value);
+	return text;
+}
+
+void print_method(const MethodInfo& info, bool details) {
+	fmt::print("{:<16} {}\n", info.name, info.description);
+	if (!details) return;
+	fmt::print("  base model: {}\n", info.base == BaseModel::Required ? "required" : "not used");
+	fmt::print("  reference: {}\n", info.reference);
+	for (const auto& def : info.global_params)
+		fmt::print("  {:<22} global     {}\n", describe_param(def), def.help);
+	for (const auto& def : info.model_params)
+		fmt::print("  {:<22} per model  {}\n", describe_param(def), def.help);
+}
+
+} // namespace
+
+std::function<int()> add_methods_command(CLI::App& app) {
+	auto name = std::make_shared<std::string>();
+	auto* cmd = app.add_subcommand("methods", "List the merge methods, or show one with its parameters");
+	cmd->add_option("name", *name, "a method name");
+	return [name] {
+		if (name->empty()) {
+			for (const auto* method : all_methods()) print_method(method->info(), false);
+			return 0;
+		}
+		const auto* method = find_method(*name);
+		if (!method) throw Error(fmt::format("unknown method '{}' (see `weld methods`)", *name));
+		print_method(method->info(), true);
+		return 0;
+	};
+}
+
+} // namespace weld::cli

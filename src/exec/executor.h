@@ -1,0 +1,28 @@
+// Runs a plan's tensor jobs on a pool of threads and streams the results into safetensors
+// shards. Working buffers in flight never exceed the memory budget (a job larger than the
+// budget runs alone), inputs are read through the memory maps, and the bytes written do not
+// depend on the thread count.
+#pragma once
+
+#include "plan/plan.h"
+
+#include <cstdint>
+#include <filesystem>
+
+namespace weld {
+
+struct ExecOptions {
+	unsigned threads = 1;
+	uint64_t memory_budget = 1ull << 30;
+	uint64_t max_shard_bytes = 5'000'000'000;
+	bool progress = false; // a progress line on stderr
+};
+
+// Buffer bytes one job needs: float32 copies of its sources and result plus the output bytes.
+uint64_t job_working_bytes(const TensorJob& job);
+
+// Writes the weights of `plan` into dir (which must exist). Throws weld::Error on failure;
+// the first failure stops the other threads.
+void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options);
+
+} // namespace weld

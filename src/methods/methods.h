@@ -1,0 +1,32 @@
+// Internal to the methods layer: the factories the registry lists, and the input checks and
+// parameter look-ups every method shares.
+#pragma once
+
+#include "methods/method.h"
+
+#include <optional>
+
+namespace weld {
+
+const MergeMethod& linear_method();
+const MergeMethod& task_arithmetic_method();
+const MergeMethod& ties_method();
+const MergeMethod& dare_linear_method();
+const MergeMethod& dare_ties_method();
+const MergeMethod& slerp_method();
+const MergeMethod& passthrough_method();
+
+// Throws weld::Error naming the tensor unless the sources are non-empty, equally long, as long
+// as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.
+void check_merge_input(const MethodInfo& info, const MergeInput& input, std::span<const float> out);
+
+// A global parameter's value: as set, else its default. Throws weld::Error when a required one
+// is missing. name must be one of info.global_params.
+double global_param(const MethodInfo& info, const MergeInput& input, std::string_view name);
+
+// A per-source parameter's value: as set, else its default, else nullopt (has_default false).
+// Throws weld::Error naming the tensor and source when a required one is missing.
+std::optional<double> source_param(const MethodInfo& info, const MergeInput& input, size_t source,
+                                   std::string_view name);
+
+} // namespace weld

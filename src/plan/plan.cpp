@@ -1,0 +1,390 @@
+#include "plan/plan.h"
+
+#include "util/error.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+
+namespace weld {
+namespace {
+
+// One input of an output slice, after `models:` has been turned into a single slice.
+struct SliceSource {
+	size_t model;
+	int64_t first_layer;
+	int64_t last_layer;
+	const ParamSettings* params; // nullptr: none
+};
+
+struct Slice {
+	std::vector<SliceSource> sources;
+	const ParamSettings* params; // nullptr: none
+};
+
+// "model.layers.7.mlp.up_proj.weight" -> {"model.layers.", 7, ".mlp.up_proj.weight"}
+struct LayerName {
+	std::string prefix;
+	int64_t layer;
+	std::string suffix;
+};
+
+std::optional<LayerName> split_layer_name(const std::string& name) {
+	for (size_t pos = name.find("layers."); pos != std::string::npos; pos = name.find("layers.", pos + 1)) {
+		if (pos > 0 && name[pos - 1] != '.') continue;
+		size_t digits = pos + 7, end = digits;
+		while (end < name.size() && end - digits < 9 && std::isdigit(static_cast<unsigned char>(name[end]))) end++;
+		if (end == digits || end >= name.size() || name[end] != '.') continue;
+		return LayerName{name.substr(0, digits), std::stoll(name.substr(digits, end - digits)), name.substr(end)};
+	}
+	return std::nullopt;
+}
+
+// Embedding and output matrices may have a larger vocabulary than the base (added tokens).
+bool is_vocab_matrix(const std::string& name) {
+	return name.find("embed_tokens") != std::string::npos || name.find("lm_head") != std::string::npos ||
+	       name.find("wte") != std::string::npos || name.find("word_embeddings") != std::string::npos;
+}
+
+std::string shape_string(const std::vector<uint64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+class Planner {
+public:
+	Planner(Plan& plan) : plan_(plan), recipe_(plan.recipe), method_(*plan.method) {}
+
+	void run();
+
+private:
+	size_t open_model(const std::string& reference);
+	int64_t layer_count(size_t model) const;
+	std::vector<Slice> make_slices();
+	void check_parameter_names() const;
+	void plan_tensor(const std::string& out_name, double t, const Slice& slice,
+	                 const std::vector<std::string>& source_names);
+	void plan_layers(const std::vector<Slice>& slices);
+	void resolve_params(TensorJob& job, const std::string& out_name, double t, const Slice& slice,
+	                    const std::vector<std::string>& source_names);
+	std::optional<ParamValue> lookup(const ParamDef& def, const std::vector<const ParamSettings*>& levels,
+	                                 const std::string& tensor, double t) const;
+	void make_config(int64_t out_layers);
+
+	const std::string& ref(size_t model) const { return plan_.models[model].reference; }
+	const ModelFolder& folder(size_t model) const { return *plan_.models[model].folder; }
+
+	Plan& plan_;
+	const Recipe& recipe_;
+	const MergeMethod& method_;
+};
+
+size_t Planner::open_model(const std::string& reference) {
+	for (size_t i = 0; i < plan_.models.size(); i++)
+		if (plan_.models[i].reference == reference) return i;
+	auto dir = resolve_model_reference(reference);
+	plan_.models.push_back(PlannedModel{reference, std::make_unique<ModelFolder>(dir)});
+	return plan_.models.size() - 1;
+}
+
+int64_t Planner::layer_count(size_t model) const {
+	const auto& config = folder(model).config();
+	if (config && config->num_hidden_layers) return *config->num_hidden_layers;
+	int64_t count = 0;
+	for (const auto& tensor : folder(model).tensors())
+		if (auto layer = split_layer_name(tensor.info->name)) count = std::max(count, layer->layer + 1);
+	return count;
+}
+
+std::vector<Slice> Planner::make_slices() {
+	const bool wants_base = method_.info().base == BaseModel::Required;
+	if (recipe_.base_model) plan_.base_model = static_cast<int>(open_model(*recipe_.base_model));
+	if (wants_base && !recipe_.base_model)
+		throw Error(fmt::format("recipe: method '{}' needs a base_model", method_.info().name));
+
+	std::vector<Slice> slices;
+	if (!recipe_.models.empty()) {
+		// mergekit turns `models:` into one slice over every layer, adding the base if absent.
+		Slice slice{{}, nullptr};
+		bool has_base = false;
+		for (const auto& spec : recipe_.models) {
+			const size_t m = open_model(spec.model);
+			has_base = has_base || static_cast<int>(m) == plan_.base_model;
+			slice.sources.push_back({m, 0, layer_count(m), &spec.parameters});
+		}
+		if (wants_base && !has_base) {
+			const auto m = static_cast<size_t>(plan_.base_model);
+			slice.sources.push_back({m, 0, layer_count(m), nullptr});
+		}
+		slices.push_back(std::move(slice));
+		return slices;
+	}
+	for (size_t i = 0; i < recipe_.slices.size(); i++) {
+		const auto& spec = recipe_.slices[i];
+		Slice slice{{}, &spec.parameters};
+		bool has_base = false;
+		for (const auto& source : spec.sources) {
+			const size_t m = open_model(source.model);
+			has_base = has_base || static_cast<int>(m) == plan_.base_model;
+			const auto [first, last] = *source.layer_range;
+			if (last > layer_count(m))
+				throw Error(fmt::format("recipe: slices[{}]: layer_range [{}, {}) exceeds the {} layers of model '{}'",
+				                        i, first, last, layer_count(m), source.model));
+			slice.sources.push_back({m, first, last, &source.parameters});
+		}
+		const auto length = slice.sources[0].last_layer - slice.sources[0].first_layer;
+		for (const auto& s : slice.sources)
+			if (s.last_layer - s.first_layer != length)
+				throw Error(fmt::format("recipe: slices[{}]: every source must span the same number of layers", i));
+		if (wants_base && !has_base)
+			throw Error(fmt::format("recipe: slices[{}]: base model '{}' must be one of the sources for method '{}'", i,
+			                        *recipe_.base_model, method_.info().name));
+		slices.push_back(std::move(slice));
+	}
+	return slices;
+}
+
+void Planner::check_parameter_names() const {
+	const auto& info = method_.info();
+	std::vector<std::string> valid;
+	for (const auto& def : info.global_params) valid.push_back(def.name);
+	for (const auto& def : info.model_params) valid.push_back(def.name);
+	auto check = [&](const ParamSettings& settings, const std::string& where) {
+		for (const auto& [name, setting] : settings)
+			if (std::find(valid.begin(), valid.end(), name) == valid.end())
+				throw Error(fmt::format("recipe: {}: unknown parameter '{}' for method '{}' (valid: {})", where, name,
+				                        info.name, valid.empty() ? "none" : fmt::format("{}", fmt::join(valid, ", "))));
+	};
+	check(recipe_.parameters, "parameters");
+	for (size_t i = 0; i < recipe_.models.size(); i++)
+		check(recipe_.models[i].parameters, fmt::format("models[{}].parameters", i));
+	for (size_t i = 0; i < recipe_.slices.size(); i++) {
+		check(recipe_.slices[i].parameters, fmt::format("slices[{}].parameters", i));
+		for (size_t j = 0; j < recipe_.slices[i].sources.size(); j++)
+			check(recipe_.slices[i].sources[j].parameters, fmt::format("slices[{}].sources[{}].parameters", i, j));
+	}
+}
+
+std::optional<ParamValue> Planner::lookup(const ParamDef& def, const std::vector<const ParamSettings*>& levels,
+                                          const std::string& tensor, double t) const {
+	for (const auto* level : levels) {
+		if (!level) continue;
+		const auto* setting = find_setting(*level, def.name);
+		if (!setting) continue;
+		auto value = evaluate_setting(*setting, tensor, t);
+		if (!value) continue;
+		if (def.type == ParamType::Number && value->is_bool)
+			throw Error(fmt::format("recipe: parameter '{}' must be a number, not true/false", def.name));
+		if (def.type == ParamType::Bool && !value->is_bool && value->number != 0 && value->number != 1)
+			throw Error(fmt::format("recipe: parameter '{}' must be true or false, got {}", def.name, value->number));
+		return value;
+	}
+	return std::nullopt;
+}
+
+void Planner::resolve_params(TensorJob& job, const std::string& out_name, double t, const Slice& slice,
+                             const std::vector<std::string>& source_names) {
+	const auto& info = method_.info();
+	const ParamSettings* slice_params = slice.params;
+	for (const auto& def : info.global_params) {
+		if (auto value = lookup(def, {slice_params, &recipe_.parameters}, out_name, t))
+			job.params[def.name] = value->number;
+		else if (def.required)
+			throw Error(fmt::format("recipe: method '{}' needs parameter '{}' (tensor '{}')", info.name, def.name,
+			                        out_name));
+		else if (def.has_default)
+			job.params[def.name] = def.default_value;
+	}
+	for (size_t s = 0; s < slice.sources.size(); s++) {
+		ParamValues values;
+		const bool is_base = static_cast<int>(s) == job.base_index;
+		for (const auto& def : info.model_params) {
+			if (auto value = lookup(def, {slice.sources[s].params, slice_params, &recipe_.parameters},
+			                        source_names[s], t))
+				values[def.name] = value->number;
+			else if (def.required && !is_base)
+				throw Error(fmt::format("recipe: method '{}' needs parameter '{}' for model '{}' (tensor '{}')",
+				                        info.name, def.name, ref(slice.sources[s].model), source_names[s]));
+			else if (def.has_default && !def.required)
+				values[def.name] = def.default_value;
+		}
+		job.source_params.push_back(std::move(values));
+	}
+}
+
+void Planner::plan_tensor(const std::string& out_name, double t, const Slice& slice,
+                          const std::vector<std::string>& source_names) {
+	const auto& info = method_.info();
+	TensorJob job;
+	job.name = out_name;
+	for (size_t s = 0; s < slice.sources.size(); s++) {
+		const size_t m = slice.sources[s].model;
+		const auto* tensor = folder(m).find(source_names[s]);
+		if (!tensor)
+			throw Error(fmt::format("tensor '{}' is missing from model '{}' ({})", source_names[s], ref(m),
+			                        folder(m).dir().string()));
+		if (!info.copy_only && !dtype_is_arithmetic(tensor->info->dtype))
+			throw Error(fmt::format("tensor '{}' of model '{}' is {}: method '{}' cannot do arithmetic on it "
+			                        "(only F16, BF16, F32, F64)",
+			                        source_names[s], ref(m), dtype_safetensors_name(tensor->info->dtype), info.name));
+		if (static_cast<int>(m) == plan_.base_model) job.base_index = static_cast<int>(s);
+		job.sources.push_back({m, tensor, tensor->info->numel()});
+	}
+	if (job.sources.size() < info.min_sources || (info.max_sources && job.sources.size() > info.max_sources))
+		throw Error(fmt::format("tensor '{}': method '{}' takes {} source model(s){}, the recipe gives {}", out_name,
+		                        info.name, info.min_sources,
+		                        info.max_sources == info.min_sources ? "" : fmt::format(" or more"),
+		                        job.sources.size()));
+
+	// The reference shape is the base's (else the first source's); larger vocabularies are cut.
+	const auto& reference = job.sources[job.base_index >= 0 ? job.base_index : 0];
+	job.shape = reference.tensor->info->shape;
+	for (auto& source : job.sources) {
+		const auto& shape = source.tensor->info->shape;
+		if (shape == job.shape) continue;
+		const bool cut_rows = is_vocab_matrix(out_name) && shape.size() == 2 && job.shape.size() == 2 &&
+		                      shape[1] == job.shape[1] && shape[0] > job.shape[0];
+		if (!cut_rows)
+			throw Error(fmt::format("tensor '{}' of model '{}' has shape {}, but model '{}' has {}",
+			                        source.tensor->info->name, ref(source.model), shape_string(shape),
+			                        ref(reference.model), shape_string(job.shape)));
+		source.numel = reference.tensor->info->numel();
+		plan_.warnings.push_back(fmt::format("tensor '{}' of model '{}' has {} rows, using the first {} (as mergekit)",
+		                                     source.tensor->info->name, ref(source.model), shape[0], job.shape[0]));
+	}
+
+	const DType in_dtype = reference.tensor->info->dtype;
+	const auto wanted = recipe_.out_dtype ? recipe_.out_dtype : recipe_.dtype;
+	job.out_dtype = (wanted && dtype_is_arithmetic(in_dtype)) ? *wanted : in_dtype;
+	resolve_params(job, out_name, t, slice, source_names);
+	plan_.jobs.push_back(std::move(job));
+}
+
+void Planner::plan_layers(const std::vector<Slice>& slices) {
+	// Tensor names of each layer of the first model, in file order: the template for output.
+	const size_t template_model = slices[0].sources[0].model;
+	std::vector<std::string> pre, post;
+	for (const auto& tensor : folder(template_model).tensors()) {
+		const auto& name = tensor.info->name;
+		if (split_layer_name(name)) continue;
+		(name.find("embed") != std::string::npos ? pre : post).push_back(name);
+	}
+	auto same_names = [](const Slice& slice, const std::string& name) {
+		return std::vector<std::string>(slice.sources.size(), name);
+	};
+	// As in mergekit: embeddings come from the first slice's sources, the rest from the last's, t = 0.
+	for (const auto& name : pre) plan_tensor(name, 0, slices.front(), same_names(slices.front(), name));
+
+	int64_t out_layer = 0;
+	for (const auto& slice : slices) {
+		const auto length = slice.sources[0].last_layer - slice.sources[0].first_layer;
+		for (int64_t offset = 0; offset < length; offset++, out_layer++) {
+			const double t = length > 1 ? static_cast<double>(offset) / static_cast<double>(length - 1) : 1.0;
+			const auto& first = slice.sources[0];
+			const auto layer = first.first_layer + offset;
+			for (const auto& tensor : folder(first.model).tensors()) {
+				auto parts = split_layer_name(tensor.info->name);
+				if (!parts || parts->layer != layer) continue;
+				std::vector<std::string> names;
+				for (const auto& s : slice.sources)
+					names.push_back(fmt::format("{}{}{}", parts->prefix, s.first_layer + offset, parts->suffix));
+				plan_tensor(fmt::format("{}{}{}", parts->prefix, out_layer, parts->suffix), t, slice, names);
+			}
+		}
+	}
+	for (const auto& name : post) plan_tensor(name, 0, slices.back(), same_names(slices.back(), name));
+	make_config(out_layer);
+}
+
+void Planner::make_config(int64_t out_layers) {
+	const size_t source = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : 0;
+	const auto& config = folder(source).config();
+	if (!config) return;
+	auto json = nlohmann::ordered_json::parse(config->text);
+	if (const auto wanted = recipe_.out_dtype ? recipe_.out_dtype : recipe_.dtype)
+		json["torch_dtype"] = std::string(dtype_torch_name(*wanted));
+	if (json.contains("num_hidden_layers")) json["num_hidden_layers"] = out_layers;
+	plan_.config_json = json.dump(2) + "\n";
+}
+
+void Planner::run() {
+	check_parameter_names();
+	const auto slices = make_slices();
+	plan_layers(slices);
+
+	size_t tokenizer_model = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : slices[0].sources[0].model;
+	if (recipe_.tokenizer_source && *recipe_.tokenizer_source != "base") {
+		if (*recipe_.tokenizer_source == "union")
+			throw Error("recipe: tokenizer_source: 'union' (merged vocabularies) is not supported yet; use 'base' or "
+			            "a model");
+		tokenizer_model = open_model(*recipe_.tokenizer_source);
+	}
+	plan_.tokenizer_dir = folder(tokenizer_model).dir();
+}
+
+} // namespace
+
+uint64_t TensorJob::numel() const {
+	uint64_t n = 1;
+	for (auto d : shape) n *= d;
+	return n;
+}
+
+bool TensorJob::is_plain_copy(const MergeMethod& method) const {
+	return method.info().copy_only && sources.size() == 1 && !source_params[0].contains("scale") &&
+	       sources[0].tensor->info->dtype == out_dtype;
+}
+
+uint64_t Plan::input_bytes() const {
+	uint64_t total = 0;
+	for (const auto& job : jobs)
+		for (const auto& s : job.sources) total += s.numel * dtype_size(s.tensor->info->dtype);
+	return total;
+}
+
+uint64_t Plan::output_bytes() const {
+	uint64_t total = 0;
+	for (const auto& job : jobs) total += job.out_nbytes();
+	return total;
+}
+
+Plan build_plan(Recipe recipe, uint64_t seed) {
+	Plan plan;
+	plan.method = find_method(recipe.merge_method);
+	if (!plan.method) {
+		std::vector<std::string> names;
+		for (const auto* m : all_methods()) names.push_back(m->info().name);
+		throw Error(fmt::format("recipe: merge_method: unknown method '{}' (valid: {})", recipe.merge_method,
+		                        fmt::join(names, ", ")));
+	}
+	plan.recipe = std::move(recipe);
+	plan.seed = seed;
+	Planner(plan).run();
+	return plan;
+}
+
+std::string describe_plan(const Plan& plan) {
+	std::string out = fmt::format("method: {}\n", plan.method->info().name);
+	for (size_t i = 0; i < plan.models.size(); i++)
+		out += fmt::format("model {}: {} -> {}{}\n", i, plan.models[i].reference, plan.models[i].folder->dir().string(),
+		                   static_cast<int>(i) == plan.base_model ? " (base)" : "");
+	for (const auto& w : plan.warnings) out += fmt::format("warning: {}\n", w);
+	out += fmt::format("{} output tensors, {:.3f} GB in, {:.3f} GB out\n", plan.jobs.size(),
+	                   static_cast<double>(plan.input_bytes()) / 1e9, static_cast<double>(plan.output_bytes()) / 1e9);
+	for (const auto& job : plan.jobs) {
+		out += fmt::format("{} {} {}", job.name, shape_string(job.shape), dtype_safetensors_name(job.out_dtype));
+		for (const auto& [key, value] : job.params) out += fmt::format(" {}={:g}", key, value);
+		out += "\n";
+		for (size_t s = 0; s < job.sources.size(); s++) {
+			const auto& source = job.sources[s];
+			out += fmt::format("  <- {}:{}{}", plan.models[source.model].reference, source.tensor->info->name,
+			                   static_cast<int>(s) == job.base_index ? " (base)" : "");
+			for (const auto& [key, value] : job.source_params[s]) out += fmt::format(" {}={:g}", key, value);
+			out += "\n";
+		}
+	}
+	return out;
+}
+
+} // namespace weld

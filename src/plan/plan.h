@@ -1,0 +1,64 @@
+// From recipe to per-tensor jobs: resolves model references, opens the models, decides which
+// source tensors feed each output tensor (layer slices renumbered), and resolves every
+// parameter for every tensor (precedence, filters, gradients). Nothing here touches tensor data.
+#pragma once
+
+#include "io/model.h"
+#include "methods/method.h"
+#include "plan/recipe.h"
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace weld {
+
+struct PlannedModel {
+	std::string reference; // as written in the recipe
+	std::unique_ptr<ModelFolder> folder;
+};
+
+struct JobSource {
+	size_t model = 0;                         // index into Plan::models
+	const ModelFolder::Tensor* tensor = nullptr;
+	uint64_t numel = 0; // elements used: fewer than the tensor's for a larger vocabulary
+};
+
+struct TensorJob {
+	std::string name; // output tensor name
+	std::vector<uint64_t> shape;
+	DType out_dtype = DType::F32;
+	std::vector<JobSource> sources;
+	int base_index = -1; // which source is the base model
+	ParamValues params;
+	std::vector<ParamValues> source_params;
+
+	uint64_t numel() const;
+	uint64_t out_nbytes() const { return numel() * dtype_size(out_dtype); }
+	// The raw bytes of the single source can be written unchanged.
+	bool is_plain_copy(const MergeMethod& method) const;
+};
+
+struct Plan {
+	const MergeMethod* method = nullptr;
+	Recipe recipe;
+	std::vector<PlannedModel> models;
+	int base_model = -1; // index into models
+	std::vector<TensorJob> jobs;
+	std::string config_json;                 // config.json for the output ("" when none)
+	std::filesystem::path tokenizer_dir;     // where tokenizer files are copied from
+	std::vector<std::string> warnings;
+	uint64_t seed = 0;
+
+	uint64_t input_bytes() const;
+	uint64_t output_bytes() const;
+};
+
+// Throws weld::Error naming the recipe key, model or tensor at fault.
+Plan build_plan(Recipe recipe, uint64_t seed);
+
+// A human-readable listing of the plan (for --dry-run).
+std::string describe_plan(const Plan& plan);
+
+} // namespace weld

@@ -1,0 +1,236 @@
+#include "plan/recipe.h"
+
+#include "util/error.h"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <initializer_list>
+
+namespace weld {
+namespace {
+
+// Everything that can go wrong names the recipe file and the key path inside it.
+struct Context {
+	const std::string& label;
+
+	[[noreturn]] void fail(const std::string& where, const std::string& what) const {
+		throw Error(fmt::format("{}: {}: {}", label, where, what));
+	}
+};
+
+std::string join(std::initializer_list<std::string_view> names) {
+	std::string out;
+	for (auto name : names) out += (out.empty() ? "" : ", ") + std::string(name);
+	return out;
+}
+
+void check_keys(const Context& ctx, const YAML::Node& node, const std::string& where,
+                std::initializer_list<std::string_view> allowed) {
+	if (!node.IsMap()) ctx.fail(where, "expected a mapping");
+	for (const auto& item : node) {
+		const auto key = item.first.as<std::string>();
+		if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+			ctx.fail(where, fmt::format("unknown key '{}' (valid keys: {})", key, join(allowed)));
+	}
+}
+
+std::string scalar_string(const Context& ctx, const YAML::Node& node, const std::string& where) {
+	if (!node.IsScalar()) ctx.fail(where, "expected a string");
+	return node.Scalar();
+}
+
+std::optional<bool> as_bool(const YAML::Node& node) {
+	const auto& s = node.Scalar();
+	if (s == "true" || s == "True" || s == "TRUE") return true;
+	if (s == "false" || s == "False" || s == "FALSE") return false;
+	return std::nullopt;
+}
+
+std::optional<double> as_number(const YAML::Node& node) {
+	double value = 0;
+	if (!YAML::convert<double>::decode(node, value) || !std::isfinite(value)) return std::nullopt;
+	return value;
+}
+
+ParamSetting parse_setting(const Context& ctx, const YAML::Node& node, const std::string& where);
+
+ParamSetting parse_rules(const Context& ctx, const YAML::Node& node, const std::string& where) {
+	ParamSetting setting;
+	setting.kind = ParamSetting::Kind::Rules;
+	for (size_t i = 0; i < node.size(); i++) {
+		const auto rule_where = fmt::format("{}[{}]", where, i);
+		const auto& rule_node = node[i];
+		check_keys(ctx, rule_node, rule_where, {"filter", "value"});
+		if (!rule_node["value"]) ctx.fail(rule_where, "missing 'value'");
+		ParamSetting::Rule rule;
+		if (rule_node["filter"]) rule.filter = scalar_string(ctx, rule_node["filter"], rule_where + ".filter");
+		rule.value = parse_setting(ctx, rule_node["value"], rule_where + ".value");
+		if (rule.value.kind == ParamSetting::Kind::Rules) ctx.fail(rule_where + ".value", "filter rules cannot nest");
+		setting.rules.push_back(std::move(rule));
+	}
+	return setting;
+}
+
+ParamSetting parse_setting(const Context& ctx, const YAML::Node& node, const std::string& where) {
+	ParamSetting setting;
+	if (node.IsScalar()) {
+		if (auto b = as_bool(node)) {
+			setting.kind = ParamSetting::Kind::Bool;
+			setting.number = *b ? 1 : 0;
+		} else if (auto n = as_number(node)) {
+			setting.number = *n;
+		} else {
+			ctx.fail(where, fmt::format("expected a number or true/false, got '{}'", node.Scalar()));
+		}
+		return setting;
+	}
+	if (!node.IsSequence() || node.size() == 0)
+		ctx.fail(where, "expected a number, a bool, a list of numbers (gradient) or a list of {filter, value}");
+	if (node[0].IsMap()) return parse_rules(ctx, node, where);
+	setting.kind = ParamSetting::Kind::Gradient;
+	for (size_t i = 0; i < node.size(); i++) {
+		auto n = node[i].IsScalar() ? as_number(node[i]) : std::nullopt;
+		if (!n) ctx.fail(fmt::format("{}[{}]", where, i), "a gradient holds numbers only");
+		setting.gradient.push_back(*n);
+	}
+	return setting;
+}
+
+ParamSettings parse_parameters(const Context& ctx, const YAML::Node& node, const std::string& where) {
+	ParamSettings out;
+	if (!node || node.IsNull()) return out;
+	if (!node.IsMap()) ctx.fail(where, "expected a mapping of parameter names to values");
+	for (const auto& item : node) {
+		const auto name = item.first.as<std::string>();
+		out.emplace_back(name, parse_setting(ctx, item.second, where + "." + name));
+	}
+	return out;
+}
+
+std::string parse_model_ref(const Context& ctx, const YAML::Node& node, const std::string& where) {
+	auto ref = scalar_string(ctx, node, where);
+	if (ref.empty()) ctx.fail(where, "empty model reference");
+	if (ref.find('+') != std::string::npos)
+		ctx.fail(where, fmt::format("'{}': LoRA references (model+adapter) are not supported yet", ref));
+	return ref;
+}
+
+SourceSpec parse_source(const Context& ctx, const YAML::Node& node, const std::string& where, bool in_slice) {
+	if (in_slice)
+		check_keys(ctx, node, where, {"model", "layer_range", "parameters"});
+	else
+		check_keys(ctx, node, where, {"model", "parameters"});
+	if (!node["model"]) ctx.fail(where, "missing 'model'");
+	SourceSpec source;
+	source.model = parse_model_ref(ctx, node["model"], where + ".model");
+	source.parameters = parse_parameters(ctx, node["parameters"], where + ".parameters");
+	if (const auto& range = node["layer_range"]) {
+		int64_t first = 0, last = 0;
+		if (!range.IsSequence() || range.size() != 2 || !YAML::convert<int64_t>::decode(range[0], first) ||
+		    !YAML::convert<int64_t>::decode(range[1], last) || first < 0 || last <= first)
+			ctx.fail(where + ".layer_range", "expected [first, last) with 0 <= first < last");
+		source.layer_range = std::pair{first, last};
+	} else if (in_slice) {
+		ctx.fail(where, "missing 'layer_range'");
+	}
+	return source;
+}
+
+std::optional<DType> parse_dtype(const Context& ctx, const YAML::Node& node, const std::string& where) {
+	if (!node || node.IsNull()) return std::nullopt;
+	const auto name = scalar_string(ctx, node, where);
+	auto dtype = dtype_from_torch_name(name);
+	if (!dtype) ctx.fail(where, fmt::format("unknown dtype '{}' (valid: float32, bfloat16, float16, float64)", name));
+	return dtype;
+}
+
+void parse_sources(const Context& ctx, const YAML::Node& root, Recipe& recipe) {
+	if (root["models"] && root["slices"]) ctx.fail("models", "give either 'models' or 'slices', not both");
+	if (const auto& models = root["models"]) {
+		if (!models.IsSequence() || models.size() == 0) ctx.fail("models", "expected a non-empty list");
+		for (size_t i = 0; i < models.size(); i++)
+			recipe.models.push_back(parse_source(ctx, models[i], fmt::format("models[{}]", i), false));
+	} else if (const auto& slices = root["slices"]) {
+		if (!slices.IsSequence() || slices.size() == 0) ctx.fail("slices", "expected a non-empty list");
+		for (size_t i = 0; i < slices.size(); i++) {
+			const auto where = fmt::format("slices[{}]", i);
+			check_keys(ctx, slices[i], where, {"sources", "parameters"});
+			const auto& sources = slices[i]["sources"];
+			if (!sources || !sources.IsSequence() || sources.size() == 0)
+				ctx.fail(where + ".sources", "expected a non-empty list");
+			SliceSpec slice;
+			for (size_t j = 0; j < sources.size(); j++)
+				slice.sources.push_back(parse_source(ctx, sources[j], fmt::format("{}.sources[{}]", where, j), true));
+			slice.parameters = parse_parameters(ctx, slices[i]["parameters"], where + ".parameters");
+			recipe.slices.push_back(std::move(slice));
+		}
+	} else {
+		ctx.fail("recipe", "needs 'models' or 'slices'");
+	}
+}
+
+} // namespace
+
+Recipe parse_recipe(const std::string& yaml_text, const std::string& label) {
+	const Context ctx{label};
+	YAML::Node root;
+	try {
+		root = YAML::Load(yaml_text);
+	} catch (const YAML::Exception& e) {
+		throw Error(fmt::format("{}: invalid YAML at line {}, column {}: {}", label, e.mark.line + 1,
+		                        e.mark.column + 1, e.msg));
+	}
+	if (!root.IsMap()) ctx.fail("recipe", "expected a YAML mapping at the top level");
+	check_keys(ctx, root, "recipe",
+	           {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
+	            "tokenizer_source"});
+
+	Recipe recipe;
+	recipe.text = yaml_text;
+	if (!root["merge_method"]) ctx.fail("recipe", "missing 'merge_method'");
+	recipe.merge_method = scalar_string(ctx, root["merge_method"], "merge_method");
+	if (root["base_model"] && !root["base_model"].IsNull())
+		recipe.base_model = parse_model_ref(ctx, root["base_model"], "base_model");
+	parse_sources(ctx, root, recipe);
+	recipe.parameters = parse_parameters(ctx, root["parameters"], "parameters");
+	recipe.dtype = parse_dtype(ctx, root["dtype"], "dtype");
+	recipe.out_dtype = parse_dtype(ctx, root["out_dtype"], "out_dtype");
+	if (root["tokenizer_source"] && !root["tokenizer_source"].IsNull())
+		recipe.tokenizer_source = scalar_string(ctx, root["tokenizer_source"], "tokenizer_source");
+	return recipe;
+}
+
+const ParamSetting* find_setting(const ParamSettings& settings, std::string_view name) {
+	for (const auto& [key, setting] : settings)
+		if (key == name) return &setting;
+	return nullptr;
+}
+
+std::optional<ParamValue> evaluate_setting(const ParamSetting& setting, std::string_view tensor_name, double t) {
+	switch (setting.kind) {
+	case ParamSetting::Kind::Number:
+		return ParamValue{setting.number, false};
+	case ParamSetting::Kind::Bool:
+		return ParamValue{setting.number, true};
+	case ParamSetting::Kind::Gradient: {
+		// mergekit: position t * (n - 1), linear between the two neighbouring points.
+		const auto& g = setting.gradient;
+		const double scaled = std::clamp(t, 0.0, 1.0) * static_cast<double>(g.size() - 1);
+		const size_t i0 = static_cast<size_t>(std::floor(scaled));
+		const size_t i1 = std::min(g.size() - 1, i0 + 1);
+		const double frac = scaled - static_cast<double>(i0);
+		return ParamValue{(1 - frac) * g[i0] + frac * g[i1], false};
+	}
+	case ParamSetting::Kind::Rules:
+		for (const auto& rule : setting.rules)
+			if (!rule.filter || *rule.filter == "*" || tensor_name.find(*rule.filter) != std::string_view::npos)
+				return evaluate_setting(rule.value, tensor_name, t);
+		return std::nullopt;
+	}
+	return std::nullopt;
+}
+
+} // namespace weld

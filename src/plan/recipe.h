@@ -1,0 +1,72 @@
+// mergekit-style YAML recipes, parsed into plain data. Parsing checks structure and types;
+// whether parameters suit the method is the plan's job.
+#pragma once
+
+#include "io/dtype.h"
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace weld {
+
+// A parameter as written: a number or bool, a gradient (numbers interpolated piecewise-linearly
+// over the layers), or filter rules ({filter: substring, value: setting}; first match wins, a
+// rule without filter or with "*" matches every tensor).
+struct ParamSetting {
+	enum class Kind { Number, Bool, Gradient, Rules };
+	struct Rule;
+
+	Kind kind = Kind::Number;
+	double number = 0; // Number, Bool (0 or 1)
+	std::vector<double> gradient;
+	std::vector<Rule> rules;
+};
+
+struct ParamSetting::Rule {
+	std::optional<std::string> filter;
+	ParamSetting value;
+};
+
+struct ParamValue {
+	double number = 0;
+	bool is_bool = false;
+};
+
+// The value that applies to tensor_name at relative depth t in [0, 1]; nullopt when filter
+// rules exist and none matches.
+std::optional<ParamValue> evaluate_setting(const ParamSetting& setting, std::string_view tensor_name, double t);
+
+using ParamSettings = std::vector<std::pair<std::string, ParamSetting>>;
+const ParamSetting* find_setting(const ParamSettings& settings, std::string_view name);
+
+struct SourceSpec {
+	std::string model;
+	std::optional<std::pair<int64_t, int64_t>> layer_range; // [first, last)
+	ParamSettings parameters;
+};
+
+struct SliceSpec {
+	std::vector<SourceSpec> sources;
+	ParamSettings parameters;
+};
+
+struct Recipe {
+	std::string merge_method;
+	std::optional<std::string> base_model;
+	std::vector<SourceSpec> models; // exactly one of models / slices is non-empty
+	std::vector<SliceSpec> slices;
+	ParamSettings parameters;
+	std::optional<DType> dtype;
+	std::optional<DType> out_dtype;
+	std::optional<std::string> tokenizer_source;
+	std::string text; // the YAML as given
+};
+
+// Throws weld::Error "<label>: <key path>: <what is wrong>" for malformed recipes, unknown keys
+// (listing the valid ones) and wrong types.
+Recipe parse_recipe(const std::string& yaml_text, const std::string& label);
+
+} // namespace weld

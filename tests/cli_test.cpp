@@ -1,0 +1,185 @@
+// The weld binary as users meet it: exit status, one-line errors, nothing left behind.
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+namespace weld {
+namespace {
+
+namespace fs = std::filesystem;
+using test::TempDir;
+
+class CliTest : public ::testing::Test {
+protected:
+	void SetUp() override {
+		spec_.layers = 2;
+		base_ = make_tiny_llama(spec_, 1);
+		write_tiny_llama(dir_ / "base", spec_, base_);
+		write_tiny_llama(dir_ / "a", spec_, perturb(base_, 0.1f, 2), 3000);
+	}
+
+	// Runs `weld merge` on the recipe and expects one clean error containing `expected`.
+	void expect_merge_error(const std::string& recipe, const std::string& expected, const std::string& extra = "") {
+		test::write_file(dir_ / "recipe.yml", recipe);
+		std::string err;
+		const int status = test::run_weld("merge " + (dir_ / "recipe.yml").string() + " " + (dir_ / "out").string() +
+		                                      " --quiet " + extra,
+		                                  &err);
+		EXPECT_NE(status, 0);
+		EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+		EXPECT_EQ(err.rfind("weld: error: ", 0), 0u) << err;
+		EXPECT_NE(err.find(expected), std::string::npos) << err;
+		for (const auto& entry : fs::directory_iterator(dir_.path())) {
+			EXPECT_NE(entry.path().filename(), "out") << "output left behind";
+			EXPECT_EQ(entry.path().filename().string().find("weld-tmp"), std::string::npos) << entry.path();
+		}
+	}
+
+	std::string models_recipe(const std::string& method, const std::string& other = "a") const {
+		return "merge_method: " + method + "\nbase_model: " + (dir_ / "base").string() + "\nmodels:\n  - model: " +
+		       (dir_ / other).string() + "\n    parameters: {weight: 1.0}\n";
+	}
+
+	std::string shard_of(const std::string& model, const std::string& tensor) const {
+		const auto index = nlohmann::json::parse(test::read_file(dir_ / model / "model.safetensors.index.json"));
+		return index["weight_map"][tensor];
+	}
+
+	TempDir dir_;
+	TinyLlamaSpec spec_;
+	std::vector<NamedTensor> base_;
+};
+
+TEST_F(CliTest, MergesAndReportsWhatItDid) {
+	test::write_file(dir_ / "recipe.yml", models_recipe("ties"));
+	std::string out;
+	const auto args = "merge " + (dir_ / "recipe.yml").string() + " " + (dir_ / "merged").string();
+	EXPECT_EQ(test::run_weld(args, nullptr, &out), 0);
+	EXPECT_NE(out.find("merged"), std::string::npos);
+	EXPECT_TRUE(fs::exists(dir_ / "merged" / "model.safetensors"));
+	std::string err;
+	EXPECT_NE(test::run_weld(args, &err), 0) << "existing output must be refused";
+	EXPECT_NE(err.find("--force"), std::string::npos);
+	EXPECT_EQ(test::run_weld(args + " --force --quiet", nullptr, &out), 0);
+	EXPECT_EQ(out, "");
+}
+
+TEST_F(CliTest, UnknownMethodListsTheValidOnes) {
+	expect_merge_error(models_recipe("tiez"), "unknown method 'tiez' (valid: ");
+}
+
+TEST_F(CliTest, MissingModelSaysWeldNeverDownloads) {
+	expect_merge_error(models_recipe("ties", "nobody/nothing"), "never downloads");
+}
+
+TEST_F(CliTest, MissingLocalFolderIsNamed) {
+	expect_merge_error(models_recipe("ties", "missing-folder"), "missing-folder");
+}
+
+TEST_F(CliTest, UnknownRecipeKeyListsValidKeys) {
+	expect_merge_error(models_recipe("ties") + "paramters: {}\n", "unknown key 'paramters' (valid keys: ");
+}
+
+TEST_F(CliTest, UnknownParameterIsRejected) {
+	expect_merge_error(models_recipe("ties") + "parameters: {desnity: 0.5}\n", "unknown parameter 'desnity'");
+}
+
+TEST_F(CliTest, MissingRequiredParameterIsNamed) {
+	expect_merge_error("merge_method: slerp\nbase_model: " + (dir_ / "base").string() +
+	                       "\nmodels:\n  - model: " + (dir_ / "base").string() + "\n  - model: " +
+	                       (dir_ / "a").string() + "\n",
+	                   "needs parameter 't'");
+}
+
+TEST_F(CliTest, WrongParameterTypeIsNamed) {
+	expect_merge_error(models_recipe("ties") + "parameters: {normalize: 0.5}\n", "'normalize' must be true or false");
+}
+
+TEST_F(CliTest, InvalidYamlGivesTheLine) {
+	expect_merge_error("merge_method: [ties\n", "invalid YAML at line");
+}
+
+TEST_F(CliTest, ShapeMismatchNamesTensorAndModel) {
+	auto other = spec_;
+	other.intermediate = spec_.intermediate * 2;
+	write_tiny_llama(dir_ / "wide", other, make_tiny_llama(other, 3));
+	expect_merge_error(models_recipe("ties", "wide"), "tensor 'model.layers.0.mlp.gate_proj.weight' of model");
+}
+
+TEST_F(CliTest, MissingTensorNamesTensorAndModel) {
+	auto tensors = base_;
+	tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
+	                             [](const auto& t) { return t.name == "model.layers.1.mlp.up_proj.weight"; }),
+	              tensors.end());
+	write_tiny_llama(dir_ / "partial", spec_, tensors);
+	expect_merge_error(models_recipe("ties", "partial"), "'model.layers.1.mlp.up_proj.weight' is missing from model");
+}
+
+TEST_F(CliTest, TruncatedShardIsReported) {
+	const auto name = shard_of("a", "model.layers.0.mlp.up_proj.weight");
+	const auto shard = dir_ / "a" / name;
+	ASSERT_TRUE(fs::exists(shard));
+	fs::resize_file(shard, fs::file_size(shard) - 10);
+	expect_merge_error(models_recipe("ties"), name);
+}
+
+TEST_F(CliTest, IndexEscapingTheFolderIsRejected) {
+	auto index = nlohmann::json::parse(test::read_file(dir_ / "a" / "model.safetensors.index.json"));
+	index["weight_map"]["model.norm.weight"] = "../base/model.safetensors";
+	test::write_file(dir_ / "a" / "model.safetensors.index.json", index.dump());
+	expect_merge_error(models_recipe("ties"), "../base/model.safetensors");
+}
+
+TEST_F(CliTest, AbsurdHeaderLengthIsRejected) {
+	std::string bytes(16, '\0');
+	bytes[7] = '\x7f'; // little-endian length ~ 2^63
+	fs::create_directories(dir_ / "bad");
+	test::write_file(dir_ / "bad" / "model.safetensors", bytes);
+	expect_merge_error(models_recipe("ties", "bad"), "model.safetensors");
+}
+
+TEST_F(CliTest, ExistingOutputIsNotTouchedWithoutForce) {
+	fs::create_directories(dir_ / "out");
+	test::write_file(dir_ / "out" / "keep.txt", "mine");
+	test::write_file(dir_ / "recipe.yml", models_recipe("ties"));
+	std::string err;
+	EXPECT_NE(test::run_weld("merge " + (dir_ / "recipe.yml").string() + " " + (dir_ / "out").string(), &err), 0);
+	EXPECT_NE(err.find("already exists"), std::string::npos);
+	EXPECT_EQ(test::read_file(dir_ / "out" / "keep.txt"), "mine");
+}
+
+TEST_F(CliTest, InspectListsTensorsAsJson) {
+	std::string out;
+	ASSERT_EQ(test::run_weld("inspect --json " + (dir_ / "a").string(), nullptr, &out), 0);
+	const auto json = nlohmann::json::parse(out);
+	EXPECT_EQ(json["architecture"], "LlamaForCausalLM");
+	EXPECT_EQ(json["tensors"].size(), base_.size());
+	uint64_t params = 0;
+	for (const auto& t : base_) params += t.values.size();
+	EXPECT_EQ(json["parameters"], params);
+	EXPECT_EQ(json["tensors"][0]["shard"], shard_of("a", json["tensors"][0]["name"]));
+}
+
+TEST_F(CliTest, MethodsAreListed) {
+	std::string out;
+	ASSERT_EQ(test::run_weld("methods", nullptr, &out), 0);
+	for (const char* name : {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "passthrough"})
+		EXPECT_NE(out.find(name), std::string::npos) << name;
+	ASSERT_EQ(test::run_weld("methods ties", nullptr, &out), 0);
+	EXPECT_NE(out.find("density"), std::string::npos);
+	EXPECT_NE(out.find("normalize=true"), std::string::npos);
+}
+
+TEST_F(CliTest, HelpExplainsEveryMergeOption) {
+	std::string out;
+	ASSERT_EQ(test::run_weld("merge --help", nullptr, &out), 0);
+	for (const char* option : {"--force", "--dry-run", "--threads", "--memory-budget", "--out-shard-size", "--seed",
+	                           "--quiet"})
+		EXPECT_NE(out.find(option), std::string::npos) << option;
+}
+
+} // namespace
+} // namespace weld

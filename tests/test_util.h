@@ -1,0 +1,96 @@
+// Helpers shared by the end-to-end tests: temporary folders, tiny model families, reading
+// merged tensors back as float32.
+#pragma once
+
+#include "io/model.h"
+#include "tensor/convert.h"
+#include "testing/tiny_llama.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+namespace weld::test {
+
+class TempDir {
+public:
+	TempDir() {
+		static int counter = 0;
+		path_ = std::filesystem::temp_directory_path() /
+		        ("weld-test-" + std::to_string(getpid()) + "-" + std::to_string(counter++));
+		std::filesystem::remove_all(path_);
+		std::filesystem::create_directories(path_);
+	}
+	~TempDir() { std::filesystem::remove_all(path_); }
+	TempDir(const TempDir&) = delete;
+	TempDir& operator=(const TempDir&) = delete;
+
+	const std::filesystem::path& path() const { return path_; }
+	std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+private:
+	std::filesystem::path path_;
+};
+
+inline void write_file(const std::filesystem::path& path, const std::string& text) {
+	std::ofstream(path, std::ios::binary) << text;
+}
+
+inline std::string read_file(const std::filesystem::path& path) {
+	std::ifstream in(path, std::ios::binary);
+	std::ostringstream s;
+	s << in.rdbuf();
+	return s.str();
+}
+
+using Tensors = std::map<std::string, std::vector<float>>;
+
+inline Tensors as_map(const std::vector<NamedTensor>& tensors) {
+	Tensors out;
+	for (const auto& t : tensors) out[t.name] = t.values;
+	return out;
+}
+
+// Values as stored: rounds through the dtype the model was written in.
+inline Tensors stored_values(const std::vector<NamedTensor>& tensors, DType dtype) {
+	Tensors out;
+	for (const auto& t : tensors) {
+		std::vector<uint8_t> bytes(t.values.size() * dtype_size(dtype));
+		convert_from_f32(dtype, t.values.data(), bytes.data(), t.values.size());
+		auto& values = out[t.name];
+		values.resize(t.values.size());
+		convert_to_f32(dtype, bytes.data(), values.data(), values.size());
+	}
+	return out;
+}
+
+inline Tensors read_model(const std::filesystem::path& dir) {
+	ModelFolder model(dir);
+	Tensors out;
+	for (const auto& t : model.tensors()) {
+		auto& values = out[t.info->name];
+		values.resize(t.info->numel());
+		convert_to_f32(t.info->dtype, t.file->data(*t.info).data(), values.data(), values.size());
+	}
+	return out;
+}
+
+// Runs the weld binary; returns the exit status and fills stderr_text.
+inline int run_weld(const std::string& args, std::string* stderr_text = nullptr, std::string* stdout_text = nullptr) {
+	TempDir capture;
+	const auto out = capture / "out.txt", err = capture / "err.txt";
+	const std::string command =
+	    std::string(WELD_BINARY) + " " + args + " >" + out.string() + " 2>" + err.string();
+	const int status = std::system(command.c_str());
+	if (stderr_text) *stderr_text = read_file(err);
+	if (stdout_text) *stdout_text = read_file(out);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+} // namespace weld::test
