@@ -38,9 +38,11 @@ protected:
 		}
 	}
 
+	// `other` is a folder under dir_, or taken as written when it starts with '@'.
 	std::string models_recipe(const std::string& method, const std::string& other = "a") const {
+		const auto reference = other[0] == '@' ? other.substr(1) : (dir_ / other).string();
 		return "merge_method: " + method + "\nbase_model: " + (dir_ / "base").string() + "\nmodels:\n  - model: " +
-		       (dir_ / other).string() + "\n    parameters: {weight: 1.0}\n";
+		       reference + "\n    parameters: {weight: 1.0}\n";
 	}
 
 	std::string shard_of(const std::string& model, const std::string& tensor) const {
@@ -72,7 +74,7 @@ TEST_F(CliTest, UnknownMethodListsTheValidOnes) {
 }
 
 TEST_F(CliTest, MissingModelSaysWeldNeverDownloads) {
-	expect_merge_error(models_recipe("ties", "nobody/nothing"), "never downloads");
+	expect_merge_error(models_recipe("ties", "@nobody/nothing"), "never downloads");
 }
 
 TEST_F(CliTest, MissingLocalFolderIsNamed) {

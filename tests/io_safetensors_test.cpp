@@ -204,7 +204,7 @@ TEST_F(SafetensorsCorrupt, HostileNameIsEscapedAndTruncated) {
 
 TEST(SafetensorsEscape, KeepsUtf8AndEscapesDeceptiveText) {
 	EXPECT_EQ(escape_for_message("caf\xc3\xa9"), "caf\xc3\xa9");
-	EXPECT_EQ(escape_for_message("a\xe2\x80\xaeb"), "a\\xe2\\x80\\xaeb"); // right-to-left override
+	EXPECT_EQ(escape_for_message("a\xe2\x80\xae" "b"), "a\\xe2\\x80\\xaeb"); // right-to-left override
 	EXPECT_EQ(escape_for_message("\xff\xc0\x80"), "\\xff\\xc0\\x80");
 	EXPECT_EQ(escape_for_message("a\\b"), "a\\\\b");
 	EXPECT_EQ(escape_for_message(std::string(100, 'y'), 10), std::string(10, 'y') + "...");

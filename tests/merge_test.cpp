@@ -33,7 +33,7 @@ protected:
 	}
 
 	MergeSummary merge(const std::string& recipe, const std::string& out = "out", unsigned threads = 2,
-	                   uint64_t seed = 0) {
+	                   uint64_t seed = 0, uint64_t memory_budget = 1ull << 30) {
 		test::write_file(dir_ / "recipe.yml", recipe);
 		MergeOptions options;
 		options.recipe_path = dir_ / "recipe.yml";
@@ -41,6 +41,7 @@ protected:
 		options.force = true;
 		options.seed = seed;
 		options.exec.threads = threads;
+		options.exec.memory_budget = memory_budget;
 		options.exec.max_shard_bytes = 5000; // several shards even for tiny models
 		// Model references in recipes are relative to the working directory.
 		const auto previous = fs::current_path();
@@ -182,9 +183,10 @@ TEST_F(MergeRecipeTest, PassthroughSlicesStackLayers) {
 	EXPECT_FALSE(out.count("model.layers.4.self_attn.v_proj.weight"));
 	const auto config = nlohmann::json::parse(test::read_file(dir_ / "out" / "config.json"));
 	EXPECT_EQ(config["num_hidden_layers"], 4);
-	// Embeddings from the first slice's model, final norm from the last slice's.
+	// Embeddings from the first slice's model, final norm from the last slice's, whose source
+	// parameters apply to it too (as in mergekit).
 	expect_near(out, "model.embed_tokens.weight", 5, a_["model.embed_tokens.weight"][5]);
-	expect_near(out, "model.norm.weight", 5, b_["model.norm.weight"][5]);
+	expect_near(out, "model.norm.weight", 5, 2.0 * b_["model.norm.weight"][5]);
 }
 
 TEST_F(MergeRecipeTest, SlicesWithSeveralSourcesUseLayerGradients) {
@@ -262,9 +264,12 @@ TEST_F(MergeRecipeTest, SameSeedGivesIdenticalBytesForAnyThreadCount) {
 	merge(recipe, "one", 1, 42);
 	merge(recipe, "two", 2, 42);
 	merge(recipe, "other_seed", 2, 43);
+	merge(recipe, "tiny_budget", 2, 42, 1); // every job exceeds the budget: they run one at a time
 	size_t files = 0;
 	for (const auto& entry : fs::directory_iterator(dir_ / "one")) {
 		EXPECT_EQ(test::read_file(entry.path()), test::read_file(dir_ / "two" / entry.path().filename()))
+		    << entry.path();
+		EXPECT_EQ(test::read_file(entry.path()), test::read_file(dir_ / "tiny_budget" / entry.path().filename()))
 		    << entry.path();
 		files++;
 	}

@@ -89,8 +89,8 @@ void collect_tensors(const fs::path& dir, const std::vector<std::unique_ptr<Safe
 			auto [it, fresh] = by_name.emplace(info.name, tensors.size());
 			if (!fresh)
 				throw Error(fmt::format("{}: tensor {} is in both {} and {}", show(dir), in_quotes(info.name),
-				                        show(tensors[it->second].file->path().filename()),
-				                        show(file->path().filename())));
+				                        in_quotes(tensors[it->second].file->path().lexically_relative(dir).string()),
+				                        in_quotes(file->path().lexically_relative(dir).string())));
 			tensors.push_back({file.get(), &info});
 		}
 }

@@ -66,6 +66,9 @@ private:
 	void plan_tensor(const std::string& out_name, double t, const Slice& slice,
 	                 const std::vector<std::string>& source_names);
 	void plan_layers(const std::vector<Slice>& slices);
+	const std::vector<LayerName>& names_at(size_t model, int64_t layer);
+	void check_same_tensors(const SliceSource& tmpl, const SliceSource& source, int64_t offset);
+	const SliceSource& template_source(const Slice& slice) const;
 	void resolve_params(TensorJob& job, const std::string& out_name, double t, const Slice& slice,
 	                    const std::vector<std::string>& source_names);
 	std::optional<ParamValue> lookup(const ParamDef& def, const std::vector<const ParamSettings*>& levels,
@@ -78,6 +81,7 @@ private:
 	Plan& plan_;
 	const Recipe& recipe_;
 	const MergeMethod& method_;
+	std::vector<std::map<int64_t, std::vector<LayerName>>> names_; // per model, by layer (-1: none)
 };
 
 size_t Planner::open_model(const std::string& reference) {
@@ -261,15 +265,56 @@ void Planner::plan_tensor(const std::string& out_name, double t, const Slice& sl
 	plan_.jobs.push_back(std::move(job));
 }
 
-void Planner::plan_layers(const std::vector<Slice>& slices) {
-	// Tensor names of each layer of the first model, in file order: the template for output.
-	const size_t template_model = slices[0].sources[0].model;
-	std::vector<std::string> pre, post;
-	for (const auto& tensor : folder(template_model).tensors()) {
-		const auto& name = tensor.info->name;
-		if (split_layer_name(name)) continue;
-		(name.find("embed") != std::string::npos ? pre : post).push_back(name);
+const std::vector<LayerName>& Planner::names_at(size_t model, int64_t layer) {
+	if (names_.size() <= model) names_.resize(plan_.models.size());
+	auto& by_layer = names_[model];
+	if (by_layer.empty()) {
+		by_layer[-1];
+		for (const auto& tensor : folder(model).tensors()) {
+			const auto& name = tensor.info->name;
+			auto parts = split_layer_name(name);
+			if (parts)
+				by_layer[parts->layer].push_back(*parts);
+			else
+				by_layer[-1].push_back(LayerName{name, -1, ""});
+		}
 	}
+	static const std::vector<LayerName> none;
+	auto it = by_layer.find(layer);
+	return it == by_layer.end() ? none : it->second;
+}
+
+// Every source must hold the same tensors as the template at this layer (-1: outside layers).
+// Tensors the template has and a source lacks are reported when the source is looked up.
+void Planner::check_same_tensors(const SliceSource& tmpl, const SliceSource& source, int64_t offset) {
+	auto key = [](const LayerName& n) { return n.prefix + "#" + n.suffix; };
+	const int64_t tmpl_layer = offset < 0 ? -1 : tmpl.first_layer + offset;
+	const int64_t source_layer = offset < 0 ? -1 : source.first_layer + offset;
+	std::vector<std::string> expected;
+	for (const auto& n : names_at(tmpl.model, tmpl_layer)) expected.push_back(key(n));
+	std::sort(expected.begin(), expected.end());
+	for (const auto& n : names_at(source.model, source_layer))
+		if (!std::binary_search(expected.begin(), expected.end(), key(n)))
+			throw Error(fmt::format("tensor '{}{}{}' of model '{}' has no counterpart in model '{}'", n.prefix,
+			                        offset < 0 ? "" : std::to_string(source_layer), n.suffix, ref(source.model),
+			                        ref(tmpl.model)));
+}
+
+// The source whose tensor names define the output: the base model where it takes part.
+const SliceSource& Planner::template_source(const Slice& slice) const {
+	for (const auto& source : slice.sources)
+		if (static_cast<int>(source.model) == plan_.base_model) return source;
+	return slice.sources[0];
+}
+
+void Planner::plan_layers(const std::vector<Slice>& slices) {
+	std::vector<std::string> pre, post;
+	for (const auto* slice : {&slices.front(), &slices.back()})
+		for (const auto& source : slice->sources) check_same_tensors(template_source(*slice), source, -1);
+	for (const auto& n : names_at(template_source(slices.front()).model, -1))
+		if (n.prefix.find("embed") != std::string::npos) pre.push_back(n.prefix);
+	for (const auto& n : names_at(template_source(slices.back()).model, -1))
+		if (n.prefix.find("embed") == std::string::npos) post.push_back(n.prefix);
 	auto same_names = [](const Slice& slice, const std::string& name) {
 		return std::vector<std::string>(slice.sources.size(), name);
 	};
@@ -278,18 +323,16 @@ void Planner::plan_layers(const std::vector<Slice>& slices) {
 
 	int64_t out_layer = 0;
 	for (const auto& slice : slices) {
-		const auto length = slice.sources[0].last_layer - slice.sources[0].first_layer;
+		const auto& tmpl = template_source(slice);
+		const auto length = tmpl.last_layer - tmpl.first_layer;
 		for (int64_t offset = 0; offset < length; offset++, out_layer++) {
 			const double t = length > 1 ? static_cast<double>(offset) / static_cast<double>(length - 1) : 1.0;
-			const auto& first = slice.sources[0];
-			const auto layer = first.first_layer + offset;
-			for (const auto& tensor : folder(first.model).tensors()) {
-				auto parts = split_layer_name(tensor.info->name);
-				if (!parts || parts->layer != layer) continue;
+			for (const auto& source : slice.sources) check_same_tensors(tmpl, source, offset);
+			for (const auto& parts : names_at(tmpl.model, tmpl.first_layer + offset)) {
 				std::vector<std::string> names;
 				for (const auto& s : slice.sources)
-					names.push_back(fmt::format("{}{}{}", parts->prefix, s.first_layer + offset, parts->suffix));
-				plan_tensor(fmt::format("{}{}{}", parts->prefix, out_layer, parts->suffix), t, slice, names);
+					names.push_back(fmt::format("{}{}{}", parts.prefix, s.first_layer + offset, parts.suffix));
+				plan_tensor(fmt::format("{}{}{}", parts.prefix, out_layer, parts.suffix), t, slice, names);
 			}
 		}
 	}

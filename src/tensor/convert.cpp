@@ -7,8 +7,15 @@
 namespace weld {
 namespace {
 
-// The per-element conversions are inline and branch-light (selects, not early returns) so the
-// loops below can vectorize.
+// The per-element conversions are inline and branch-free so the loops below can vectorize.
+// Float ops must not sit under a condition: with GCC's default -ftrapping-math that alone
+// blocks if-conversion, hence the integer mask selects.
+
+// c ? a : b without a branch.
+inline uint32_t select(bool c, uint32_t a, uint32_t b) {
+	const uint32_t mask = 0u - static_cast<uint32_t>(c);
+	return (a & mask) | (b & ~mask);
+}
 
 inline float bits_to_f32(uint32_t bits) {
 	return std::bit_cast<float>(bits);
@@ -33,12 +40,12 @@ inline float f16_to_f32_inline(uint16_t h) {
 	uint32_t exp = (h >> 10) & 0x1Fu;
 	uint32_t mant = h & 0x3FFu;
 	// Subnormals (and zero) are mant * 2^-24, exact in float32.
-	float sub = static_cast<float>(mant) * 0x1p-24f;
+	float sub = static_cast<float>(static_cast<int32_t>(mant)) * 0x1p-24f;
 	uint32_t sub_bits = f32_to_bits(sub) | sign;
 	uint32_t normal_bits = sign | ((exp + 112u) << 23) | (mant << 13);
 	// Inf stays inf; NaN keeps its payload and becomes quiet.
-	uint32_t special_bits = sign | 0x7F800000u | (mant << 13) | (mant != 0 ? 0x00400000u : 0u);
-	uint32_t bits = exp == 0 ? sub_bits : (exp == 31 ? special_bits : normal_bits);
+	uint32_t special_bits = sign | 0x7F800000u | (mant << 13) | select(mant != 0, 0x00400000u, 0u);
+	uint32_t bits = select(exp == 0, sub_bits, select(exp == 31, special_bits, normal_bits));
 	return bits_to_f32(bits);
 }
 
@@ -55,10 +62,9 @@ inline uint16_t f32_to_f16_inline(float value) {
 	// a carry into the exponent is correct.
 	uint32_t normal = (abs + 0xC8000FFFu + ((abs >> 13) & 1u)) >> 13;
 	uint32_t nan = 0x7E00u | ((abs >> 13) & 0x3FFu);
-	uint32_t out = abs > 0x7F800000u    ? nan
-	               : abs >= 0x477FF000u ? 0x7C00u // >= 65520 rounds to inf (and inf itself)
-	               : abs < 0x38800000u  ? sub
-	                                    : normal;
+	uint32_t finite = select(abs < 0x38800000u, sub, normal);
+	// From 65520 on (inf included) the result is inf.
+	uint32_t out = select(abs > 0x7F800000u, nan, select(abs >= 0x477FF000u, 0x7C00u, finite));
 	return static_cast<uint16_t>(sign | out);
 }
 
