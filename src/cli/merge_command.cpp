@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <thread>
@@ -25,7 +26,12 @@ struct MergeArgs {
 	bool force = false, dry_run = false, quiet = false;
 };
 
+void on_signal(int) { request_cancel(); }
+
 int run(const MergeArgs& args) {
+	// Ctrl-C stops at the next tensor and removes the partial output instead of leaving it.
+	std::signal(SIGINT, on_signal);
+	std::signal(SIGTERM, on_signal);
 	MergeOptions options;
 	options.recipe_path = args.recipe;
 	options.out_dir = args.out;

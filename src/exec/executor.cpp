@@ -19,6 +19,9 @@
 namespace weld {
 namespace {
 
+std::atomic<bool> g_cancelled{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "request_cancel must be async-signal-safe");
+
 // Admits jobs while their working buffers fit the budget; one job is always admitted so a
 // tensor larger than the budget still runs (alone).
 class MemoryBudget {
@@ -103,6 +106,8 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer) {
 
 } // namespace
 
+void request_cancel() { g_cancelled = true; }
+
 uint64_t job_working_bytes(const TensorJob& job) {
 	return (job.sources.size() + 1) * job.numel() * sizeof(float) + job.out_nbytes();
 }
@@ -124,6 +129,7 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 			const uint64_t bytes = job_working_bytes(plan.jobs[i]);
 			budget.acquire(bytes);
 			try {
+				if (g_cancelled) throw Error("interrupted");
 				run_job(plan, i, writer);
 			} catch (...) {
 				std::lock_guard lock(error_mutex);

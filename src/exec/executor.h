@@ -21,6 +21,10 @@ struct ExecOptions {
 // Buffer bytes one job needs: float32 copies of its sources and result plus the output bytes.
 uint64_t job_working_bytes(const TensorJob& job);
 
+// Asks running merges to stop at the next tensor and fail with "interrupted" (so the partial
+// output is removed). Async-signal-safe: meant for SIGINT/SIGTERM handlers.
+void request_cancel();
+
 // Writes the weights of `plan` into dir (which must exist). Throws weld::Error on failure;
 // the first failure stops the other threads.
 void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options);
