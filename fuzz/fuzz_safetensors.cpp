@@ -1,6 +1,10 @@
 // libFuzzer target for the untrusted-input parsers: every input goes to both the safetensors
 // header parser and the shard-index parser. weld::Error is the expected way to reject input;
 // anything else (crash, sanitizer report, other exception) is a bug.
+//
+// Seeds: fuzz/seeds (regenerate with fuzz/make_seeds.py). Give libFuzzer a scratch corpus
+// first so new inputs do not land in the committed seeds:
+//   ./build-fuzz/fuzz_safetensors -max_total_time=30 /tmp/weld-corpus fuzz/seeds
 #include "io/safetensors.h"
 #include "util/error.h"
 

@@ -24,9 +24,8 @@ class TempDir {
 public:
 	TempDir() {
 		static std::atomic<int> counter{0};
-		path_ = fs::temp_directory_path() /
-		        ("weld-io-model-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" +
-		         std::to_string(std::random_device{}()));
+		path_ = fs::temp_directory_path() / ("weld-io-model-" + std::to_string(::getpid()) + "-" +
+		                                     std::to_string(counter++) + "-" + std::to_string(std::random_device{}()));
 		fs::create_directories(path_);
 	}
 	~TempDir() {
@@ -47,8 +46,10 @@ public:
 		::setenv(name, value.c_str(), 1);
 	}
 	~ScopedEnv() {
-		if (old_) ::setenv(name_, old_->c_str(), 1);
-		else ::unsetenv(name_);
+		if (old_)
+			::setenv(name_, old_->c_str(), 1);
+		else
+			::unsetenv(name_);
 	}
 
 private:
@@ -80,13 +81,15 @@ std::string error_of(const std::function<void()>& fn) {
 // One shard file holding the given F32 tensors of shape [1].
 void write_shard(const fs::path& path, const std::vector<std::string>& names) {
 	std::vector<OutputTensorSpec> specs;
-	for (const auto& n : names) specs.push_back({n, DType::F32, {1}});
+	for (const auto& n : names)
+		specs.push_back({n, DType::F32, {1}});
 	const auto dir = path.parent_path() / ("tmp-" + path.filename().string());
 	fs::create_directories(dir);
 	{
 		SafetensorsWriter w(dir, specs, UINT64_MAX);
 		const std::vector<uint8_t> four(4, 0x3f);
-		for (size_t i = 0; i < specs.size(); ++i) w.write(i, four);
+		for (size_t i = 0; i < specs.size(); ++i)
+			w.write(i, four);
 		w.finish();
 	}
 	fs::rename(dir / "model.safetensors", path);
@@ -132,7 +135,8 @@ TEST(ModelFolder, IndexWithMissingShard) {
 TEST(ModelFolder, TensorInIndexButNotInShard) {
 	TempDir dir;
 	write_shard(dir.path() / "s1.safetensors", {"a"});
-	write_file(dir.path() / "model.safetensors.index.json", R"({"weight_map":{"a":"s1.safetensors","b":"s1.safetensors"}})");
+	write_file(dir.path() / "model.safetensors.index.json",
+	           R"({"weight_map":{"a":"s1.safetensors","b":"s1.safetensors"}})");
 	EXPECT_ERROR_HAS(ModelFolder(dir.path()), "tensor 'b' is listed in shard 's1.safetensors', but that shard has no");
 }
 
@@ -147,7 +151,8 @@ TEST(ModelFolder, TensorInTwoShards) {
 	TempDir dir;
 	write_shard(dir.path() / "s1.safetensors", {"a"});
 	write_shard(dir.path() / "s2.safetensors", {"a", "b"});
-	write_file(dir.path() / "model.safetensors.index.json", R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}})");
+	write_file(dir.path() / "model.safetensors.index.json",
+	           R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}})");
 	EXPECT_ERROR_HAS(ModelFolder(dir.path()), "tensor 'a' is in both 's1.safetensors' and 's2.safetensors'");
 }
 
@@ -275,9 +280,9 @@ TEST(ModelReferenceEnv, HfHomeFallback) {
 std::vector<std::string> tiny_names(int layers, bool tied) {
 	std::vector<std::string> names = {"model.embed_tokens.weight"};
 	for (int i = 0; i < layers; ++i)
-		for (const char* part : {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-		                         "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
-		                         "mlp.down_proj"})
+		for (const char* part :
+		     {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+		      "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"})
 			names.push_back("model.layers." + std::to_string(i) + "." + part + ".weight");
 	names.push_back("model.norm.weight");
 	if (!tied) names.push_back("lm_head.weight");
@@ -288,7 +293,8 @@ TEST(TinyLlama, NamesShapesAndDeterminism) {
 	TinyLlamaSpec spec;
 	const auto model = make_tiny_llama(spec, 7);
 	ASSERT_EQ(model.size(), tiny_names(2, false).size());
-	for (size_t i = 0; i < model.size(); ++i) EXPECT_EQ(model[i].name, tiny_names(2, false)[i]);
+	for (size_t i = 0; i < model.size(); ++i)
+		EXPECT_EQ(model[i].name, tiny_names(2, false)[i]);
 	const auto shape = [&](const std::string& name) {
 		for (const auto& t : model)
 			if (t.name == name) return t.shape;
@@ -303,7 +309,8 @@ TEST(TinyLlama, NamesShapesAndDeterminism) {
 	EXPECT_EQ(shape("lm_head.weight"), (std::vector<uint64_t>{64, 16}));
 	for (const auto& t : model) {
 		uint64_t n = 1;
-		for (auto d : t.shape) n *= d;
+		for (auto d : t.shape)
+			n *= d;
 		EXPECT_EQ(t.values.size(), n) << t.name;
 	}
 	EXPECT_NEAR(model[1].values[0], 1.0f, 0.06f); // input_layernorm
@@ -347,14 +354,23 @@ void expect_tiny_round_trip(DType dtype, uint64_t max_shard_bytes, bool expect_s
 		std::vector<float> back(t.values.size());
 		convert_to_f32(dtype, found->file->data(*found->info).data(), back.data(), back.size());
 		const float tolerance = dtype == DType::F32 ? 0.0f : 0.01f;
-		for (size_t i = 0; i < back.size(); ++i) ASSERT_NEAR(back[i], t.values[i], tolerance) << t.name << "[" << i << "]";
+		for (size_t i = 0; i < back.size(); ++i)
+			ASSERT_NEAR(back[i], t.values[i], tolerance) << t.name << "[" << i << "]";
 	}
 }
 
-TEST(TinyLlama, F32SingleFile) { expect_tiny_round_trip(DType::F32, UINT64_MAX, false); }
-TEST(TinyLlama, F32Sharded) { expect_tiny_round_trip(DType::F32, 4096, true); }
-TEST(TinyLlama, BF16SingleFile) { expect_tiny_round_trip(DType::BF16, UINT64_MAX, false); }
-TEST(TinyLlama, BF16Sharded) { expect_tiny_round_trip(DType::BF16, 2048, true); }
+TEST(TinyLlama, F32SingleFile) {
+	expect_tiny_round_trip(DType::F32, UINT64_MAX, false);
+}
+TEST(TinyLlama, F32Sharded) {
+	expect_tiny_round_trip(DType::F32, 4096, true);
+}
+TEST(TinyLlama, BF16SingleFile) {
+	expect_tiny_round_trip(DType::BF16, UINT64_MAX, false);
+}
+TEST(TinyLlama, BF16Sharded) {
+	expect_tiny_round_trip(DType::BF16, 2048, true);
+}
 
 } // namespace
 } // namespace weld

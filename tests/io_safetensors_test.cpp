@@ -22,9 +22,8 @@ class TempDir {
 public:
 	TempDir() {
 		static std::atomic<int> counter{0};
-		path_ = fs::temp_directory_path() /
-		        ("weld-io-st-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" +
-		         std::to_string(std::random_device{}()));
+		path_ = fs::temp_directory_path() / ("weld-io-st-" + std::to_string(::getpid()) + "-" +
+		                                     std::to_string(counter++) + "-" + std::to_string(std::random_device{}()));
 		fs::create_directories(path_);
 	}
 	~TempDir() {
@@ -39,14 +38,16 @@ private:
 
 std::string le64(uint64_t n) {
 	std::string out(8, '\0');
-	for (int i = 0; i < 8; ++i, n >>= 8) out[i] = static_cast<char>(n & 0xFF);
+	for (int i = 0; i < 8; ++i, n >>= 8)
+		out[i] = static_cast<char>(n & 0xFF);
 	return out;
 }
 
 // A safetensors file from a header text and a data region size (data bytes are a pattern).
 std::string st_bytes(const std::string& header, size_t data_bytes) {
 	std::string data(data_bytes, '\0');
-	for (size_t i = 0; i < data_bytes; ++i) data[i] = static_cast<char>(i * 7 + 1);
+	for (size_t i = 0; i < data_bytes; ++i)
+		data[i] = static_cast<char>(i * 7 + 1);
 	return le64(header.size()) + header + data;
 }
 
@@ -62,7 +63,8 @@ std::string read_file(const fs::path& path) {
 
 std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
 	std::vector<uint8_t> v(n);
-	for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(seed + i * 31);
+	for (size_t i = 0; i < n; ++i)
+		v[i] = static_cast<uint8_t>(seed + i * 31);
 	return v;
 }
 
@@ -100,9 +102,15 @@ TEST_F(SafetensorsCorrupt, ValidBaselineParses) {
 	EXPECT_EQ(file.tensors()[0].shape, (std::vector<uint64_t>{2, 2}));
 }
 
-TEST_F(SafetensorsCorrupt, EmptyFile) { expect_corrupt("", "empty"); }
-TEST_F(SafetensorsCorrupt, ShorterThanEightBytes) { expect_corrupt("abc", "too short"); }
-TEST_F(SafetensorsCorrupt, HeaderLengthPastEndOfFile) { expect_corrupt(le64(100) + "{}", "runs past the end"); }
+TEST_F(SafetensorsCorrupt, EmptyFile) {
+	expect_corrupt("", "empty");
+}
+TEST_F(SafetensorsCorrupt, ShorterThanEightBytes) {
+	expect_corrupt("abc", "too short");
+}
+TEST_F(SafetensorsCorrupt, HeaderLengthPastEndOfFile) {
+	expect_corrupt(le64(100) + "{}", "runs past the end");
+}
 
 TEST_F(SafetensorsCorrupt, AbsurdHeaderLengthIsRefusedWithoutAllocating) {
 	expect_corrupt(le64(1ull << 63) + "{}", "exceeds the limit");
@@ -110,10 +118,18 @@ TEST_F(SafetensorsCorrupt, AbsurdHeaderLengthIsRefusedWithoutAllocating) {
 	expect_corrupt(le64(kMaxHeaderBytes + 1) + "{}", "exceeds the limit");
 }
 
-TEST_F(SafetensorsCorrupt, HeaderNotStartingWithBrace) { expect_corrupt(st_bytes(" {}", 0), "does not start with '{'"); }
-TEST_F(SafetensorsCorrupt, ZeroLengthHeader) { expect_corrupt(st_bytes("", 0), "does not start with '{'"); }
-TEST_F(SafetensorsCorrupt, InvalidJson) { expect_corrupt(st_bytes("{\"a\": ", 0), "invalid JSON"); }
-TEST_F(SafetensorsCorrupt, TrailingGarbageAfterJson) { expect_corrupt(st_bytes("{} x", 0), "invalid JSON"); }
+TEST_F(SafetensorsCorrupt, HeaderNotStartingWithBrace) {
+	expect_corrupt(st_bytes(" {}", 0), "does not start with '{'");
+}
+TEST_F(SafetensorsCorrupt, ZeroLengthHeader) {
+	expect_corrupt(st_bytes("", 0), "does not start with '{'");
+}
+TEST_F(SafetensorsCorrupt, InvalidJson) {
+	expect_corrupt(st_bytes("{\"a\": ", 0), "invalid JSON");
+}
+TEST_F(SafetensorsCorrupt, TrailingGarbageAfterJson) {
+	expect_corrupt(st_bytes("{} x", 0), "invalid JSON");
+}
 
 TEST_F(SafetensorsCorrupt, NonObjectTensorEntry) {
 	expect_corrupt(st_bytes(R"({"a": [1, 2]})", 0), "tensor 'a': entry is an array, not an object");
@@ -143,8 +159,8 @@ TEST_F(SafetensorsCorrupt, NonIntegerShape) {
 }
 
 TEST_F(SafetensorsCorrupt, ShapeProductOverflows) {
-	expect_corrupt(
-	    st_bytes(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})", 4), "overflows");
+	expect_corrupt(st_bytes(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})", 4),
+	               "overflows");
 }
 
 TEST_F(SafetensorsCorrupt, ShapeSizeDoesNotMatchSpan) {
@@ -194,17 +210,21 @@ TEST_F(SafetensorsCorrupt, MetadataNonStringValue) {
 TEST_F(SafetensorsCorrupt, HostileNameIsEscapedAndTruncated) {
 	const std::string name = "evil\x1b[31m\nname" + std::string(500, 'x');
 	const auto path = dir_.path() / "hostile.safetensors";
-	write_file(path, st_bytes("{" + nlohmann::json(name).dump() + R"(:{"dtype":"X","shape":[],"data_offsets":[0,0]}})", 0));
+	write_file(path,
+	           st_bytes("{" + nlohmann::json(name).dump() + R"(:{"dtype":"X","shape":[],"data_offsets":[0,0]}})", 0));
 	const std::string msg = error_of([&] { SafetensorsFile file(path); });
 	EXPECT_NE(msg.find("evil\\x1b[31m\\x0aname"), std::string::npos) << msg;
 	EXPECT_NE(msg.find("..."), std::string::npos) << msg;
 	EXPECT_LT(msg.size(), 400u) << msg;
-	for (char c : msg) EXPECT_GE(static_cast<unsigned char>(c), 0x20);
+	for (char c : msg)
+		EXPECT_GE(static_cast<unsigned char>(c), 0x20);
 }
 
 TEST(SafetensorsEscape, KeepsUtf8AndEscapesDeceptiveText) {
 	EXPECT_EQ(escape_for_message("caf\xc3\xa9"), "caf\xc3\xa9");
-	EXPECT_EQ(escape_for_message("a\xe2\x80\xae" "b"), "a\\xe2\\x80\\xaeb"); // right-to-left override
+	EXPECT_EQ(escape_for_message("a\xe2\x80\xae"
+	                             "b"),
+	          "a\\xe2\\x80\\xaeb"); // right-to-left override
 	EXPECT_EQ(escape_for_message("\xff\xc0\x80"), "\\xff\\xc0\\x80");
 	EXPECT_EQ(escape_for_message("a\\b"), "a\\\\b");
 	EXPECT_EQ(escape_for_message(std::string(100, 'y'), 10), std::string(10, 'y') + "...");
@@ -213,9 +233,10 @@ TEST(SafetensorsEscape, KeepsUtf8AndEscapesDeceptiveText) {
 // --- valid-but-unusual files ---
 
 TEST(SafetensorsParse, ZeroSizedTensorsAndMetadata) {
-	const std::string header = R"({"__metadata__":{"format":"pt"},"e":{"dtype":"F32","shape":[0,3],"data_offsets":[4,4]},)"
-	                           R"("s":{"dtype":"I64","shape":[],"data_offsets":[4,12]},)"
-	                           R"("b":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})";
+	const std::string header =
+	    R"({"__metadata__":{"format":"pt"},"e":{"dtype":"F32","shape":[0,3],"data_offsets":[4,4]},)"
+	    R"("s":{"dtype":"I64","shape":[],"data_offsets":[4,12]},)"
+	    R"("b":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})";
 	const std::string bytes = st_bytes(header + "   ", 12);
 	const auto h = parse_safetensors({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, "mem");
 	ASSERT_EQ(h.tensors.size(), 3u);
@@ -262,11 +283,11 @@ TEST(SafetensorsLayout, SingleShardHeaderFormat) {
 
 TEST(SafetensorsLayout, GreedyShardingAndOversizedTensor) {
 	std::vector<OutputTensorSpec> specs = {
-	    {"a", DType::F32, {10}}, // 40
-	    {"b", DType::F32, {10}}, // 40 -> 80 fits in 100
-	    {"c", DType::F32, {10}}, // 40 -> 120 > 100: new shard
+	    {"a", DType::F32, {10}},    // 40
+	    {"b", DType::F32, {10}},    // 40 -> 80 fits in 100
+	    {"c", DType::F32, {10}},    // 40 -> 120 > 100: new shard
 	    {"big", DType::F32, {100}}, // 400 > 100 alone
-	    {"d", DType::F32, {5}},  // 20: new shard after big
+	    {"d", DType::F32, {5}},     // 20: new shard after big
 	};
 	const auto layout = plan_output_layout(specs, 100);
 	ASSERT_EQ(layout.shards.size(), 4u);
@@ -309,7 +330,8 @@ void write_samples(const fs::path& dir, uint64_t max_shard_bytes) {
 	std::vector<std::thread> threads;
 	for (size_t i = specs.size(); i-- > 0;)
 		threads.emplace_back([&w, &specs, i] { w.write(i, pattern(specs[i].nbytes(), static_cast<uint8_t>(i))); });
-	for (auto& t : threads) t.join();
+	for (auto& t : threads)
+		t.join();
 	w.finish();
 }
 
@@ -362,7 +384,8 @@ TEST(SafetensorsRoundTrip, BytesDoNotDependOnWriteOrder) {
 	write_samples(a.path(), UINT64_MAX);
 	const auto specs = sample_specs();
 	SafetensorsWriter w(b.path(), specs, UINT64_MAX);
-	for (size_t i = 0; i < specs.size(); ++i) w.write(i, pattern(specs[i].nbytes(), static_cast<uint8_t>(i)));
+	for (size_t i = 0; i < specs.size(); ++i)
+		w.write(i, pattern(specs[i].nbytes(), static_cast<uint8_t>(i)));
 	w.finish();
 	EXPECT_EQ(read_file(a.path() / "model.safetensors"), read_file(b.path() / "model.safetensors"));
 }

@@ -21,16 +21,20 @@ using nlohmann::json;
 
 constexpr uint64_t kMaxJsonFileBytes = 100ull << 20; // index and config files are small
 
-std::string show(const fs::path& path) { return escape_for_message(path.string(), 400); }
-std::string in_quotes(std::string_view text) { return "'" + escape_for_message(text) + "'"; }
+std::string show(const fs::path& path) {
+	return escape_for_message(path.string(), 400);
+}
+std::string in_quotes(std::string_view text) {
+	return "'" + escape_for_message(text) + "'";
+}
 
 std::string read_json_file(const fs::path& path) {
 	std::error_code ec;
 	const auto size = fs::file_size(path, ec);
 	if (ec) throw Error(fmt::format("{}: cannot read: {}", show(path), ec.message()));
 	if (size > kMaxJsonFileBytes)
-		throw Error(fmt::format("{}: {} bytes is too large for a JSON file (limit {})", show(path), size,
-		                        kMaxJsonFileBytes));
+		throw Error(
+		    fmt::format("{}: {} bytes is too large for a JSON file (limit {})", show(path), size, kMaxJsonFileBytes));
 	std::ifstream in(path, std::ios::binary);
 	std::ostringstream text;
 	text << in.rdbuf();
@@ -99,7 +103,8 @@ void collect_tensors(const fs::path& dir, const std::vector<std::unique_ptr<Safe
 void check_index(const ShardIndex& index, const fs::path& index_path,
                  const std::vector<std::unique_ptr<SafetensorsFile>>& files, const TensorList& tensors) {
 	std::unordered_map<std::string_view, const SafetensorsFile*> file_of_shard;
-	for (size_t k = 0; k < index.shard_files.size(); ++k) file_of_shard[index.shard_files[k]] = files[k].get();
+	for (size_t k = 0; k < index.shard_files.size(); ++k)
+		file_of_shard[index.shard_files[k]] = files[k].get();
 	std::unordered_set<std::string_view> listed;
 	for (const auto& [name, shard] : index.weight_map) {
 		if (!file_of_shard.at(shard)->find(name))
@@ -126,8 +131,8 @@ ModelFolder::ModelFolder(const fs::path& dir) : dir_(dir) {
 		for (const auto& shard : index.shard_files) {
 			const auto path = dir / shard;
 			if (!fs::exists(path, ec))
-				throw Error(fmt::format("{}: shard {} listed in the index does not exist", show(index_path),
-				                        in_quotes(shard)));
+				throw Error(
+				    fmt::format("{}: shard {} listed in the index does not exist", show(index_path), in_quotes(shard)));
 			files_.push_back(std::make_unique<SafetensorsFile>(path));
 		}
 		collect_tensors(dir_, files_, tensors_, by_name_);
@@ -200,7 +205,8 @@ std::string read_ref(const fs::path& path) {
 	std::ifstream in(path);
 	std::string commit;
 	std::getline(in, commit);
-	while (!commit.empty() && std::isspace(static_cast<unsigned char>(commit.back()))) commit.pop_back();
+	while (!commit.empty() && std::isspace(static_cast<unsigned char>(commit.back())))
+		commit.pop_back();
 	return commit;
 }
 

@@ -25,7 +25,9 @@ using nlohmann::json;
 constexpr size_t kMaxLabelBytes = 400; // paths may be long, but not unbounded
 constexpr size_t kMaxJsonErrorBytes = 200;
 
-[[noreturn]] void fail(const std::string& where, const std::string& what) { throw Error(where + ": " + what); }
+[[noreturn]] void fail(const std::string& where, const std::string& what) {
+	throw Error(where + ": " + what);
+}
 
 // --- overflow-checked size maths ---
 
@@ -53,9 +55,13 @@ std::optional<uint64_t> checked_nbytes(const std::vector<uint64_t>& shape, DType
 	return n ? checked_mul(*n, dtype_size(dtype)) : std::nullopt;
 }
 
-std::string shape_string(const std::vector<uint64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_string(const std::vector<uint64_t>& shape) {
+	return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
-std::string in_quotes(std::string_view name) { return "'" + escape_for_message(name) + "'"; }
+std::string in_quotes(std::string_view name) {
+	return "'" + escape_for_message(name) + "'";
+}
 
 // --- message escaping ---
 
@@ -96,9 +102,12 @@ json parse_json_strict(std::string_view text, const std::string& where, std::str
 	std::vector<std::unordered_set<std::string>> open_objects;
 	std::optional<std::string> duplicate;
 	auto callback = [&](int, json::parse_event_t event, json& parsed) {
-		if (event == json::parse_event_t::object_start) open_objects.emplace_back();
-		else if (event == json::parse_event_t::object_end) open_objects.pop_back();
-		else if (event == json::parse_event_t::key && !duplicate && !open_objects.back().insert(parsed.get<std::string>()).second)
+		if (event == json::parse_event_t::object_start)
+			open_objects.emplace_back();
+		else if (event == json::parse_event_t::object_end)
+			open_objects.pop_back();
+		else if (event == json::parse_event_t::key && !duplicate &&
+		         !open_objects.back().insert(parsed.get<std::string>()).second)
 			duplicate = parsed.get<std::string>();
 		return true;
 	};
@@ -126,7 +135,8 @@ std::string json_type_phrase(const json& v) {
 
 uint64_t read_u64_le(const uint8_t* p) {
 	uint64_t v = 0;
-	for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+	for (int i = 7; i >= 0; --i)
+		v = (v << 8) | p[i];
 	return v;
 }
 
@@ -135,7 +145,8 @@ void parse_metadata(const json& value, const std::string& where, SafetensorsHead
 	if (!value.is_object()) fail(where, fmt::format("'__metadata__' is {}, not an object", json_type_phrase(value)));
 	for (const auto& [key, v] : value.items()) {
 		if (!v.is_string())
-			fail(where, fmt::format("'__metadata__' entry {} is {}, not a string", in_quotes(key), json_type_phrase(v)));
+			fail(where,
+			     fmt::format("'__metadata__' entry {} is {}, not a string", in_quotes(key), json_type_phrase(v)));
 		out.metadata.emplace_back(key, v.get<std::string>());
 	}
 }
@@ -160,7 +171,8 @@ TensorInfo parse_tensor_fields(const std::string& name, const json& entry) {
 	auto shape = entry.find("shape");
 	if (shape == entry.end()) throw Error("missing 'shape'");
 	if (!shape->is_array()) throw Error(fmt::format("'shape' is {}, not an array", json_type_phrase(*shape)));
-	for (size_t i = 0; i < shape->size(); ++i) t.shape.push_back(parse_dim((*shape)[i], fmt::format("shape[{}]", i)));
+	for (size_t i = 0; i < shape->size(); ++i)
+		t.shape.push_back(parse_dim((*shape)[i], fmt::format("shape[{}]", i)));
 	auto offsets = entry.find("data_offsets");
 	if (offsets == entry.end()) throw Error("missing 'data_offsets'");
 	if (!offsets->is_array() || offsets->size() != 2) throw Error("'data_offsets' is not a [begin, end] pair");
@@ -243,7 +255,8 @@ uint64_t OutputTensorSpec::nbytes() const {
 SafetensorsHeader parse_safetensors(std::span<const uint8_t> file, const std::string& label) {
 	const std::string where = escape_for_message(label, kMaxLabelBytes);
 	if (file.size() < 8)
-		fail(where, fmt::format("file is {} bytes, too short for a safetensors header (needs at least 8)", file.size()));
+		fail(where,
+		     fmt::format("file is {} bytes, too short for a safetensors header (needs at least 8)", file.size()));
 	const uint64_t n = read_u64_le(file.data());
 	if (n > kMaxHeaderBytes)
 		fail(where, fmt::format("header length {} exceeds the limit of {} bytes", n, kMaxHeaderBytes));
@@ -304,7 +317,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
 		::munmap(const_cast<uint8_t*>(map_), map_size_);
 		throw;
 	}
-	for (size_t i = 0; i < header_.tensors.size(); ++i) by_name_.emplace(header_.tensors[i].name, i);
+	for (size_t i = 0; i < header_.tensors.size(); ++i)
+		by_name_.emplace(header_.tensors[i].name, i);
 }
 
 SafetensorsFile::~SafetensorsFile() {
@@ -354,7 +368,8 @@ ShardIndex parse_shard_index(std::string_view json_text, const std::string& labe
 	std::unordered_set<std::string> seen;
 	for (const auto& [tensor, shard] : map->items()) {
 		if (!shard.is_string())
-			fail(where, fmt::format("weight_map entry {} is {}, not a string", in_quotes(tensor), json_type_phrase(shard)));
+			fail(where,
+			     fmt::format("weight_map entry {} is {}, not a string", in_quotes(tensor), json_type_phrase(shard)));
 		std::string file = check_shard_name(shard.get<std::string>(), tensor, where);
 		if (seen.insert(file).second) out.shard_files.push_back(file);
 		out.weight_map.emplace_back(tensor, std::move(file));
@@ -416,7 +431,8 @@ std::string length_prefixed(std::string json_text) {
 	json_text.append((8 - json_text.size() % 8) % 8, ' '); // data region starts 8-byte aligned
 	std::string out(8, '\0');
 	uint64_t n = json_text.size();
-	for (int i = 0; i < 8; ++i, n >>= 8) out[i] = static_cast<char>(n & 0xFF);
+	for (int i = 0; i < 8; ++i, n >>= 8)
+		out[i] = static_cast<char>(n & 0xFF);
 	return out + json_text;
 }
 
@@ -477,13 +493,15 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path dir, std::vector<Outp
 				fail(where, fmt::format("cannot size to {} bytes: {}", shard.file_size, std::strerror(errno)));
 		}
 	} catch (...) {
-		for (int fd : fds_) ::close(fd);
+		for (int fd : fds_)
+			::close(fd);
 		throw;
 	}
 }
 
 SafetensorsWriter::~SafetensorsWriter() {
-	for (int fd : fds_) ::close(fd); // only after a failure; finish() closes and checks
+	for (int fd : fds_)
+		::close(fd); // only after a failure; finish() closes and checks
 }
 
 void SafetensorsWriter::write(size_t tensor_index, std::span<const uint8_t> bytes) {
@@ -494,8 +512,8 @@ void SafetensorsWriter::write(size_t tensor_index, std::span<const uint8_t> byte
 	const auto& spec = specs_[tensor_index];
 	const uint64_t expected = spec.nbytes();
 	if (bytes.size() != expected)
-		fail(where, fmt::format("tensor {}: got {} bytes, but shape {} of {} needs {}", in_quotes(spec.name), bytes.size(),
-		                        shape_string(spec.shape), dtype_safetensors_name(spec.dtype), expected));
+		fail(where, fmt::format("tensor {}: got {} bytes, but shape {} of {} needs {}", in_quotes(spec.name),
+		                        bytes.size(), shape_string(spec.shape), dtype_safetensors_name(spec.dtype), expected));
 	// One flag byte per tensor, claimed atomically, so concurrent writers need no lock.
 	std::atomic_ref<uint8_t> flag(written_[tensor_index]);
 	if (flag.exchange(1)) fail(where, fmt::format("tensor {} written twice", in_quotes(spec.name)));
@@ -513,7 +531,8 @@ void SafetensorsWriter::finish() {
 	const std::string where = escape_for_message(dir_.string(), kMaxLabelBytes);
 	if (fds_.empty()) fail(where, "finish() called twice");
 	size_t missing = 0;
-	for (size_t i = specs_.size(); i-- > 0;) missing += written_[i] ? 0 : 1;
+	for (size_t i = specs_.size(); i-- > 0;)
+		missing += written_[i] ? 0 : 1;
 	if (missing > 0) {
 		size_t first = std::find(written_.begin(), written_.end(), 0) - written_.begin();
 		fail(where, fmt::format("{} of {} tensors were never written (first: {})", missing, specs_.size(),

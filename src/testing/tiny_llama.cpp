@@ -34,13 +34,15 @@ private:
 
 NamedTensor matrix(std::string name, uint64_t rows, uint64_t cols, float scale, Random& rng) {
 	NamedTensor t{std::move(name), {rows, cols}, std::vector<float>(rows * cols)};
-	for (float& v : t.values) v = (rng.uniform() - 0.5f) * scale;
+	for (float& v : t.values)
+		v = (rng.uniform() - 0.5f) * scale;
 	return t;
 }
 
 NamedTensor norm(std::string name, uint64_t size, Random& rng) {
 	NamedTensor t{std::move(name), {size}, std::vector<float>(size)};
-	for (float& v : t.values) v = 1.0f + (rng.uniform() - 0.5f) * 0.1f;
+	for (float& v : t.values)
+		v = 1.0f + (rng.uniform() - 0.5f) * 0.1f;
 	return t;
 }
 
@@ -127,7 +129,8 @@ std::vector<NamedTensor> perturb(const std::vector<NamedTensor>& model, float sc
 	Random rng(seed);
 	std::vector<NamedTensor> out = model;
 	for (auto& t : out)
-		for (float& v : t.values) v += scale * rng.normalish();
+		for (float& v : t.values)
+			v += scale * rng.normalish();
 	return out;
 }
 
