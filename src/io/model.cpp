@@ -24,10 +24,6 @@ constexpr uint64_t kMaxJsonFileBytes = 100ull << 20; // index and config files a
 std::string show(const fs::path& path) {
 	return escape_for_message(path.string(), 400);
 }
-std::string in_quotes(std::string_view text) {
-	return "'" + escape_for_message(text) + "'";
-}
-
 std::string read_json_file(const fs::path& path) {
 	std::error_code ec;
 	const auto size = fs::file_size(path, ec);
@@ -92,9 +88,9 @@ void collect_tensors(const fs::path& dir, const std::vector<std::unique_ptr<Safe
 		for (const auto& info : file->tensors()) {
 			auto [it, fresh] = by_name.emplace(info.name, tensors.size());
 			if (!fresh)
-				throw Error(fmt::format("{}: tensor {} is in both {} and {}", show(dir), in_quotes(info.name),
-				                        in_quotes(tensors[it->second].file->path().lexically_relative(dir).string()),
-				                        in_quotes(file->path().lexically_relative(dir).string())));
+				throw Error(fmt::format("{}: tensor {} is in both {} and {}", show(dir), quote_for_message(info.name),
+				                        quote_for_message(tensors[it->second].file->path().lexically_relative(dir).string()),
+				                        quote_for_message(file->path().lexically_relative(dir).string())));
 			tensors.push_back({file.get(), &info});
 		}
 }
@@ -109,12 +105,12 @@ void check_index(const ShardIndex& index, const fs::path& index_path,
 	for (const auto& [name, shard] : index.weight_map) {
 		if (!file_of_shard.at(shard)->find(name))
 			throw Error(fmt::format("{}: tensor {} is listed in shard {}, but that shard has no such tensor",
-			                        show(index_path), in_quotes(name), in_quotes(shard)));
+			                        show(index_path), quote_for_message(name), quote_for_message(shard)));
 		listed.insert(name);
 	}
 	for (const auto& t : tensors)
 		if (!listed.count(t.info->name))
-			throw Error(fmt::format("{}: tensor {} is not listed in {}", show(t.file->path()), in_quotes(t.info->name),
+			throw Error(fmt::format("{}: tensor {} is not listed in {}", show(t.file->path()), quote_for_message(t.info->name),
 			                        show(index_path.filename())));
 }
 
@@ -132,7 +128,7 @@ ModelFolder::ModelFolder(const fs::path& dir) : dir_(dir) {
 			const auto path = dir / shard;
 			if (!fs::exists(path, ec))
 				throw Error(
-				    fmt::format("{}: shard {} listed in the index does not exist", show(index_path), in_quotes(shard)));
+				    fmt::format("{}: shard {} listed in the index does not exist", show(index_path), quote_for_message(shard)));
 			files_.push_back(std::make_unique<SafetensorsFile>(path));
 		}
 		collect_tensors(dir_, files_, tensors_, by_name_);

@@ -59,10 +59,6 @@ std::string shape_string(const std::vector<uint64_t>& shape) {
 	return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
-std::string in_quotes(std::string_view name) {
-	return "'" + escape_for_message(name) + "'";
-}
-
 // --- message escaping ---
 
 // Length of the valid UTF-8 sequence starting at s[i] and its code point; 0 when invalid.
@@ -117,7 +113,7 @@ json parse_json_strict(std::string_view text, const std::string& where, std::str
 	} catch (const json::exception& e) {
 		fail(where, fmt::format("invalid JSON in {}: {}", what, json_error_text(e)));
 	}
-	if (duplicate) fail(where, fmt::format("duplicate key {} in {}", in_quotes(*duplicate), what));
+	if (duplicate) fail(where, fmt::format("duplicate key {} in {}", quote_for_message(*duplicate), what));
 	return j;
 }
 
@@ -146,7 +142,7 @@ void parse_metadata(const json& value, const std::string& where, SafetensorsHead
 	for (const auto& [key, v] : value.items()) {
 		if (!v.is_string())
 			fail(where,
-			     fmt::format("'__metadata__' entry {} is {}, not a string", in_quotes(key), json_type_phrase(v)));
+			     fmt::format("'__metadata__' entry {} is {}, not a string", quote_for_message(key), json_type_phrase(v)));
 		out.metadata.emplace_back(key, v.get<std::string>());
 	}
 }
@@ -166,7 +162,7 @@ TensorInfo parse_tensor_fields(const std::string& name, const json& entry) {
 	if (dtype == entry.end()) throw Error("missing 'dtype'");
 	if (!dtype->is_string()) throw Error(fmt::format("'dtype' is {}, not a string", json_type_phrase(*dtype)));
 	auto dt = dtype_from_safetensors_name(dtype->get_ref<const std::string&>());
-	if (!dt) throw Error(fmt::format("unknown dtype {}", in_quotes(dtype->get_ref<const std::string&>())));
+	if (!dt) throw Error(fmt::format("unknown dtype {}", quote_for_message(dtype->get_ref<const std::string&>())));
 	t.dtype = *dt;
 	auto shape = entry.find("shape");
 	if (shape == entry.end()) throw Error("missing 'shape'");
@@ -202,11 +198,11 @@ void check_tiling(std::vector<TensorInfo>& tensors, uint64_t region, const std::
 	const TensorInfo* prev = nullptr;
 	for (const auto& t : tensors) {
 		if (t.data_begin < end)
-			fail(where, fmt::format("tensor {}: data_offsets [{}, {}] overlap tensor {} at [{}, {}]", in_quotes(t.name),
-			                        t.data_begin, t.data_end, in_quotes(prev->name), prev->data_begin, prev->data_end));
+			fail(where, fmt::format("tensor {}: data_offsets [{}, {}] overlap tensor {} at [{}, {}]", quote_for_message(t.name),
+			                        t.data_begin, t.data_end, quote_for_message(prev->name), prev->data_begin, prev->data_end));
 		if (t.data_begin > end)
 			fail(where, fmt::format("tensor {}: hole of {} bytes in the data region before data_offsets [{}, {}]",
-			                        in_quotes(t.name), t.data_begin - end, t.data_begin, t.data_end));
+			                        quote_for_message(t.name), t.data_begin - end, t.data_begin, t.data_end));
 		end = t.data_end;
 		prev = &t;
 	}
@@ -238,16 +234,18 @@ std::string escape_for_message(std::string_view text, size_t max_bytes) {
 	return out;
 }
 
+std::string quote_for_message(std::string_view text) { return fmt::format("'{}'", escape_for_message(text)); }
+
 uint64_t TensorInfo::numel() const {
 	auto n = checked_numel(shape);
-	if (!n) throw Error(fmt::format("tensor {}: shape {} overflows 64 bits", in_quotes(name), shape_string(shape)));
+	if (!n) throw Error(fmt::format("tensor {}: shape {} overflows 64 bits", quote_for_message(name), shape_string(shape)));
 	return *n;
 }
 
 uint64_t OutputTensorSpec::nbytes() const {
 	auto n = checked_nbytes(shape, dtype);
 	if (!n)
-		throw Error(fmt::format("output tensor {}: shape {} of {} overflows a 64-bit byte count", in_quotes(name),
+		throw Error(fmt::format("output tensor {}: shape {} of {} overflows a 64-bit byte count", quote_for_message(name),
 		                        shape_string(shape), dtype_safetensors_name(dtype)));
 	return *n;
 }
@@ -278,7 +276,7 @@ SafetensorsHeader parse_safetensors(std::span<const uint8_t> file, const std::st
 			out.tensors.push_back(parse_tensor_fields(name, entry));
 			check_tensor_size(out.tensors.back());
 		} catch (const Error& e) {
-			fail(where, fmt::format("tensor {}: {}", in_quotes(name), e.what()));
+			fail(where, fmt::format("tensor {}: {}", quote_for_message(name), e.what()));
 		}
 	}
 	check_tiling(out.tensors, file.size() - out.data_offset, where);
@@ -341,7 +339,7 @@ namespace {
 // Shard files must stay inside the model folder: relative, no "..", no backslashes.
 std::string check_shard_name(const std::string& shard, const std::string& tensor, const std::string& where) {
 	const auto bad = [&](std::string_view why) {
-		fail(where, fmt::format("weight_map entry {}: shard file {} {}", in_quotes(tensor), in_quotes(shard), why));
+		fail(where, fmt::format("weight_map entry {}: shard file {} {}", quote_for_message(tensor), quote_for_message(shard), why));
 	};
 	if (shard.empty()) bad("is empty");
 	if (shard.front() == '/') bad("is an absolute path");
@@ -369,7 +367,7 @@ ShardIndex parse_shard_index(std::string_view json_text, const std::string& labe
 	for (const auto& [tensor, shard] : map->items()) {
 		if (!shard.is_string())
 			fail(where,
-			     fmt::format("weight_map entry {} is {}, not a string", in_quotes(tensor), json_type_phrase(shard)));
+			     fmt::format("weight_map entry {} is {}, not a string", quote_for_message(tensor), json_type_phrase(shard)));
 		std::string file = check_shard_name(shard.get<std::string>(), tensor, where);
 		if (seen.insert(file).second) out.shard_files.push_back(file);
 		out.weight_map.emplace_back(tensor, std::move(file));
@@ -414,7 +412,7 @@ std::string shard_header_json(const std::vector<OutputTensorSpec>& tensors, cons
 	uint64_t offset = 0;
 	for (size_t i : shard.tensors) {
 		const auto& t = tensors[i];
-		if (j.contains(t.name)) throw Error(fmt::format("output tensor {} is not unique", in_quotes(t.name)));
+		if (j.contains(t.name)) throw Error(fmt::format("output tensor {} is not unique", quote_for_message(t.name)));
 		const uint64_t end = *checked_add(offset, t.nbytes()); // cannot overflow: bounded by total_size
 		j[t.name] = {{"dtype", dtype_safetensors_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, end}}};
 		relative[i] = offset;
@@ -458,7 +456,7 @@ OutputLayout plan_output_layout(const std::vector<OutputTensorSpec>& tensors, ui
 	std::unordered_set<std::string_view> names;
 	for (const auto& t : tensors)
 		if (t.name == "__metadata__" || !names.insert(t.name).second)
-			throw Error(fmt::format("output tensor name {} is reserved or not unique", in_quotes(t.name)));
+			throw Error(fmt::format("output tensor name {} is reserved or not unique", quote_for_message(t.name)));
 	std::vector<uint64_t> relative(tensors.size());
 	layout.file_offset.resize(tensors.size());
 	for (size_t k = 0; k < layout.shards.size(); ++k) {
@@ -512,11 +510,11 @@ void SafetensorsWriter::write(size_t tensor_index, std::span<const uint8_t> byte
 	const auto& spec = specs_[tensor_index];
 	const uint64_t expected = spec.nbytes();
 	if (bytes.size() != expected)
-		fail(where, fmt::format("tensor {}: got {} bytes, but shape {} of {} needs {}", in_quotes(spec.name),
+		fail(where, fmt::format("tensor {}: got {} bytes, but shape {} of {} needs {}", quote_for_message(spec.name),
 		                        bytes.size(), shape_string(spec.shape), dtype_safetensors_name(spec.dtype), expected));
 	// One flag byte per tensor, claimed atomically, so concurrent writers need no lock.
 	std::atomic_ref<uint8_t> flag(written_[tensor_index]);
-	if (flag.exchange(1)) fail(where, fmt::format("tensor {} written twice", in_quotes(spec.name)));
+	if (flag.exchange(1)) fail(where, fmt::format("tensor {} written twice", quote_for_message(spec.name)));
 	const size_t shard = layout_.shard_of[tensor_index];
 	try {
 		pwrite_all(fds_[shard], bytes.data(), bytes.size(), layout_.file_offset[tensor_index],
@@ -536,7 +534,7 @@ void SafetensorsWriter::finish() {
 	if (missing > 0) {
 		size_t first = std::find(written_.begin(), written_.end(), 0) - written_.begin();
 		fail(where, fmt::format("{} of {} tensors were never written (first: {})", missing, specs_.size(),
-		                        in_quotes(specs_[first].name)));
+		                        quote_for_message(specs_[first].name)));
 	}
 	std::string close_error;
 	for (size_t k = 0; k < fds_.size(); ++k)

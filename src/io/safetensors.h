@@ -36,6 +36,8 @@ constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 // message: control characters, invalid UTF-8 and invisible/bidi code points become \xNN, and
 // the result is cut to about max_bytes with "...".
 std::string escape_for_message(std::string_view text, size_t max_bytes = 80);
+// escape_for_message(text) in single quotes.
+std::string quote_for_message(std::string_view text);
 
 struct TensorInfo {
 	std::string name;
