@@ -25,9 +25,8 @@ protected:
 	void expect_merge_error(const std::string& recipe, const std::string& expected, const std::string& extra = "") {
 		test::write_file(dir_ / "recipe.yml", recipe);
 		std::string err;
-		const int status = test::run_weld("merge " + (dir_ / "recipe.yml").string() + " " + (dir_ / "out").string() +
-		                                      " --quiet " + extra,
-		                                  &err);
+		const int status = test::run_weld(
+		    "merge " + (dir_ / "recipe.yml").string() + " " + (dir_ / "out").string() + " --quiet " + extra, &err);
 		EXPECT_NE(status, 0);
 		EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
 		EXPECT_EQ(err.rfind("weld: error: ", 0), 0u) << err;
@@ -41,8 +40,8 @@ protected:
 	// `other` is a folder under dir_, or taken as written when it starts with '@'.
 	std::string models_recipe(const std::string& method, const std::string& other = "a") const {
 		const auto reference = other[0] == '@' ? other.substr(1) : (dir_ / other).string();
-		return "merge_method: " + method + "\nbase_model: " + (dir_ / "base").string() + "\nmodels:\n  - model: " +
-		       reference + "\n    parameters: {weight: 1.0}\n";
+		return "merge_method: " + method + "\nbase_model: " + (dir_ / "base").string() +
+		       "\nmodels:\n  - model: " + reference + "\n    parameters: {weight: 1.0}\n";
 	}
 
 	std::string shard_of(const std::string& model, const std::string& tensor) const {
@@ -90,9 +89,8 @@ TEST_F(CliTest, UnknownParameterIsRejected) {
 }
 
 TEST_F(CliTest, MissingRequiredParameterIsNamed) {
-	expect_merge_error("merge_method: slerp\nbase_model: " + (dir_ / "base").string() +
-	                       "\nmodels:\n  - model: " + (dir_ / "base").string() + "\n  - model: " +
-	                       (dir_ / "a").string() + "\n",
+	expect_merge_error("merge_method: slerp\nbase_model: " + (dir_ / "base").string() + "\nmodels:\n  - model: " +
+	                       (dir_ / "base").string() + "\n  - model: " + (dir_ / "a").string() + "\n",
 	                   "needs parameter 't'");
 }
 
@@ -160,7 +158,8 @@ TEST_F(CliTest, InspectListsTensorsAsJson) {
 	EXPECT_EQ(json["architecture"], "LlamaForCausalLM");
 	EXPECT_EQ(json["tensors"].size(), base_.size());
 	uint64_t params = 0;
-	for (const auto& t : base_) params += t.values.size();
+	for (const auto& t : base_)
+		params += t.values.size();
 	EXPECT_EQ(json["parameters"], params);
 	EXPECT_EQ(json["tensors"][0]["shard"], shard_of("a", json["tensors"][0]["name"]));
 }
@@ -178,8 +177,8 @@ TEST_F(CliTest, MethodsAreListed) {
 TEST_F(CliTest, HelpExplainsEveryMergeOption) {
 	std::string out;
 	ASSERT_EQ(test::run_weld("merge --help", nullptr, &out), 0);
-	for (const char* option : {"--force", "--dry-run", "--threads", "--memory-budget", "--out-shard-size", "--seed",
-	                           "--quiet"})
+	for (const char* option :
+	     {"--force", "--dry-run", "--threads", "--memory-budget", "--out-shard-size", "--seed", "--quiet"})
 		EXPECT_NE(out.find(option), std::string::npos) << option;
 }
 

@@ -121,7 +121,8 @@ TEST_P(MergeTest, SlerpFollowsTheGreatCircle) {
 	for (const auto& [name, values] : base_) {
 		const auto &v0 = base_[name], &v1 = a_[name];
 		double n0 = 0, n1 = 0, dot = 0;
-		for (size_t i = 0; i < v0.size(); i++) n0 += v0[i] * v0[i], n1 += v1[i] * v1[i], dot += v0[i] * v1[i];
+		for (size_t i = 0; i < v0.size(); i++)
+			n0 += v0[i] * v0[i], n1 += v1[i] * v1[i], dot += v0[i] * v1[i];
 		const double cos = dot / std::sqrt(n0 * n1);
 		for (size_t i = 0; i < v0.size(); i += 5) {
 			double expected = 0.7 * v0[i] + 0.3 * v1[i];
@@ -152,7 +153,8 @@ TEST_F(MergeRecipeTest, GradientsInterpolateOverLayers) {
 	for (int layer = 0; layer < 3; layer++) {
 		const double w = layer / 2.0;
 		const auto name = "model.layers." + std::to_string(layer) + ".mlp.up_proj.weight";
-		for (size_t i = 0; i < 10; i++) expect_near(out, name, i, (a_[name][i] + w * b_[name][i]) / (1 + w));
+		for (size_t i = 0; i < 10; i++)
+			expect_near(out, name, i, (a_[name][i] + w * b_[name][i]) / (1 + w));
 	}
 	expect_near(out, "model.norm.weight", 0, a_["model.norm.weight"][0]);
 }
@@ -178,7 +180,8 @@ TEST_F(MergeRecipeTest, PassthroughSlicesStackLayers) {
 	     {std::tuple{&a_, 0, 0, 1.0}, {&a_, 1, 1, 1.0}, {&b_, 1, 2, 2.0}, {&b_, 2, 3, 2.0}}) {
 		const auto in = "model.layers." + std::to_string(src_layer) + ".self_attn.v_proj.weight";
 		const auto name = "model.layers." + std::to_string(out_layer) + ".self_attn.v_proj.weight";
-		for (size_t i = 0; i < 8; i++) expect_near(out, name, i, scale * (*src)[in][i]);
+		for (size_t i = 0; i < 8; i++)
+			expect_near(out, name, i, scale * (*src)[in][i]);
 	}
 	EXPECT_FALSE(out.count("model.layers.4.self_attn.v_proj.weight"));
 	const auto config = nlohmann::json::parse(test::read_file(dir_ / "out" / "config.json"));
@@ -248,9 +251,11 @@ TEST_F(MergeRecipeTest, OutputFolderIsACompleteHuggingFaceModel) {
 	EXPECT_EQ(config["torch_dtype"], "bfloat16");
 	const auto index = nlohmann::json::parse(test::read_file(out / "model.safetensors.index.json"));
 	EXPECT_EQ(index["weight_map"].size(), a_.size());
-	for (const auto& [tensor, shard] : index["weight_map"].items()) EXPECT_TRUE(fs::exists(out / shard.get<std::string>()));
+	for (const auto& [tensor, shard] : index["weight_map"].items())
+		EXPECT_TRUE(fs::exists(out / shard.get<std::string>()));
 	ModelFolder model(out);
-	for (const auto& t : model.tensors()) EXPECT_EQ(t.info->dtype, DType::BF16);
+	for (const auto& t : model.tensors())
+		EXPECT_EQ(t.info->dtype, DType::BF16);
 	EXPECT_NE(test::read_file(out / "README.md").find("ties"), std::string::npos);
 	for (const auto& entry : fs::directory_iterator(dir_.path()))
 		EXPECT_EQ(entry.path().filename().string().find(".weld-tmp"), std::string::npos);
@@ -274,9 +279,9 @@ TEST_F(MergeRecipeTest, SameSeedGivesIdenticalBytesForAnyThreadCount) {
 		files++;
 	}
 	EXPECT_GT(files, 4u);
-	const auto first_shard = nlohmann::json::parse(test::read_file(dir_ / "one" / "model.safetensors.index.json"))
-	                             ["weight_map"]["model.layers.0.mlp.up_proj.weight"]
-	                                 .get<std::string>();
+	const auto first_shard = nlohmann::json::parse(test::read_file(
+	    dir_ / "one" / "model.safetensors.index.json"))["weight_map"]["model.layers.0.mlp.up_proj.weight"]
+	                             .get<std::string>();
 	EXPECT_NE(test::read_file(dir_ / "one" / first_shard), test::read_file(dir_ / "other_seed" / first_shard));
 }
 

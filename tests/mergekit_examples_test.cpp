@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 
 void add_to_cache(const fs::path& hub, const std::string& repo_id, uint64_t seed) {
 	std::string folder = "models--" + repo_id;
-	for (size_t pos; (pos = folder.find('/')) != std::string::npos;) folder.replace(pos, 1, "--");
+	for (size_t pos; (pos = folder.find('/')) != std::string::npos;)
+		folder.replace(pos, 1, "--");
 	const auto snapshot = hub / folder / "snapshots" / "0000000000000000000000000000000000000000";
 	if (fs::exists(snapshot)) return;
 	std::string lower = repo_id;
@@ -43,11 +44,14 @@ TEST(MergekitExamples, RunUnchanged) {
 		const auto recipe = parse_recipe(test::read_file(entry.path()), entry.path().string());
 		std::set<std::string> names;
 		if (recipe.base_model) names.insert(*recipe.base_model);
-		for (const auto& m : recipe.models) names.insert(m.model);
+		for (const auto& m : recipe.models)
+			names.insert(m.model);
 		for (const auto& s : recipe.slices)
-			for (const auto& src : s.sources) names.insert(src.model);
+			for (const auto& src : s.sources)
+				names.insert(src.model);
 		uint64_t seed = 1;
-		for (const auto& name : names) add_to_cache(dir / "hub", name, seed++);
+		for (const auto& name : names)
+			add_to_cache(dir / "hub", name, seed++);
 
 		MergeOptions options;
 		options.recipe_path = entry.path();

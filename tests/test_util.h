@@ -53,7 +53,8 @@ using Tensors = std::map<std::string, std::vector<float>>;
 
 inline Tensors as_map(const std::vector<NamedTensor>& tensors) {
 	Tensors out;
-	for (const auto& t : tensors) out[t.name] = t.values;
+	for (const auto& t : tensors)
+		out[t.name] = t.values;
 	return out;
 }
 
@@ -85,8 +86,7 @@ inline Tensors read_model(const std::filesystem::path& dir) {
 inline int run_weld(const std::string& args, std::string* stderr_text = nullptr, std::string* stdout_text = nullptr) {
 	TempDir capture;
 	const auto out = capture / "out.txt", err = capture / "err.txt";
-	const std::string command =
-	    std::string(WELD_BINARY) + " " + args + " >" + out.string() + " 2>" + err.string();
+	const std::string command = std::string(WELD_BINARY) + " " + args + " >" + out.string() + " 2>" + err.string();
 	const int status = std::system(command.c_str());
 	if (stderr_text) *stderr_text = read_file(err);
 	if (stdout_text) *stdout_text = read_file(out);

@@ -26,7 +26,9 @@ struct MergeArgs {
 	bool force = false, dry_run = false, quiet = false;
 };
 
-void on_signal(int) { request_cancel(); }
+void on_signal(int) {
+	request_cancel();
+}
 
 int run(const MergeArgs& args) {
 	// Ctrl-C stops at the next tensor and removes the partial output instead of leaving it.
@@ -46,7 +48,8 @@ int run(const MergeArgs& args) {
 
 	const auto summary = run_merge(options);
 	if (!args.quiet)
-		for (const auto& warning : summary.warnings) fmt::print(stderr, "weld: warning: {}\n", warning);
+		for (const auto& warning : summary.warnings)
+			fmt::print(stderr, "weld: warning: {}\n", warning);
 	if (args.dry_run) {
 		fmt::print("{}", summary.plan_text);
 		return 0;

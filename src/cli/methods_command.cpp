@@ -41,7 +41,8 @@ std::function<int()> add_methods_command(CLI::App& app) {
 	cmd->add_option("name", *name, "a method name");
 	return [name] {
 		if (name->empty()) {
-			for (const auto* method : all_methods()) print_method(method->info(), false);
+			for (const auto* method : all_methods())
+				print_method(method->info(), false);
 			return 0;
 		}
 		const auto* method = find_method(*name);

@@ -106,7 +106,9 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer) {
 
 } // namespace
 
-void request_cancel() { g_cancelled = true; }
+void request_cancel() {
+	g_cancelled = true;
+}
 
 uint64_t job_working_bytes(const TensorJob& job) {
 	return (job.sources.size() + 1) * job.numel() * sizeof(float) + job.out_nbytes();
@@ -114,7 +116,8 @@ uint64_t job_working_bytes(const TensorJob& job) {
 
 void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options) {
 	std::vector<OutputTensorSpec> specs;
-	for (const auto& job : plan.jobs) specs.push_back({job.name, job.out_dtype, job.shape});
+	for (const auto& job : plan.jobs)
+		specs.push_back({job.name, job.out_dtype, job.shape});
 	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes);
 
 	MemoryBudget budget(options.memory_budget);
@@ -142,14 +145,16 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 	};
 	const unsigned threads = std::max(1u, options.threads);
 	std::vector<std::thread> pool;
-	for (unsigned t = 0; t < threads; t++) pool.emplace_back(worker);
+	for (unsigned t = 0; t < threads; t++)
+		pool.emplace_back(worker);
 	if (options.progress) {
 		while (next < plan.jobs.size() && !failed) {
 			progress.print(false);
 			std::this_thread::sleep_for(std::chrono::milliseconds(250));
 		}
 	}
-	for (auto& thread : pool) thread.join();
+	for (auto& thread : pool)
+		thread.join();
 	if (first_error) std::rethrow_exception(first_error);
 	progress.print(true);
 	writer.finish();

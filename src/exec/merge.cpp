@@ -32,20 +32,20 @@ void write_text(const fs::path& path, const std::string& text) {
 
 // Files a tokenizer may consist of, across the common tokenizer classes.
 constexpr const char* kTokenizerFiles[] = {
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json",     "merges.txt",            "added_tokens.json",       "generation_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+    "merges.txt",     "added_tokens.json",     "generation_config.json",
 };
 
 std::string model_card(const Plan& plan) {
 	std::string card = "---\nlibrary_name: transformers\ntags:\n- weld\n- merge\n";
 	if (plan.base_model >= 0) card += fmt::format("base_model:\n- {}\n", plan.models[plan.base_model].reference);
 	card += "---\n\n# Merged model\n\n";
-	card += fmt::format("This model was merged with weld using the **{}** method",
-	                    plan.method->info().name);
+	card += fmt::format("This model was merged with weld using the **{}** method", plan.method->info().name);
 	if (!plan.method->info().reference.empty()) card += fmt::format(" ({})", plan.method->info().reference);
 	card += ".\n\n## Models merged\n\n";
 	for (size_t i = 0; i < plan.models.size(); i++)
-		card += fmt::format("- {}{}\n", plan.models[i].reference, static_cast<int>(i) == plan.base_model ? " (base)" : "");
+		card +=
+		    fmt::format("- {}{}\n", plan.models[i].reference, static_cast<int>(i) == plan.base_model ? " (base)" : "");
 	card += fmt::format("\n## Recipe\n\n```yaml\n{}{}```\n", plan.recipe.text,
 	                    plan.recipe.text.ends_with('\n') ? "" : "\n");
 	return card;
@@ -99,7 +99,8 @@ MergeSummary run_merge(const MergeOptions& options) {
 	}
 
 	const fs::path out = fs::absolute(options.out_dir).lexically_normal();
-	if (out.filename().empty()) throw Error(fmt::format("{}: not a valid output folder name", options.out_dir.string()));
+	if (out.filename().empty())
+		throw Error(fmt::format("{}: not a valid output folder name", options.out_dir.string()));
 	if (fs::exists(out) && !options.force)
 		throw Error(fmt::format("{}: output already exists (use --force to replace it)", out.string()));
 	if (!fs::is_directory(out.parent_path()))

@@ -31,7 +31,9 @@ constexpr std::array<DTypeRow, 15> kDTypes = {{
 }};
 static_assert(static_cast<size_t>(DType::F64) + 1 == kDTypes.size(), "kDTypes must list every DType in order");
 
-const DTypeRow& row(DType dtype) { return kDTypes[static_cast<size_t>(dtype)]; }
+const DTypeRow& row(DType dtype) {
+	return kDTypes[static_cast<size_t>(dtype)];
+}
 
 } // namespace
 
@@ -41,9 +43,15 @@ std::optional<DType> dtype_from_safetensors_name(std::string_view name) {
 	return std::nullopt;
 }
 
-std::string_view dtype_safetensors_name(DType dtype) { return row(dtype).safetensors_name; }
-size_t dtype_size(DType dtype) { return row(dtype).size; }
-std::string_view dtype_torch_name(DType dtype) { return row(dtype).torch_name; }
+std::string_view dtype_safetensors_name(DType dtype) {
+	return row(dtype).safetensors_name;
+}
+size_t dtype_size(DType dtype) {
+	return row(dtype).size;
+}
+std::string_view dtype_torch_name(DType dtype) {
+	return row(dtype).torch_name;
+}
 
 bool dtype_is_arithmetic(DType dtype) {
 	return dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::F32 || dtype == DType::F64;

@@ -88,9 +88,10 @@ void collect_tensors(const fs::path& dir, const std::vector<std::unique_ptr<Safe
 		for (const auto& info : file->tensors()) {
 			auto [it, fresh] = by_name.emplace(info.name, tensors.size());
 			if (!fresh)
-				throw Error(fmt::format("{}: tensor {} is in both {} and {}", show(dir), quote_for_message(info.name),
-				                        quote_for_message(tensors[it->second].file->path().lexically_relative(dir).string()),
-				                        quote_for_message(file->path().lexically_relative(dir).string())));
+				throw Error(
+				    fmt::format("{}: tensor {} is in both {} and {}", show(dir), quote_for_message(info.name),
+				                quote_for_message(tensors[it->second].file->path().lexically_relative(dir).string()),
+				                quote_for_message(file->path().lexically_relative(dir).string())));
 			tensors.push_back({file.get(), &info});
 		}
 }
@@ -110,8 +111,8 @@ void check_index(const ShardIndex& index, const fs::path& index_path,
 	}
 	for (const auto& t : tensors)
 		if (!listed.count(t.info->name))
-			throw Error(fmt::format("{}: tensor {} is not listed in {}", show(t.file->path()), quote_for_message(t.info->name),
-			                        show(index_path.filename())));
+			throw Error(fmt::format("{}: tensor {} is not listed in {}", show(t.file->path()),
+			                        quote_for_message(t.info->name), show(index_path.filename())));
 }
 
 } // namespace
@@ -127,8 +128,8 @@ ModelFolder::ModelFolder(const fs::path& dir) : dir_(dir) {
 		for (const auto& shard : index.shard_files) {
 			const auto path = dir / shard;
 			if (!fs::exists(path, ec))
-				throw Error(
-				    fmt::format("{}: shard {} listed in the index does not exist", show(index_path), quote_for_message(shard)));
+				throw Error(fmt::format("{}: shard {} listed in the index does not exist", show(index_path),
+				                        quote_for_message(shard)));
 			files_.push_back(std::make_unique<SafetensorsFile>(path));
 		}
 		collect_tensors(dir_, files_, tensors_, by_name_);

@@ -16,11 +16,11 @@
 namespace weld {
 
 struct ModelConfig {
-	std::string architecture;          // architectures[0], or "" when absent
+	std::string architecture; // architectures[0], or "" when absent
 	std::optional<int64_t> num_hidden_layers;
 	std::optional<int64_t> vocab_size;
 	bool tie_word_embeddings = false;
-	std::string text;                  // the file as read, for writing an updated copy
+	std::string text; // the file as read, for writing an updated copy
 };
 ModelConfig parse_model_config(std::string_view json_text, const std::string& label);
 

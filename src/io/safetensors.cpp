@@ -141,8 +141,8 @@ void parse_metadata(const json& value, const std::string& where, SafetensorsHead
 	if (!value.is_object()) fail(where, fmt::format("'__metadata__' is {}, not an object", json_type_phrase(value)));
 	for (const auto& [key, v] : value.items()) {
 		if (!v.is_string())
-			fail(where,
-			     fmt::format("'__metadata__' entry {} is {}, not a string", quote_for_message(key), json_type_phrase(v)));
+			fail(where, fmt::format("'__metadata__' entry {} is {}, not a string", quote_for_message(key),
+			                        json_type_phrase(v)));
 		out.metadata.emplace_back(key, v.get<std::string>());
 	}
 }
@@ -198,8 +198,9 @@ void check_tiling(std::vector<TensorInfo>& tensors, uint64_t region, const std::
 	const TensorInfo* prev = nullptr;
 	for (const auto& t : tensors) {
 		if (t.data_begin < end)
-			fail(where, fmt::format("tensor {}: data_offsets [{}, {}] overlap tensor {} at [{}, {}]", quote_for_message(t.name),
-			                        t.data_begin, t.data_end, quote_for_message(prev->name), prev->data_begin, prev->data_end));
+			fail(where, fmt::format("tensor {}: data_offsets [{}, {}] overlap tensor {} at [{}, {}]",
+			                        quote_for_message(t.name), t.data_begin, t.data_end, quote_for_message(prev->name),
+			                        prev->data_begin, prev->data_end));
 		if (t.data_begin > end)
 			fail(where, fmt::format("tensor {}: hole of {} bytes in the data region before data_offsets [{}, {}]",
 			                        quote_for_message(t.name), t.data_begin - end, t.data_begin, t.data_end));
@@ -234,19 +235,22 @@ std::string escape_for_message(std::string_view text, size_t max_bytes) {
 	return out;
 }
 
-std::string quote_for_message(std::string_view text) { return fmt::format("'{}'", escape_for_message(text)); }
+std::string quote_for_message(std::string_view text) {
+	return fmt::format("'{}'", escape_for_message(text));
+}
 
 uint64_t TensorInfo::numel() const {
 	auto n = checked_numel(shape);
-	if (!n) throw Error(fmt::format("tensor {}: shape {} overflows 64 bits", quote_for_message(name), shape_string(shape)));
+	if (!n)
+		throw Error(fmt::format("tensor {}: shape {} overflows 64 bits", quote_for_message(name), shape_string(shape)));
 	return *n;
 }
 
 uint64_t OutputTensorSpec::nbytes() const {
 	auto n = checked_nbytes(shape, dtype);
 	if (!n)
-		throw Error(fmt::format("output tensor {}: shape {} of {} overflows a 64-bit byte count", quote_for_message(name),
-		                        shape_string(shape), dtype_safetensors_name(dtype)));
+		throw Error(fmt::format("output tensor {}: shape {} of {} overflows a 64-bit byte count",
+		                        quote_for_message(name), shape_string(shape), dtype_safetensors_name(dtype)));
 	return *n;
 }
 
@@ -339,7 +343,8 @@ namespace {
 // Shard files must stay inside the model folder: relative, no "..", no backslashes.
 std::string check_shard_name(const std::string& shard, const std::string& tensor, const std::string& where) {
 	const auto bad = [&](std::string_view why) {
-		fail(where, fmt::format("weight_map entry {}: shard file {} {}", quote_for_message(tensor), quote_for_message(shard), why));
+		fail(where, fmt::format("weight_map entry {}: shard file {} {}", quote_for_message(tensor),
+		                        quote_for_message(shard), why));
 	};
 	if (shard.empty()) bad("is empty");
 	if (shard.front() == '/') bad("is an absolute path");
@@ -366,8 +371,8 @@ ShardIndex parse_shard_index(std::string_view json_text, const std::string& labe
 	std::unordered_set<std::string> seen;
 	for (const auto& [tensor, shard] : map->items()) {
 		if (!shard.is_string())
-			fail(where,
-			     fmt::format("weight_map entry {} is {}, not a string", quote_for_message(tensor), json_type_phrase(shard)));
+			fail(where, fmt::format("weight_map entry {} is {}, not a string", quote_for_message(tensor),
+			                        json_type_phrase(shard)));
 		std::string file = check_shard_name(shard.get<std::string>(), tensor, where);
 		if (seen.insert(file).second) out.shard_files.push_back(file);
 		out.weight_map.emplace_back(tensor, std::move(file));

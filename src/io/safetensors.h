@@ -86,7 +86,7 @@ private:
 // relative paths inside the model folder (no absolute paths, no "..").
 struct ShardIndex {
 	std::vector<std::pair<std::string, std::string>> weight_map; // tensor name -> shard file
-	std::vector<std::string> shard_files;                         // distinct, in first-seen order
+	std::vector<std::string> shard_files;                        // distinct, in first-seen order
 };
 ShardIndex parse_shard_index(std::string_view json_text, const std::string& label);
 
@@ -110,9 +110,9 @@ struct OutputLayout {
 		uint64_t file_size = 0;
 	};
 	std::vector<Shard> shards;
-	std::vector<size_t> shard_of;     // per tensor
+	std::vector<size_t> shard_of;      // per tensor
 	std::vector<uint64_t> file_offset; // per tensor: absolute byte offset in its shard file
-	uint64_t total_size = 0;          // sum of tensor bytes (index metadata.total_size)
+	uint64_t total_size = 0;           // sum of tensor bytes (index metadata.total_size)
 };
 OutputLayout plan_output_layout(const std::vector<OutputTensorSpec>& tensors, uint64_t max_shard_bytes);
 

@@ -29,8 +29,8 @@ enum class BaseModel { Ignored, Required };
 
 struct MethodInfo {
 	std::string name;
-	std::string description; // one line
-	std::string reference;   // paper or source URL
+	std::string description;             // one line
+	std::string reference;               // paper or source URL
 	std::vector<ParamDef> global_params; // one value per tensor (e.g. normalize, lambda, t)
 	std::vector<ParamDef> model_params;  // one value per source model (e.g. weight, density)
 	BaseModel base = BaseModel::Ignored;
@@ -48,10 +48,10 @@ using ParamValues = std::map<std::string, double, std::less<>>;
 struct MergeInput {
 	std::string_view tensor_name;
 	std::vector<std::span<const float>> sources; // every source, in recipe order, same length
-	int base_index = -1;                          // which source is the base model, -1 if none
-	ParamValues params;                           // the method's global parameters
-	std::vector<ParamValues> source_params;       // per source; base's may lack required ones
-	uint64_t random_seed = 0;                     // --seed; combine with tensor_name for streams
+	int base_index = -1;                         // which source is the base model, -1 if none
+	ParamValues params;                          // the method's global parameters
+	std::vector<ParamValues> source_params;      // per source; base's may lack required ones
+	uint64_t random_seed = 0;                    // --seed; combine with tensor_name for streams
 };
 
 class MergeMethod {

@@ -37,7 +37,8 @@ std::optional<LayerName> split_layer_name(const std::string& name) {
 	for (size_t pos = name.find("layers."); pos != std::string::npos; pos = name.find("layers.", pos + 1)) {
 		if (pos > 0 && name[pos - 1] != '.') continue;
 		size_t digits = pos + 7, end = digits;
-		while (end < name.size() && end - digits < 9 && std::isdigit(static_cast<unsigned char>(name[end]))) end++;
+		while (end < name.size() && end - digits < 9 && std::isdigit(static_cast<unsigned char>(name[end])))
+			end++;
 		if (end == digits || end >= name.size() || name[end] != '.') continue;
 		return LayerName{name.substr(0, digits), std::stoll(name.substr(digits, end - digits)), name.substr(end)};
 	}
@@ -50,7 +51,9 @@ bool is_vocab_matrix(const std::string& name) {
 	       name.find("wte") != std::string::npos || name.find("word_embeddings") != std::string::npos;
 }
 
-std::string shape_string(const std::vector<uint64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_string(const std::vector<uint64_t>& shape) {
+	return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
 class Planner {
 public:
@@ -152,8 +155,10 @@ std::vector<Slice> Planner::make_slices() {
 void Planner::check_parameter_names() const {
 	const auto& info = method_.info();
 	std::vector<std::string> valid;
-	for (const auto& def : info.global_params) valid.push_back(def.name);
-	for (const auto& def : info.model_params) valid.push_back(def.name);
+	for (const auto& def : info.global_params)
+		valid.push_back(def.name);
+	for (const auto& def : info.model_params)
+		valid.push_back(def.name);
 	auto check = [&](const ParamSettings& settings, const std::string& where) {
 		for (const auto& [name, setting] : settings)
 			if (std::find(valid.begin(), valid.end(), name) == valid.end())
@@ -195,8 +200,8 @@ void Planner::resolve_params(TensorJob& job, const std::string& out_name, double
 		if (auto value = lookup(def, {slice_params, &recipe_.parameters}, out_name, t))
 			job.params[def.name] = value->number;
 		else if (def.required)
-			throw Error(fmt::format("recipe: method '{}' needs parameter '{}' (tensor '{}')", info.name, def.name,
-			                        out_name));
+			throw Error(
+			    fmt::format("recipe: method '{}' needs parameter '{}' (tensor '{}')", info.name, def.name, out_name));
 		else if (def.has_default)
 			job.params[def.name] = def.default_value;
 	}
@@ -204,8 +209,8 @@ void Planner::resolve_params(TensorJob& job, const std::string& out_name, double
 		ParamValues values;
 		const bool is_base = static_cast<int>(s) == job.base_index;
 		for (const auto& def : info.model_params) {
-			if (auto value = lookup(def, {slice.sources[s].params, slice_params, &recipe_.parameters},
-			                        source_names[s], t))
+			if (auto value =
+			        lookup(def, {slice.sources[s].params, slice_params, &recipe_.parameters}, source_names[s], t))
 				values[def.name] = value->number;
 			else if (def.required && !is_base)
 				throw Error(fmt::format("recipe: method '{}' needs parameter '{}' for model '{}' (tensor '{}')",
@@ -236,10 +241,9 @@ void Planner::plan_tensor(const std::string& out_name, double t, const Slice& sl
 		job.sources.push_back({m, tensor, tensor->info->numel()});
 	}
 	if (job.sources.size() < info.min_sources || (info.max_sources && job.sources.size() > info.max_sources))
-		throw Error(fmt::format("tensor '{}': method '{}' takes {} source model(s){}, the recipe gives {}", out_name,
-		                        info.name, info.min_sources,
-		                        info.max_sources == info.min_sources ? "" : fmt::format(" or more"),
-		                        job.sources.size()));
+		throw Error(fmt::format(
+		    "tensor '{}': method '{}' takes {} source model(s){}, the recipe gives {}", out_name, info.name,
+		    info.min_sources, info.max_sources == info.min_sources ? "" : fmt::format(" or more"), job.sources.size()));
 
 	// The reference shape is the base's (else the first source's); larger vocabularies are cut.
 	const auto& reference = job.sources[job.base_index >= 0 ? job.base_index : 0];
@@ -291,7 +295,8 @@ void Planner::check_same_tensors(const SliceSource& tmpl, const SliceSource& sou
 	const int64_t tmpl_layer = offset < 0 ? -1 : tmpl.first_layer + offset;
 	const int64_t source_layer = offset < 0 ? -1 : source.first_layer + offset;
 	std::vector<std::string> expected;
-	for (const auto& n : names_at(tmpl.model, tmpl_layer)) expected.push_back(key(n));
+	for (const auto& n : names_at(tmpl.model, tmpl_layer))
+		expected.push_back(key(n));
 	std::sort(expected.begin(), expected.end());
 	for (const auto& n : names_at(source.model, source_layer))
 		if (!std::binary_search(expected.begin(), expected.end(), key(n)))
@@ -310,7 +315,8 @@ const SliceSource& Planner::template_source(const Slice& slice) const {
 void Planner::plan_layers(const std::vector<Slice>& slices) {
 	std::vector<std::string> pre, post;
 	for (const auto* slice : {&slices.front(), &slices.back()})
-		for (const auto& source : slice->sources) check_same_tensors(template_source(*slice), source, -1);
+		for (const auto& source : slice->sources)
+			check_same_tensors(template_source(*slice), source, -1);
 	for (const auto& n : names_at(template_source(slices.front()).model, -1))
 		if (n.prefix.find("embed") != std::string::npos) pre.push_back(n.prefix);
 	for (const auto& n : names_at(template_source(slices.back()).model, -1))
@@ -319,7 +325,8 @@ void Planner::plan_layers(const std::vector<Slice>& slices) {
 		return std::vector<std::string>(slice.sources.size(), name);
 	};
 	// As in mergekit: embeddings come from the first slice's sources, the rest from the last's, t = 0.
-	for (const auto& name : pre) plan_tensor(name, 0, slices.front(), same_names(slices.front(), name));
+	for (const auto& name : pre)
+		plan_tensor(name, 0, slices.front(), same_names(slices.front(), name));
 
 	int64_t out_layer = 0;
 	for (const auto& slice : slices) {
@@ -327,7 +334,8 @@ void Planner::plan_layers(const std::vector<Slice>& slices) {
 		const auto length = tmpl.last_layer - tmpl.first_layer;
 		for (int64_t offset = 0; offset < length; offset++, out_layer++) {
 			const double t = length > 1 ? static_cast<double>(offset) / static_cast<double>(length - 1) : 1.0;
-			for (const auto& source : slice.sources) check_same_tensors(tmpl, source, offset);
+			for (const auto& source : slice.sources)
+				check_same_tensors(tmpl, source, offset);
 			for (const auto& parts : names_at(tmpl.model, tmpl.first_layer + offset)) {
 				std::vector<std::string> names;
 				for (const auto& s : slice.sources)
@@ -336,7 +344,8 @@ void Planner::plan_layers(const std::vector<Slice>& slices) {
 			}
 		}
 	}
-	for (const auto& name : post) plan_tensor(name, 0, slices.back(), same_names(slices.back(), name));
+	for (const auto& name : post)
+		plan_tensor(name, 0, slices.back(), same_names(slices.back(), name));
 	make_config(out_layer);
 }
 
@@ -370,7 +379,8 @@ void Planner::run() {
 
 uint64_t TensorJob::numel() const {
 	uint64_t n = 1;
-	for (auto d : shape) n *= d;
+	for (auto d : shape)
+		n *= d;
 	return n;
 }
 
@@ -382,13 +392,15 @@ bool TensorJob::is_plain_copy(const MergeMethod& method) const {
 uint64_t Plan::input_bytes() const {
 	uint64_t total = 0;
 	for (const auto& job : jobs)
-		for (const auto& s : job.sources) total += s.numel * dtype_size(s.tensor->info->dtype);
+		for (const auto& s : job.sources)
+			total += s.numel * dtype_size(s.tensor->info->dtype);
 	return total;
 }
 
 uint64_t Plan::output_bytes() const {
 	uint64_t total = 0;
-	for (const auto& job : jobs) total += job.out_nbytes();
+	for (const auto& job : jobs)
+		total += job.out_nbytes();
 	return total;
 }
 
@@ -397,7 +409,8 @@ Plan build_plan(Recipe recipe, uint64_t seed) {
 	plan.method = find_method(recipe.merge_method);
 	if (!plan.method) {
 		std::vector<std::string> names;
-		for (const auto* m : all_methods()) names.push_back(m->info().name);
+		for (const auto* m : all_methods())
+			names.push_back(m->info().name);
 		throw Error(fmt::format("recipe: merge_method: unknown method '{}' (valid: {})", recipe.merge_method,
 		                        fmt::join(names, ", ")));
 	}
@@ -412,18 +425,21 @@ std::string describe_plan(const Plan& plan) {
 	for (size_t i = 0; i < plan.models.size(); i++)
 		out += fmt::format("model {}: {} -> {}{}\n", i, plan.models[i].reference, plan.models[i].folder->dir().string(),
 		                   static_cast<int>(i) == plan.base_model ? " (base)" : "");
-	for (const auto& w : plan.warnings) out += fmt::format("warning: {}\n", w);
+	for (const auto& w : plan.warnings)
+		out += fmt::format("warning: {}\n", w);
 	out += fmt::format("{} output tensors, {:.3f} GB in, {:.3f} GB out\n", plan.jobs.size(),
 	                   static_cast<double>(plan.input_bytes()) / 1e9, static_cast<double>(plan.output_bytes()) / 1e9);
 	for (const auto& job : plan.jobs) {
 		out += fmt::format("{} {} {}", job.name, shape_string(job.shape), dtype_safetensors_name(job.out_dtype));
-		for (const auto& [key, value] : job.params) out += fmt::format(" {}={:g}", key, value);
+		for (const auto& [key, value] : job.params)
+			out += fmt::format(" {}={:g}", key, value);
 		out += "\n";
 		for (size_t s = 0; s < job.sources.size(); s++) {
 			const auto& source = job.sources[s];
 			out += fmt::format("  <- {}:{}{}", plan.models[source.model].reference, source.tensor->info->name,
 			                   static_cast<int>(s) == job.base_index ? " (base)" : "");
-			for (const auto& [key, value] : job.source_params[s]) out += fmt::format(" {}={:g}", key, value);
+			for (const auto& [key, value] : job.source_params[s])
+				out += fmt::format(" {}={:g}", key, value);
 			out += "\n";
 		}
 	}

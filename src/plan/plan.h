@@ -20,7 +20,7 @@ struct PlannedModel {
 };
 
 struct JobSource {
-	size_t model = 0;                         // index into Plan::models
+	size_t model = 0; // index into Plan::models
 	const ModelFolder::Tensor* tensor = nullptr;
 	uint64_t numel = 0; // elements used: fewer than the tensor's for a larger vocabulary
 };
@@ -46,8 +46,8 @@ struct Plan {
 	std::vector<PlannedModel> models;
 	int base_model = -1; // index into models
 	std::vector<TensorJob> jobs;
-	std::string config_json;                 // config.json for the output ("" when none)
-	std::filesystem::path tokenizer_dir;     // where tokenizer files are copied from
+	std::string config_json;             // config.json for the output ("" when none)
+	std::filesystem::path tokenizer_dir; // where tokenizer files are copied from
 	std::vector<std::string> warnings;
 	uint64_t seed = 0;
 

@@ -23,7 +23,8 @@ struct Context {
 
 std::string join(std::initializer_list<std::string_view> names) {
 	std::string out;
-	for (auto name : names) out += (out.empty() ? "" : ", ") + std::string(name);
+	for (auto name : names)
+		out += (out.empty() ? "" : ", ") + std::string(name);
 	return out;
 }
 
@@ -180,13 +181,13 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& label) {
 	try {
 		root = YAML::Load(yaml_text);
 	} catch (const YAML::Exception& e) {
-		throw Error(fmt::format("{}: invalid YAML at line {}, column {}: {}", label, e.mark.line + 1,
-		                        e.mark.column + 1, e.msg));
+		throw Error(fmt::format("{}: invalid YAML at line {}, column {}: {}", label, e.mark.line + 1, e.mark.column + 1,
+		                        e.msg));
 	}
 	if (!root.IsMap()) ctx.fail("recipe", "expected a YAML mapping at the top level");
-	check_keys(ctx, root, "recipe",
-	           {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
-	            "tokenizer_source"});
+	check_keys(
+	    ctx, root, "recipe",
+	    {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source"});
 
 	Recipe recipe;
 	recipe.text = yaml_text;

@@ -20,7 +20,7 @@ struct TinyLlamaSpec {
 	int heads = 2;
 	int kv_heads = 1;
 	bool tie_embeddings = false; // true: no lm_head.weight
-	DType dtype = DType::F32;     // stored dtype
+	DType dtype = DType::F32;    // stored dtype
 };
 
 struct NamedTensor {

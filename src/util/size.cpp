@@ -24,8 +24,16 @@ uint64_t parse_size(std::string_view text, std::string_view what) {
 	for (; ptr != end; ++ptr)
 		if (!std::isspace(static_cast<unsigned char>(*ptr))) unit += static_cast<char>(std::toupper(*ptr));
 	static constexpr std::array<std::pair<std::string_view, double>, 10> kUnits = {{
-	    {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-	    {"KIB", 1024.0}, {"MIB", 1048576.0}, {"GIB", 1073741824.0}, {"TIB", 1099511627776.0},
+	    {"", 1},
+	    {"B", 1},
+	    {"KB", 1e3},
+	    {"MB", 1e6},
+	    {"GB", 1e9},
+	    {"TB", 1e12},
+	    {"KIB", 1024.0},
+	    {"MIB", 1048576.0},
+	    {"GIB", 1073741824.0},
+	    {"TIB", 1099511627776.0},
 	}};
 	for (const auto& [name, scale] : kUnits) {
 		if (unit != name) continue;
