@@ -111,7 +111,9 @@ void request_cancel() {
 }
 
 uint64_t job_working_bytes(const TensorJob& job) {
-	return (job.sources.size() + 1) * job.numel() * sizeof(float) + job.out_nbytes();
+	// float32 copies of the sources and the result, plus as much again for the scratch buffers
+	// of methods that sparsify each task vector (TIES, DARE), plus the output bytes.
+	return 2 * (job.sources.size() + 1) * job.numel() * sizeof(float) + job.out_nbytes();
 }
 
 void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options) {
@@ -134,6 +136,7 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 			try {
 				if (g_cancelled) throw Error("interrupted");
 				run_job(plan, i, writer);
+				for (const auto& source : plan.jobs[i].sources) source.tensor->file->release(*source.tensor->info);
 			} catch (...) {
 				std::lock_guard lock(error_mutex);
 				if (!first_error) first_error = std::current_exception();

@@ -18,7 +18,7 @@ struct ExecOptions {
 	bool progress = false; // a progress line on stderr
 };
 
-// Buffer bytes one job needs: float32 copies of its sources and result plus the output bytes.
+// Buffer bytes one job may need (sources and result in float32, method scratch, output).
 uint64_t job_working_bytes(const TensorJob& job);
 
 // Asks running merges to stop at the next tensor and fail with "interrupted" (so the partial

@@ -336,6 +336,15 @@ std::span<const uint8_t> SafetensorsFile::data(const TensorInfo& tensor) const {
 	return {map_ + header_.data_offset + tensor.data_begin, tensor.nbytes()};
 }
 
+void SafetensorsFile::release(const TensorInfo& tensor) const {
+	// Only whole pages inside the tensor: neighbours may still be in use. The pages stay in the
+	// page cache; a later read maps them again.
+	static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+	const auto begin = reinterpret_cast<uintptr_t>(map_ + header_.data_offset + tensor.data_begin);
+	const uintptr_t first = (begin + page - 1) / page * page, last = (begin + tensor.nbytes()) / page * page;
+	if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 // --- index ---
 
 namespace {

@@ -73,6 +73,9 @@ public:
 	const std::vector<std::pair<std::string, std::string>>& metadata() const { return header_.metadata; }
 	const TensorInfo* find(std::string_view name) const;
 	std::span<const uint8_t> data(const TensorInfo& tensor) const;
+	// Drops the tensor's pages from this process's memory once read, so that resident memory
+	// does not grow with the model while streaming through it.
+	void release(const TensorInfo& tensor) const;
 
 private:
 	std::filesystem::path path_;
