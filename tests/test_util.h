@@ -6,6 +6,7 @@
 #include "tensor/convert.h"
 #include "testing/tiny_llama.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -21,13 +22,16 @@ namespace weld::test {
 class TempDir {
 public:
 	TempDir() {
-		static int counter = 0;
+		static std::atomic<int> counter{0};
 		path_ = std::filesystem::temp_directory_path() /
 		        ("weld-test-" + std::to_string(getpid()) + "-" + std::to_string(counter++));
 		std::filesystem::remove_all(path_);
 		std::filesystem::create_directories(path_);
 	}
-	~TempDir() { std::filesystem::remove_all(path_); }
+	~TempDir() {
+		std::error_code ignored;
+		std::filesystem::remove_all(path_, ignored);
+	}
 	TempDir(const TempDir&) = delete;
 	TempDir& operator=(const TempDir&) = delete;
 
