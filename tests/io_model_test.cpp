@@ -23,21 +23,6 @@ namespace {
 namespace fs = std::filesystem;
 
 using test::TempDir;
-path_ = fs::temp_directory_path() / ("weld-io-model-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) +
-                                     "-" + std::to_string(std::random_device{}()));
-fs::create_directories(path_);
-}
-~TempDir() {
-	std::error_code ec;
-	fs::remove_all(path_, ec);
-}
-const fs::path& path() const {
-	return path_;
-}
-
-private:
-fs::path path_;
-};
 
 // Sets an environment variable for one test and restores it afterwards.
 class ScopedEnv {
