@@ -86,6 +86,7 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer) {
 	std::vector<std::vector<float>> inputs(job.sources.size());
 	MergeInput input;
 	input.tensor_name = job.name;
+	input.shape = job.shape;
 	input.base_index = job.base_index;
 	input.params = job.params;
 	input.source_params = job.source_params;

@@ -23,6 +23,11 @@ struct ParamDef {
 	double default_value = 0; // used when not required and not set (bools: 0 or 1)
 	bool has_default = true;  // false: the parameter is simply absent unless set (e.g. scale)
 	std::string help;
+	// Valid values (Number only): min_value <= v <= max_value, or min_value < v when min_exclusive.
+	// The plan checks every resolved value and names the parameter, model and tensor when not.
+	double min_value = -1e300;
+	double max_value = 1e300;
+	bool min_exclusive = false;
 };
 
 enum class BaseModel { Ignored, Required };
@@ -47,6 +52,7 @@ using ParamValues = std::map<std::string, double, std::less<>>;
 // One output tensor's inputs.
 struct MergeInput {
 	std::string_view tensor_name;
+	std::vector<uint64_t> shape;                  // of the output (row-major; rows = shape[0])
 	std::vector<std::span<const float>> sources; // every source, in recipe order, same length
 	int base_index = -1;                         // which source is the base model, -1 if none
 	ParamValues params;                          // the method's global parameters

@@ -16,6 +16,12 @@ const MergeMethod& dare_ties_method();
 const MergeMethod& slerp_method();
 const MergeMethod& passthrough_method();
 
+// Groups of methods, each listed by its own file (group_*.cpp) and added to the registry.
+std::vector<const MergeMethod*> task_vector_methods();    // DELLA, Breadcrumbs, SCE, consensus (TALL)
+std::vector<const MergeMethod*> mergekit_extra_methods(); // model_stock, nuslerp, multislerp, karcher, ...
+std::vector<const MergeMethod*> subspace_methods();       // SVD-based: TSV, OPCM, DOGE
+std::vector<const MergeMethod*> literature_methods();     // PCB, WIDEN, VaRM, MWA, Localize-and-Stitch
+
 // Throws weld::Error naming the tensor unless the sources are non-empty, equally long, as long
 // as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.
 void check_merge_input(const MethodInfo& info, const MergeInput& input, std::span<const float> out);

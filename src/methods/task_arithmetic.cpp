@@ -44,7 +44,12 @@ public:
 		                      flag("rescale", config_.default_rescale, "Rescale sparsified deltas to their L1 norm"),
 		                      {.name = "lambda", .default_value = 1.0, .help = "Scale of the merged delta"}},
 		    .model_params = {{.name = "weight", .required = true, .help = "Weight of this model's task vector"},
-		                     {.name = "density", .default_value = 1.0, .help = "Fraction of delta elements to keep"}},
+		                     {.name = "density",
+		                      .default_value = 1.0,
+		                      .help = "Fraction of delta elements to keep",
+		                      .min_value = 0,
+		                      .max_value = 1,
+		                      .min_exclusive = true}},
 		    .base = BaseModel::Required,
 		};
 	}

@@ -187,6 +187,11 @@ std::optional<ParamValue> Planner::lookup(const ParamDef& def, const std::vector
 			throw Error(fmt::format("recipe: parameter '{}' must be a number, not true/false", def.name));
 		if (def.type == ParamType::Bool && !value->is_bool && value->number != 0 && value->number != 1)
 			throw Error(fmt::format("recipe: parameter '{}' must be true or false, got {}", def.name, value->number));
+		const double v = value->number;
+		if (def.type == ParamType::Number &&
+		    (v > def.max_value || v < def.min_value || (def.min_exclusive && v == def.min_value)))
+			throw Error(fmt::format("recipe: parameter '{}' is {:g} for tensor '{}', outside {}{:g}, {:g}]", def.name,
+			                        v, tensor, def.min_exclusive ? "(" : "[", def.min_value, def.max_value));
 		return value;
 	}
 	return std::nullopt;

@@ -1,0 +1,10 @@
+// The methods of this group, for the registry.
+#include "methods/methods.h"
+
+namespace weld {
+
+std::vector<const MergeMethod*> mergekit_extra_methods() {
+	return {};
+}
+
+} // namespace weld
