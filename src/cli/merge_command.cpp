@@ -23,7 +23,7 @@ struct MergeArgs {
 	std::string recipe, out, memory_budget, shard_size = "5GB";
 	unsigned threads = std::max(1u, std::thread::hardware_concurrency());
 	uint64_t seed = 0;
-	bool force = false, dry_run = false, quiet = false;
+	bool force = false, dry_run = false, quiet = false, verbose = false;
 };
 
 void on_signal(int) {
@@ -45,6 +45,7 @@ int run(const MergeArgs& args) {
 	    args.memory_budget.empty() ? default_memory_budget() : parse_size(args.memory_budget, "--memory-budget");
 	options.exec.max_shard_bytes = parse_size(args.shard_size, "--out-shard-size");
 	options.exec.progress = !args.quiet && isatty(STDERR_FILENO);
+	options.exec.verbose = args.verbose && !args.quiet;
 
 	const auto summary = run_merge(options);
 	if (!args.quiet)
@@ -77,6 +78,7 @@ std::function<int()> add_merge_command(CLI::App& app) {
 	cmd->add_option("--out-shard-size", args->shard_size, "largest output shard, e.g. 500MB, 2GB (default 5GB)");
 	cmd->add_option("--seed", args->seed, "seed for random methods (DARE); same seed, same bytes (default 0)");
 	cmd->add_flag("--quiet,-q", args->quiet, "print nothing but errors");
+	cmd->add_flag("--verbose,-v", args->verbose, "say how each tensor was computed (e.g. which SVD path)");
 	return [args] { return run(*args); };
 }
 

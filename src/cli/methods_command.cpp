@@ -33,13 +33,36 @@ void print_method(const MethodInfo& info, bool details) {
 		fmt::print("  {:<22} per model  {}\n", describe_param(def), def.help);
 }
 
+// The table of docs/methods.md (a test keeps the two equal).
+void print_markdown_table() {
+	fmt::print("| method | what it computes | base model | global parameters | per-model parameters | reference |\n");
+	fmt::print("|---|---|---|---|---|---|\n");
+	auto list = [](const std::vector<ParamDef>& defs) {
+		std::string out;
+		for (const auto& def : defs) out += (out.empty() ? "`" : ", `") + describe_param(def) + "`";
+		return out.empty() ? std::string("—") : out;
+	};
+	for (const auto* method : all_methods()) {
+		const auto& info = method->info();
+		fmt::print("| `{}` | {} | {} | {} | {} | {} |\n", info.name, info.description,
+		           info.base == BaseModel::Required ? "required" : "—", list(info.global_params),
+		           list(info.model_params), info.reference);
+	}
+}
+
 } // namespace
 
 std::function<int()> add_methods_command(CLI::App& app) {
 	auto name = std::make_shared<std::string>();
+	auto markdown = std::make_shared<bool>(false);
 	auto* cmd = app.add_subcommand("methods", "List the merge methods, or show one with its parameters");
 	cmd->add_option("name", *name, "a method name");
-	return [name] {
+	cmd->add_flag("--markdown", *markdown, "print the table of every method as Markdown (docs/methods.md)");
+	return [name, markdown] {
+		if (*markdown) {
+			print_markdown_table();
+			return 0;
+		}
 		if (name->empty()) {
 			for (const auto* method : all_methods())
 				print_method(method->info(), false);

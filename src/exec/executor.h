@@ -16,6 +16,7 @@ struct ExecOptions {
 	uint64_t memory_budget = 1ull << 30;
 	uint64_t max_shard_bytes = 5'000'000'000;
 	bool progress = false; // a progress line on stderr
+	bool verbose = false;  // print methods' notes on how they computed each tensor
 };
 
 // Buffer bytes one job may need (sources and result in float32, method scratch, output).

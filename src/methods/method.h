@@ -58,6 +58,9 @@ struct MergeInput {
 	ParamValues params;                          // the method's global parameters
 	std::vector<ParamValues> source_params;      // per source; base's may lack required ones
 	uint64_t random_seed = 0;                    // --seed; combine with tensor_name for streams
+	// Where a method may say how it computed this tensor (e.g. which SVD path); shown by
+	// `weld merge --verbose`. nullptr when nobody listens.
+	std::vector<std::string>* notes = nullptr;
 };
 
 class MergeMethod {
