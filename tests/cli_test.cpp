@@ -98,6 +98,28 @@ TEST_F(CliTest, WrongParameterTypeIsNamed) {
 	expect_merge_error(models_recipe("ties") + "parameters: {normalize: 0.5}\n", "'normalize' must be true or false");
 }
 
+TEST_F(CliTest, MethodNeedingABaseModelSaysSo) {
+	expect_merge_error("merge_method: ties\nmodels:\n  - model: " + (dir_ / "a").string() +
+	                       "\n    parameters: {weight: 1}\n",
+	                   "method 'ties' needs a base_model");
+}
+
+TEST_F(CliTest, SlerpWithThreeModelsIsRefused) {
+	write_tiny_llama(dir_ / "c", spec_, perturb(base_, 0.1f, 5));
+	expect_merge_error("merge_method: slerp\nbase_model: " + (dir_ / "base").string() + "\nparameters: {t: 0.5}\n" +
+	                       "models:\n  - model: " + (dir_ / "base").string() + "\n  - model: " + (dir_ / "a").string() +
+	                       "\n  - model: " + (dir_ / "c").string() + "\n",
+	                   "method 'slerp' takes 2 source model(s), base included; the recipe gives 3");
+}
+
+TEST_F(CliTest, DensityOutsideItsRangeIsRefused) {
+	for (const char* density : {"0", "1.5", "-0.1"}) {
+		std::string recipe = models_recipe("ties");
+		recipe.replace(recipe.find("{weight: 1.0}"), 13, std::string("{weight: 1.0, density: ") + density + "}");
+		expect_merge_error(recipe, "parameter 'density' is");
+	}
+}
+
 TEST_F(CliTest, InvalidYamlGivesTheLine) {
 	expect_merge_error("merge_method: [ties\n", "invalid YAML at line");
 }

@@ -22,9 +22,20 @@ std::string describe_param(const ParamDef& def) {
 	return text;
 }
 
+std::string param_list(const std::vector<ParamDef>& defs) {
+	std::string out;
+	for (const auto& def : defs)
+		out += (out.empty() ? "" : ", ") + describe_param(def);
+	return out;
+}
+
 void print_method(const MethodInfo& info, bool details) {
-	fmt::print("{:<16} {}\n", info.name, info.description);
-	if (!details) return;
+	fmt::print("{:<18} {}\n", info.name, info.description);
+	if (!details) {
+		if (!info.global_params.empty()) fmt::print("{:<18} global: {}\n", "", param_list(info.global_params));
+		if (!info.model_params.empty()) fmt::print("{:<18} per model: {}\n", "", param_list(info.model_params));
+		return;
+	}
 	fmt::print("  base model: {}\n", info.base == BaseModel::Required ? "required" : "not used");
 	fmt::print("  reference: {}\n", info.reference);
 	for (const auto& def : info.global_params)
@@ -39,7 +50,8 @@ void print_markdown_table() {
 	fmt::print("|---|---|---|---|---|---|\n");
 	auto list = [](const std::vector<ParamDef>& defs) {
 		std::string out;
-		for (const auto& def : defs) out += (out.empty() ? "`" : ", `") + describe_param(def) + "`";
+		for (const auto& def : defs)
+			out += (out.empty() ? "`" : ", `") + describe_param(def) + "`";
 		return out.empty() ? std::string("—") : out;
 	};
 	for (const auto* method : all_methods()) {

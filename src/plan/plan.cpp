@@ -245,10 +245,13 @@ void Planner::plan_tensor(const std::string& out_name, double t, const Slice& sl
 		if (static_cast<int>(m) == plan_.base_model) job.base_index = static_cast<int>(s);
 		job.sources.push_back({m, tensor, tensor->info->numel()});
 	}
-	if (job.sources.size() < info.min_sources || (info.max_sources && job.sources.size() > info.max_sources))
-		throw Error(fmt::format(
-		    "tensor '{}': method '{}' takes {} source model(s){}, the recipe gives {}", out_name, info.name,
-		    info.min_sources, info.max_sources == info.min_sources ? "" : fmt::format(" or more"), job.sources.size()));
+	if (job.sources.size() < info.min_sources || (info.max_sources && job.sources.size() > info.max_sources)) {
+		const auto wanted = info.min_sources == info.max_sources ? fmt::format("{}", info.min_sources)
+		                    : info.max_sources == 0              ? fmt::format("at least {}", info.min_sources)
+		                                            : fmt::format("{} to {}", info.min_sources, info.max_sources);
+		throw Error(fmt::format("tensor '{}': method '{}' takes {} source model(s), base included; the recipe gives {}",
+		                        out_name, info.name, wanted, job.sources.size()));
+	}
 
 	// The reference shape is the base's (else the first source's); larger vocabularies are cut.
 	const auto& reference = job.sources[job.base_index >= 0 ? job.base_index : 0];

@@ -1,0 +1,72 @@
+#include "exec/output_folder.h"
+
+#include "util/error.h"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <sstream>
+#include <system_error>
+#include <unistd.h>
+
+namespace weld {
+namespace fs = std::filesystem;
+namespace {
+
+void publish(const fs::path& tmp, const fs::path& out, bool force) {
+	std::error_code ec;
+	if (fs::exists(out)) {
+		if (!force) throw Error(fmt::format("{}: output already exists (use --force to replace it)", out.string()));
+		const auto old = fs::path(out.string() + fmt::format(".weld-old-{}", getpid()));
+		fs::rename(out, old, ec);
+		if (ec) throw Error(fmt::format("{}: cannot move the old output aside: {}", out.string(), ec.message()));
+		fs::rename(tmp, out, ec);
+		if (ec) {
+			fs::rename(old, out);
+			throw Error(fmt::format("{}: cannot move the new output into place: {}", out.string(), ec.message()));
+		}
+		fs::remove_all(old);
+		return;
+	}
+	fs::rename(tmp, out, ec);
+	if (ec) throw Error(fmt::format("{}: cannot move the output into place: {}", out.string(), ec.message()));
+}
+
+} // namespace
+
+void write_folder_atomically(const fs::path& out_dir, bool force, const std::function<void(const fs::path&)>& fill) {
+	const fs::path out = fs::absolute(out_dir).lexically_normal();
+	if (out.filename().empty()) throw Error(fmt::format("{}: not a valid output folder name", out_dir.string()));
+	if (fs::exists(out) && !force)
+		throw Error(fmt::format("{}: output already exists (use --force to replace it)", out.string()));
+	if (!fs::is_directory(out.parent_path()))
+		throw Error(fmt::format("{}: parent folder does not exist", out.string()));
+	const fs::path tmp = out.parent_path() / fmt::format(".{}.weld-tmp-{}", out.filename().string(), getpid());
+	fs::remove_all(tmp);
+	fs::create_directory(tmp);
+	try {
+		fill(tmp);
+		publish(tmp, out, force);
+	} catch (...) {
+		std::error_code ignored;
+		fs::remove_all(tmp, ignored);
+		throw;
+	}
+}
+
+std::string read_text_file(const fs::path& path) {
+	std::ifstream in(path, std::ios::binary);
+	if (!in) throw Error(fmt::format("{}: cannot read file", path.string()));
+	std::ostringstream text;
+	text << in.rdbuf();
+	return text.str();
+}
+
+void write_text_file(const fs::path& path, const std::string& text) {
+	std::ofstream out(path, std::ios::binary);
+	out << text;
+	out.close();
+	if (!out) throw Error(fmt::format("{}: cannot write file", path.string()));
+}
+
+} // namespace weld
