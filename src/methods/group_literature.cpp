@@ -4,7 +4,7 @@
 namespace weld {
 
 std::vector<const MergeMethod*> literature_methods() {
-	return {};
+	return {&pcb_method(), &widen_method(), &varm_method(), &mwa_method(), &localize_stitch_method()};
 }
 
 } // namespace weld
