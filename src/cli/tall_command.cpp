@@ -51,7 +51,7 @@ std::function<int()> add_tall_command(CLI::App& app) {
 	compress->add_option("models", args->compress.tasks, "the fine-tuned models")->required();
 	compress->add_option("--out,-o", args->out, "the store folder to write")->required();
 	compress->add_option("--tall-lambda", args->compress.tall_lambda,
-	                     "mask threshold: keep weight j for task t where |tau_t| > lambda |tau_MTL - tau_t| (0.4)");
+	                     "mask threshold: keep weight j for task t where |tau_t| > lambda |tau_MTL - tau_t| (0.6)");
 	compress->add_flag("--force", args->compress.force, "replace the store if it exists");
 	compress->add_option("--out-shard-size", args->shard_size, "largest shard (default 5GB)");
 

@@ -19,7 +19,7 @@ namespace weld {
 struct TallCompressOptions {
 	std::string base;               // model reference (folder or HF repo id)
 	std::vector<std::string> tasks; // the fine-tunes, model references
-	double tall_lambda = 0.4;       // the mask threshold factor, one for every task
+	double tall_lambda = 0.6;       // the mask threshold factor, one for every task (as consensus_*)
 	std::filesystem::path out;
 	bool force = false;
 	uint64_t max_shard_bytes = 5'000'000'000;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 namespace weld {
@@ -33,33 +34,80 @@ uint64_t fnv1a64(std::string_view text) {
 	return h;
 }
 
+// Membership in the k largest magnitudes of values, asked element by element in index order;
+// ties at the k-th magnitude are admitted in index order. mags is scratch.
+class TopMagnitudes {
+public:
+	TopMagnitudes(std::span<const float> values, std::vector<float>& mags, size_t k) : k_(k), all_(k >= values.size()) {
+		if (all_ || k == 0) return;
+		mags.resize(values.size());
+		std::transform(values.begin(), values.end(), mags.begin(), magnitude);
+		// After this, mags[k-1] is the k-th largest magnitude: the threshold.
+		std::nth_element(mags.begin(), mags.begin() + static_cast<std::ptrdiff_t>(k - 1), mags.end(), std::greater<>());
+		threshold_ = mags[k - 1];
+		size_t above = 0;
+		for (float x : values)
+			above += magnitude(x) > threshold_;
+		ties_left_ = k - above;
+	}
+
+	bool next(float x) {
+		if (all_) return true;
+		if (k_ == 0) return false;
+		const float m = magnitude(x);
+		if (m > threshold_) return true;
+		if (m == threshold_ && ties_left_ > 0) {
+			--ties_left_;
+			return true;
+		}
+		return false;
+	}
+
+private:
+	size_t k_;
+	bool all_;
+	float threshold_ = 0;
+	size_t ties_left_ = 0;
+};
+
 } // namespace
 
 void keep_top_k_by_magnitude(std::span<float> values, size_t k) {
+	keep_magnitude_band(values, 0, k);
+}
+
+void keep_magnitude_band(std::span<float> values, size_t skip_largest, size_t keep) {
 	const size_t n = values.size();
-	if (k >= n) return;
-	if (k == 0) {
-		std::fill(values.begin(), values.end(), 0.0f);
-		return;
-	}
-	std::vector<float> mags(n);
-	std::transform(values.begin(), values.end(), mags.begin(), magnitude);
-	// After this, mags[k-1] is the k-th largest magnitude: the threshold.
-	std::nth_element(mags.begin(), mags.begin() + static_cast<std::ptrdiff_t>(k - 1), mags.end(), std::greater<>());
-	const float threshold = mags[k - 1];
-	size_t above = 0;
-	for (float x : values)
-		above += magnitude(x) > threshold;
-	// Everything above the threshold stays; ties at the threshold fill the rest in index order.
-	size_t ties_left = k - above;
+	skip_largest = std::min(skip_largest, n);
+	keep = std::min(keep, n - skip_largest);
+	if (skip_largest == 0 && keep == n) return;
+	std::vector<float> mags;
+	// Both sets are fixed before any element is zeroed.
+	TopMagnitudes outer(values, mags, skip_largest + keep);
+	TopMagnitudes inner(values, mags, skip_largest);
 	for (float& x : values) {
-		float m = magnitude(x);
-		if (m > threshold) continue;
-		if (m == threshold && ties_left > 0) {
-			--ties_left;
-			continue;
+		const bool in_outer = outer.next(x), in_inner = inner.next(x);
+		if (!in_outer || in_inner) x = 0.0f;
+	}
+}
+
+void della_magprune(std::span<float> values, size_t row_length, double density, double epsilon, uint64_t stream_key) {
+	if (values.empty()) return;
+	if (row_length == 0 || values.size() % row_length != 0) row_length = values.size();
+	std::vector<size_t> order(row_length);
+	for (size_t start = 0; start < values.size(); start += row_length) {
+		// Rank the row by ascending magnitude; a stable sort puts equal magnitudes in index order.
+		std::iota(order.begin(), order.end(), start);
+		std::stable_sort(order.begin(), order.end(),
+		                 [&](size_t a, size_t b) { return magnitude(values[a]) < magnitude(values[b]); });
+		for (size_t r = 0; r < row_length; ++r) {
+			const double p =
+			    row_length == 1
+			        ? density
+			        : density - epsilon + 2 * epsilon * static_cast<double>(r) / static_cast<double>(row_length - 1);
+			const size_t j = order[r];
+			if (!(random_uniform(stream_key, j) < p)) values[j] = 0.0f;
 		}
-		x = 0.0f;
 	}
 }
 

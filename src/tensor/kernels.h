@@ -12,6 +12,20 @@ namespace weld {
 // index is kept, so the result is deterministic. O(n) on average (selection, not a sort).
 void keep_top_k_by_magnitude(std::span<float> values, size_t k);
 
+// Model Breadcrumbs' band (mergekit's magnitude_outliers): with the elements ordered by
+// magnitude (largest first; among equal magnitudes the lower index counts as larger, as in
+// keep_top_k_by_magnitude), zeroes the first skip_largest and everything after the next keep.
+// skip_largest = 0 is keep_top_k_by_magnitude(values, keep).
+void keep_magnitude_band(std::span<float> values, size_t skip_largest, size_t keep);
+
+// DELLA's MagPrune (mergekit's della_magprune) on a tensor of rows of row_length elements (the
+// last dimension): within a row, the element of magnitude rank r (0 = smallest; equal magnitudes
+// rank in index order) survives with probability
+//   p = density - epsilon + 2 * epsilon * r / (row_length - 1)   (p = density for one-element rows)
+// drawn as random_uniform(stream_key, j) < p for the element at flat index j; the others become 0.
+// The caller checks 0 < density - epsilon and density + epsilon < 1.
+void della_magprune(std::span<float> values, size_t row_length, double density, double epsilon, uint64_t stream_key);
+
 // Sum of |x| in double precision.
 double l1_norm(std::span<const float> values);
 
