@@ -35,4 +35,39 @@ double global_param(const MethodInfo& info, const MergeInput& input, std::string
 std::optional<double> source_param(const MethodInfo& info, const MergeInput& input, size_t source,
                                    std::string_view name);
 
+// -- literature group (group_literature.cpp) --
+const MergeMethod& pcb_method();
+const MergeMethod& widen_method();
+const MergeMethod& varm_method();
+const MergeMethod& mwa_method();
+const MergeMethod& localize_stitch_method();
+// -- end literature group --
+
+// -- mergekit group (group_mergekit.cpp) --
+const MergeMethod& model_stock_method();
+const MergeMethod& nuslerp_method();
+const MergeMethod& multislerp_method();
+const MergeMethod& karcher_method();
+const MergeMethod& nearswap_method();
+const MergeMethod& ram_method();
+const MergeMethod& ramplus_tl_method();
+const MergeMethod& arcee_fusion_method();
+// -- end mergekit group --
+
+// -- subspace group (group_subspace.cpp) --
+const MergeMethod& tsv_method();
+const MergeMethod& opcm_method();
+const MergeMethod& doge_method();
+// -- end subspace group --
+
+// -- task_vectors group (group_task_vectors.cpp) --
+const MergeMethod& della_method();
+const MergeMethod& della_linear_method();
+const MergeMethod& breadcrumbs_method();
+const MergeMethod& breadcrumbs_ties_method();
+const MergeMethod& sce_method();
+const MergeMethod& consensus_ta_method();
+const MergeMethod& consensus_ties_method();
+// -- end task_vectors group --
+
 } // namespace weld
