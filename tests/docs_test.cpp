@@ -14,7 +14,8 @@ TEST(Docs, MethodsTableMatchesTheRegistry) {
 	const auto start = doc.find(kTableStart), end = doc.find(kTableEnd);
 	ASSERT_NE(start, std::string::npos) << "docs/methods.md lacks the table start marker";
 	ASSERT_NE(end, std::string::npos) << "docs/methods.md lacks the table end marker";
-	const auto table = doc.substr(start + std::string(kTableStart).size(), end - start - std::string(kTableStart).size());
+	const auto table =
+	    doc.substr(start + std::string(kTableStart).size(), end - start - std::string(kTableStart).size());
 	std::string generated;
 	ASSERT_EQ(test::run_weld("methods --markdown", nullptr, &generated), 0);
 	EXPECT_EQ(table, generated) << "regenerate with scripts/update-docs";

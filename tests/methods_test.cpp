@@ -58,12 +58,46 @@ ParamValues weight_density(double w, double d) {
 
 // ---- registry ----
 
-TEST(MethodsTest, RegistryListsTheSevenMethodsSorted) {
+// Every method the project promises (mergekit's and the data-free ones of the literature),
+// each once, sorted by name.
+TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	std::vector<std::string> names;
 	for (const MergeMethod* m : all_methods())
 		names.push_back(m->info().name);
-	EXPECT_EQ(names, (std::vector<std::string>{"dare_linear", "dare_ties", "linear", "passthrough", "slerp",
-	                                           "task_arithmetic", "ties"}));
+	EXPECT_EQ(names, (std::vector<std::string>{"arcee_fusion",
+	                                           "breadcrumbs",
+	                                           "breadcrumbs_ties",
+	                                           "consensus_ta",
+	                                           "consensus_ties",
+	                                           "dare_linear",
+	                                           "dare_ties",
+	                                           "della",
+	                                           "della_linear",
+	                                           "doge",
+	                                           "karcher",
+	                                           "linear",
+	                                           "localize_stitch",
+	                                           "model_stock",
+	                                           "multislerp",
+	                                           "mwa",
+	                                           "nearswap",
+	                                           "nuslerp",
+	                                           "opcm",
+	                                           "passthrough",
+	                                           "pcb",
+	                                           "ram",
+	                                           "ramplus_tl",
+	                                           "sce",
+	                                           "slerp",
+	                                           "task_arithmetic",
+	                                           "ties",
+	                                           "tsv",
+	                                           "varm",
+	                                           "widen"}));
+	for (const MergeMethod* m : all_methods()) {
+		EXPECT_FALSE(m->info().description.empty()) << m->info().name;
+		EXPECT_FALSE(m->info().reference.empty()) << m->info().name;
+	}
 	EXPECT_EQ(find_method("ties")->info().name, "ties");
 	EXPECT_EQ(find_method("nope"), nullptr);
 	EXPECT_EQ(find_method(""), nullptr);

@@ -22,6 +22,18 @@ std::string describe_param(const ParamDef& def) {
 	return text;
 }
 
+const char* base_use(BaseModel base) {
+	switch (base) {
+	case BaseModel::Required:
+		return "required";
+	case BaseModel::Optional:
+		return "optional";
+	case BaseModel::Ignored:
+		break;
+	}
+	return "only if listed";
+}
+
 std::string param_list(const std::vector<ParamDef>& defs) {
 	std::string out;
 	for (const auto& def : defs)
@@ -36,7 +48,7 @@ void print_method(const MethodInfo& info, bool details) {
 		if (!info.model_params.empty()) fmt::print("{:<18} per model: {}\n", "", param_list(info.model_params));
 		return;
 	}
-	fmt::print("  base model: {}\n", info.base == BaseModel::Required ? "required" : "not used");
+	fmt::print("  base model: {}\n", base_use(info.base));
 	fmt::print("  reference: {}\n", info.reference);
 	for (const auto& def : info.global_params)
 		fmt::print("  {:<22} global     {}\n", describe_param(def), def.help);
@@ -56,9 +68,8 @@ void print_markdown_table() {
 	};
 	for (const auto* method : all_methods()) {
 		const auto& info = method->info();
-		fmt::print("| `{}` | {} | {} | {} | {} | {} |\n", info.name, info.description,
-		           info.base == BaseModel::Required ? "required" : "—", list(info.global_params),
-		           list(info.model_params), info.reference);
+		fmt::print("| `{}` | {} | {} | {} | {} | {} |\n", info.name, info.description, base_use(info.base),
+		           list(info.global_params), list(info.model_params), info.reference);
 	}
 }
 

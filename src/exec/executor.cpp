@@ -102,7 +102,8 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, bool ver
 	if (verbose) input.notes = &notes;
 	std::vector<float> result(n);
 	plan.method->merge(input, result);
-	for (const auto& note : notes) std::fprintf(stderr, "\r\033[Kweld: %s: %s\n", job.name.c_str(), note.c_str());
+	for (const auto& note : notes)
+		std::fprintf(stderr, "\r\033[Kweld: %s: %s\n", job.name.c_str(), note.c_str());
 	std::vector<uint8_t> out(job.out_nbytes());
 	convert_from_f32(job.out_dtype, result.data(), out.data(), n);
 	writer.write(index, out);
@@ -140,7 +141,8 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 			try {
 				if (g_cancelled) throw Error("interrupted");
 				run_job(plan, i, writer, options.verbose);
-				for (const auto& source : plan.jobs[i].sources) source.tensor->file->release(*source.tensor->info);
+				for (const auto& source : plan.jobs[i].sources)
+					source.tensor->file->release(*source.tensor->info);
 			} catch (...) {
 				std::lock_guard lock(error_mutex);
 				if (!first_error) first_error = std::current_exception();

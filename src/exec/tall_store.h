@@ -27,8 +27,8 @@ struct TallCompressOptions {
 
 struct TallCompressSummary {
 	size_t tensors = 0;
-	uint64_t expert_bytes = 0; // what storing every fine-tune would take
-	uint64_t store_bytes = 0;  // multi-task vector + masks
+	uint64_t expert_bytes = 0;         // what storing every fine-tune would take
+	uint64_t store_bytes = 0;          // multi-task vector + masks
 	std::vector<double> kept_fraction; // per task: share of weights its mask keeps
 };
 

@@ -124,7 +124,7 @@ private:
 	                       .max_value = 100000},
 	                      {.name = "tol", .default_value = 1e-5, .help = "Convergence tolerance", .min_value = 0}},
 	    .model_params = {},
-	    .base = BaseModel::Ignored,
+	    .base = BaseModel::Optional,
 	};
 };
 

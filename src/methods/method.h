@@ -30,7 +30,9 @@ struct ParamDef {
 	bool min_exclusive = false;
 };
 
-enum class BaseModel { Ignored, Required };
+// Ignored: a base_model takes part only if listed among the models. Optional and Required: the
+// base is added to every tensor's sources (as mergekit does), and Required refuses recipes without one.
+enum class BaseModel { Ignored, Optional, Required };
 
 struct MethodInfo {
 	std::string name;
@@ -52,7 +54,7 @@ using ParamValues = std::map<std::string, double, std::less<>>;
 // One output tensor's inputs.
 struct MergeInput {
 	std::string_view tensor_name;
-	std::vector<uint64_t> shape;                  // of the output (row-major; rows = shape[0])
+	std::vector<uint64_t> shape;                 // of the output (row-major; rows = shape[0])
 	std::vector<std::span<const float>> sources; // every source, in recipe order, same length
 	int base_index = -1;                         // which source is the base model, -1 if none
 	ParamValues params;                          // the method's global parameters

@@ -139,7 +139,7 @@ private:
 	                       .help = "Small constant added to norms for numerical stability",
 	                       .min_value = 0}},
 	    .model_params = {{.name = "weight", .required = true, .help = "Weight of this model"}},
-	    .base = BaseModel::Ignored,
+	    .base = BaseModel::Optional,
 	};
 };
 

@@ -79,7 +79,7 @@ private:
 	                       .default_value = 0,
 	                       .help = "Without flatten: slerp columns (vectors along the first dimension), not rows"}},
 	    .model_params = {{.name = "weight", .required = true, .help = "Relative weight; t = w2 / (w1 + w2)"}},
-	    .base = BaseModel::Ignored,
+	    .base = BaseModel::Optional,
 	    .min_sources = 2,
 	    .max_sources = 3,
 	};

@@ -13,7 +13,8 @@ const std::vector<const MergeMethod*>& sorted_methods() {
 		                                       &dare_linear_method(), &dare_ties_method(),       &slerp_method(),
 		                                       &passthrough_method()};
 		for (auto group : {task_vector_methods, mergekit_extra_methods, subspace_methods, literature_methods})
-			for (const MergeMethod* method : group()) all.push_back(method);
+			for (const MergeMethod* method : group())
+				all.push_back(method);
 		std::sort(all.begin(), all.end(),
 		          [](const MergeMethod* a, const MergeMethod* b) { return a->info().name < b->info().name; });
 		return all;

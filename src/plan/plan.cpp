@@ -105,9 +105,10 @@ int64_t Planner::layer_count(size_t model) const {
 }
 
 std::vector<Slice> Planner::make_slices() {
-	const bool wants_base = method_.info().base == BaseModel::Required;
+	const bool needs_base = method_.info().base == BaseModel::Required;
+	const bool wants_base = method_.info().base != BaseModel::Ignored && recipe_.base_model;
 	if (recipe_.base_model) plan_.base_model = static_cast<int>(open_model(*recipe_.base_model));
-	if (wants_base && !recipe_.base_model)
+	if (needs_base && !recipe_.base_model)
 		throw Error(fmt::format("recipe: method '{}' needs a base_model", method_.info().name));
 
 	std::vector<Slice> slices;
@@ -144,7 +145,7 @@ std::vector<Slice> Planner::make_slices() {
 		for (const auto& s : slice.sources)
 			if (s.last_layer - s.first_layer != length)
 				throw Error(fmt::format("recipe: slices[{}]: every source must span the same number of layers", i));
-		if (wants_base && !has_base)
+		if (needs_base && !has_base)
 			throw Error(fmt::format("recipe: slices[{}]: base model '{}' must be one of the sources for method '{}'", i,
 			                        *recipe_.base_model, method_.info().name));
 		slices.push_back(std::move(slice));

@@ -1,0 +1,164 @@
+#include "linalg/linalg.h"
+#include "tensor/kernels.h"
+#include "util/error.h"
+
+#include <algorithm>
+#include <cblas.h>
+#include <cmath>
+#include <fmt/format.h>
+#include <lapacke.h>
+#include <numbers>
+
+namespace weld::linalg {
+namespace {
+
+// OpenBLAS's own threads would make sums depend on the split, and weld already runs one
+// tensor per thread: set once, before the first BLAS call.
+void single_threaded_blas() {
+	static const bool done = [] {
+		openblas_set_num_threads(1);
+		return true;
+	}();
+	(void)done;
+}
+
+lapack_int as_int(size_t n) {
+	if (n > static_cast<size_t>(INT32_MAX)) throw Error(fmt::format("matrix dimension {} is too large for LAPACK", n));
+	return static_cast<lapack_int>(n);
+}
+
+void check_info(lapack_int info, const char* routine) {
+	if (info != 0)
+		throw Error(fmt::format("{} failed (LAPACK info {}); the matrix may hold NaN or infinity", routine, info));
+}
+
+// Precision dispatch for the few BLAS/LAPACK routines used here.
+void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c) {
+	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, 1.0f, a, lda, b,
+	            ldb, 0.0f, c, n);
+}
+void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb, double* c) {
+	cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, 1.0, a, lda, b,
+	            ldb, 0.0, c, n);
+}
+lapack_int gesdd(int m, int n, float* a, float* s, float* u, float* vt, int k) {
+	return LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', m, n, a, n, s, u, k, vt, n);
+}
+lapack_int gesdd(int m, int n, double* a, double* s, double* u, double* vt, int k) {
+	return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', m, n, a, n, s, u, k, vt, n);
+}
+lapack_int geqrf(int m, int n, float* a, float* tau) {
+	return LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, m, n, a, n, tau);
+}
+lapack_int geqrf(int m, int n, double* a, double* tau) {
+	return LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, m, n, a, n, tau);
+}
+lapack_int orgqr(int m, int n, float* a, const float* tau) {
+	return LAPACKE_sorgqr(LAPACK_ROW_MAJOR, m, n, n, a, n, tau);
+}
+lapack_int orgqr(int m, int n, double* a, const double* tau) {
+	return LAPACKE_dorgqr(LAPACK_ROW_MAJOR, m, n, n, a, n, tau);
+}
+
+// The first `rank` triplets of s.
+template <class T> Svd<T> truncate(Svd<T> s, size_t rank) {
+	if (rank >= s.S.size()) return s;
+	Svd<T> out{Matrix<T>(s.U.rows, rank), std::vector<T>(s.S.begin(), s.S.begin() + static_cast<ptrdiff_t>(rank)),
+	           Matrix<T>(rank, s.Vt.cols)};
+	for (size_t r = 0; r < s.U.rows; ++r)
+		std::copy_n(&s.U.data[r * s.U.cols], rank, &out.U.data[r * rank]);
+	std::copy_n(s.Vt.data.begin(), rank * s.Vt.cols, out.Vt.data.begin());
+	return out;
+}
+
+} // namespace
+
+std::string_view to_string(SvdPath path) {
+	return path == SvdPath::Full ? "full SVD" : "randomized SVD";
+}
+
+double random_normal(uint64_t key, uint64_t index) {
+	// Box–Muller on two uniforms of the stream; 1 - u keeps the log argument in (0, 1].
+	const double u1 = 1.0 - random_uniform(key, 2 * index), u2 = random_uniform(key, 2 * index + 1);
+	return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+}
+
+template <class T> Matrix<T> matmul(const Matrix<T>& a, bool transpose_a, const Matrix<T>& b, bool transpose_b) {
+	const size_t m = transpose_a ? a.cols : a.rows, k = transpose_a ? a.rows : a.cols;
+	const size_t kb = transpose_b ? b.cols : b.rows, n = transpose_b ? b.rows : b.cols;
+	assert(k == kb && "matmul: inner dimensions differ");
+	(void)kb;
+	Matrix<T> c(m, n);
+	if (m == 0 || n == 0 || k == 0) return c;
+	single_threaded_blas();
+	gemm(transpose_a, transpose_b, as_int(m), as_int(n), as_int(k), a.data.data(), as_int(a.cols), b.data.data(),
+	     as_int(b.cols), c.data.data());
+	return c;
+}
+
+template <class T> Svd<T> svd(const Matrix<T>& a) {
+	const size_t k = std::min(a.rows, a.cols);
+	Svd<T> out{Matrix<T>(a.rows, k), std::vector<T>(k), Matrix<T>(k, a.cols)};
+	if (k == 0) return out;
+	single_threaded_blas();
+	Matrix<T> work = a; // gesdd destroys its input
+	check_info(gesdd(as_int(a.rows), as_int(a.cols), work.data.data(), out.S.data(), out.U.data.data(),
+	                 out.Vt.data.data(), as_int(k)),
+	           "SVD (gesdd)");
+	return out;
+}
+
+template <class T> Matrix<T> orthonormal_columns(const Matrix<T>& a) {
+	assert(a.rows >= a.cols);
+	Matrix<T> q = a;
+	if (a.cols == 0) return q;
+	single_threaded_blas();
+	std::vector<T> tau(a.cols);
+	check_info(geqrf(as_int(a.rows), as_int(a.cols), q.data.data(), tau.data()), "QR (geqrf)");
+	check_info(orgqr(as_int(a.rows), as_int(a.cols), q.data.data(), tau.data()), "QR (orgqr)");
+	return q;
+}
+
+template <class T>
+Svd<T> randomized_svd(const Matrix<T>& a, size_t rank, uint64_t key, size_t oversample, int power_iterations) {
+	const size_t width = std::min(rank + oversample, std::min(a.rows, a.cols));
+	Matrix<T> omega(a.cols, width);
+	for (size_t i = 0; i < omega.data.size(); ++i)
+		omega.data[i] = static_cast<T>(random_normal(key, i));
+	// Range finder: Q spans A·Ω, sharpened by power iterations (Aᵀ then A), each re-orthonormalised.
+	Matrix<T> q = orthonormal_columns(matmul(a, false, omega, false));
+	for (int i = 0; i < power_iterations; ++i) {
+		const Matrix<T> z = orthonormal_columns(matmul(a, true, q, false));
+		q = orthonormal_columns(matmul(a, false, z, false));
+	}
+	Svd<T> small = svd(matmul(q, true, a, false)); // B = Qᵀ A, width × n
+	small.U = matmul(q, false, small.U, false);
+	return truncate(std::move(small), rank);
+}
+
+template <class T> Svd<T> truncated_svd(const Matrix<T>& a, size_t rank, uint64_t key, SvdPath* path) {
+	constexpr size_t kOversample = 10;
+	const size_t smaller = std::min(a.rows, a.cols);
+	const bool randomized = smaller >= 256 && rank + kOversample < smaller / 4;
+	if (path) *path = randomized ? SvdPath::Randomized : SvdPath::Full;
+	if (randomized) return randomized_svd(a, rank, key, kOversample, 2);
+	return truncate(svd(a), rank);
+}
+
+template <class T> Matrix<T> polar_factor(const Matrix<T>& a) {
+	const Svd<T> s = svd(a);
+	return matmul(s.U, false, s.Vt, false);
+}
+
+#define WELD_LINALG_INSTANTIATE(T)                                                                                     \
+	template Matrix<T> matmul(const Matrix<T>&, bool, const Matrix<T>&, bool);                                         \
+	template Svd<T> svd(const Matrix<T>&);                                                                             \
+	template Matrix<T> orthonormal_columns(const Matrix<T>&);                                                          \
+	template Svd<T> randomized_svd(const Matrix<T>&, size_t, uint64_t, size_t, int);                                   \
+	template Svd<T> truncated_svd(const Matrix<T>&, size_t, uint64_t, SvdPath*);                                       \
+	template Matrix<T> polar_factor(const Matrix<T>&);
+WELD_LINALG_INSTANTIATE(float)
+WELD_LINALG_INSTANTIATE(double)
+#undef WELD_LINALG_INSTANTIATE
+
+} // namespace weld::linalg

@@ -1,0 +1,76 @@
+// Dense linear algebra for the SVD-based merge methods: a plain row-major matrix, products
+// (OpenBLAS), full and randomized truncated SVD, QR and the polar factor (LAPACKE).
+//
+// Every call runs OpenBLAS single-threaded, so results are byte-identical whatever the number
+// of weld threads (the executor already runs one tensor per thread). Failures (LAPACK not
+// converging, non-finite input) throw weld::Error; callers add the tensor name.
+#pragma once
+
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+namespace weld::linalg {
+
+// Row-major: element (r, c) is data[r * cols + c]. Works for float and double.
+template <class T> struct Matrix {
+	size_t rows = 0, cols = 0;
+	std::vector<T> data;
+
+	Matrix() = default;
+	Matrix(size_t r, size_t c) : rows(r), cols(c), data(r * c, T(0)) {}
+	T& operator()(size_t r, size_t c) {
+		assert(r < rows && c < cols);
+		return data[r * cols + c];
+	}
+	T operator()(size_t r, size_t c) const {
+		assert(r < rows && c < cols);
+		return data[r * cols + c];
+	}
+};
+
+using MatrixF = Matrix<float>;
+using MatrixD = Matrix<double>;
+
+// Thin SVD A = U diag(S) Vt: U is m×k, S has k values (descending, >= 0), Vt is k×n.
+template <class T> struct Svd {
+	Matrix<T> U;
+	std::vector<T> S;
+	Matrix<T> Vt;
+};
+
+using SvdF = Svd<float>;
+using SvdD = Svd<double>;
+
+// Which algorithm truncated_svd used (for --verbose notes).
+enum class SvdPath { Full, Randomized };
+std::string_view to_string(SvdPath path);
+
+// op(A) · op(B), op = transpose when the flag is set.
+template <class T> Matrix<T> matmul(const Matrix<T>& a, bool transpose_a, const Matrix<T>& b, bool transpose_b);
+
+// Thin SVD with k = min(m, n) (LAPACK gesdd).
+template <class T> Svd<T> svd(const Matrix<T>& a);
+
+// Orthonormal basis of A's columns (m×n, m >= n): Q of A = QR (geqrf + orgqr).
+template <class T> Matrix<T> orthonormal_columns(const Matrix<T>& a);
+
+// Top-`rank` singular triplets by Halko–Martinsson–Tropp: Gaussian test matrix with
+// `oversample` extra columns drawn from the counter-based stream `key`, `power_iterations`
+// subspace iterations with QR in between. Deterministic for a given key.
+template <class T>
+Svd<T> randomized_svd(const Matrix<T>& a, size_t rank, uint64_t key, size_t oversample = 10, int power_iterations = 2);
+
+// Top-`rank` singular triplets, by the cheaper path: randomized when rank + 10 < min(m, n) / 4
+// and min(m, n) >= 256, else the full SVD truncated. Sets *path when given.
+template <class T> Svd<T> truncated_svd(const Matrix<T>& a, size_t rank, uint64_t key, SvdPath* path = nullptr);
+
+// The nearest matrix with orthonormal columns (or rows, when wide): U Vt of A's SVD.
+template <class T> Matrix<T> polar_factor(const Matrix<T>& a);
+
+// A standard normal draw: the index-th of stream key (Box–Muller over random_uniform).
+double random_normal(uint64_t key, uint64_t index);
+
+} // namespace weld::linalg
