@@ -75,7 +75,7 @@ private:
 	std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
-void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, bool verbose) {
+void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const ExecOptions& options) {
 	const TensorJob& job = plan.jobs[index];
 	if (job.is_plain_copy(*plan.method)) {
 		const auto& source = job.sources[0];
@@ -99,11 +99,11 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, bool ver
 		input.sources.emplace_back(inputs[s]);
 	}
 	std::vector<std::string> notes;
-	if (verbose) input.notes = &notes;
+	if (options.verbose) input.notes = &notes;
 	std::vector<float> result(n);
 	plan.method->merge(input, result);
 	for (const auto& note : notes)
-		std::fprintf(stderr, "\r\033[Kweld: %s: %s\n", job.name.c_str(), note.c_str());
+		std::fprintf(stderr, "%sweld: %s: %s\n", options.progress ? "\r\033[K" : "", job.name.c_str(), note.c_str());
 	std::vector<uint8_t> out(job.out_nbytes());
 	convert_from_f32(job.out_dtype, result.data(), out.data(), n);
 	writer.write(index, out);
@@ -140,7 +140,7 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 			budget.acquire(bytes);
 			try {
 				if (g_cancelled) throw Error("interrupted");
-				run_job(plan, i, writer, options.verbose);
+				run_job(plan, i, writer, options);
 				for (const auto& source : plan.jobs[i].sources)
 					source.tensor->file->release(*source.tensor->info);
 			} catch (...) {

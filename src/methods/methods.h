@@ -5,22 +5,43 @@
 #include "methods/method.h"
 
 #include <optional>
+#include <vector>
 
 namespace weld {
 
+// One factory per method; registry.cpp lists them all.
+// mergekit's methods
 const MergeMethod& linear_method();
 const MergeMethod& task_arithmetic_method();
 const MergeMethod& ties_method();
 const MergeMethod& dare_linear_method();
 const MergeMethod& dare_ties_method();
+const MergeMethod& della_method();
+const MergeMethod& della_linear_method();
+const MergeMethod& breadcrumbs_method();
+const MergeMethod& breadcrumbs_ties_method();
+const MergeMethod& sce_method();
 const MergeMethod& slerp_method();
+const MergeMethod& nuslerp_method();
+const MergeMethod& multislerp_method();
+const MergeMethod& karcher_method();
+const MergeMethod& model_stock_method();
+const MergeMethod& nearswap_method();
+const MergeMethod& ram_method();
+const MergeMethod& ramplus_tl_method();
+const MergeMethod& arcee_fusion_method();
 const MergeMethod& passthrough_method();
-
-// Groups of methods, each listed by its own file (group_*.cpp) and added to the registry.
-std::vector<const MergeMethod*> task_vector_methods();    // DELLA, Breadcrumbs, SCE, consensus (TALL)
-std::vector<const MergeMethod*> mergekit_extra_methods(); // model_stock, nuslerp, multislerp, karcher, ...
-std::vector<const MergeMethod*> subspace_methods();       // SVD-based: TSV, OPCM, DOGE
-std::vector<const MergeMethod*> literature_methods();     // PCB, WIDEN, VaRM, MWA, Localize-and-Stitch
+// data-free methods of the research literature
+const MergeMethod& consensus_ta_method();
+const MergeMethod& consensus_ties_method();
+const MergeMethod& pcb_method();
+const MergeMethod& widen_method();
+const MergeMethod& varm_method();
+const MergeMethod& mwa_method();
+const MergeMethod& localize_stitch_method();
+const MergeMethod& tsv_method();
+const MergeMethod& opcm_method();
+const MergeMethod& doge_method();
 
 // Throws weld::Error naming the tensor unless the sources are non-empty, equally long, as long
 // as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.
@@ -34,40 +55,5 @@ double global_param(const MethodInfo& info, const MergeInput& input, std::string
 // Throws weld::Error naming the tensor and source when a required one is missing.
 std::optional<double> source_param(const MethodInfo& info, const MergeInput& input, size_t source,
                                    std::string_view name);
-
-// -- literature group (group_literature.cpp) --
-const MergeMethod& pcb_method();
-const MergeMethod& widen_method();
-const MergeMethod& varm_method();
-const MergeMethod& mwa_method();
-const MergeMethod& localize_stitch_method();
-// -- end literature group --
-
-// -- mergekit group (group_mergekit.cpp) --
-const MergeMethod& model_stock_method();
-const MergeMethod& nuslerp_method();
-const MergeMethod& multislerp_method();
-const MergeMethod& karcher_method();
-const MergeMethod& nearswap_method();
-const MergeMethod& ram_method();
-const MergeMethod& ramplus_tl_method();
-const MergeMethod& arcee_fusion_method();
-// -- end mergekit group --
-
-// -- subspace group (group_subspace.cpp) --
-const MergeMethod& tsv_method();
-const MergeMethod& opcm_method();
-const MergeMethod& doge_method();
-// -- end subspace group --
-
-// -- task_vectors group (group_task_vectors.cpp) --
-const MergeMethod& della_method();
-const MergeMethod& della_linear_method();
-const MergeMethod& breadcrumbs_method();
-const MergeMethod& breadcrumbs_ties_method();
-const MergeMethod& sce_method();
-const MergeMethod& consensus_ta_method();
-const MergeMethod& consensus_ties_method();
-// -- end task_vectors group --
 
 } // namespace weld

@@ -9,12 +9,36 @@ namespace {
 // Built on first use, so no static-initialization order between translation units matters.
 const std::vector<const MergeMethod*>& sorted_methods() {
 	static const std::vector<const MergeMethod*> methods = [] {
-		std::vector<const MergeMethod*> all = {&linear_method(),      &task_arithmetic_method(), &ties_method(),
-		                                       &dare_linear_method(), &dare_ties_method(),       &slerp_method(),
-		                                       &passthrough_method()};
-		for (auto group : {task_vector_methods, mergekit_extra_methods, subspace_methods, literature_methods})
-			for (const MergeMethod* method : group())
-				all.push_back(method);
+		std::vector<const MergeMethod*> all = {&linear_method(),
+		                                       &task_arithmetic_method(),
+		                                       &ties_method(),
+		                                       &dare_linear_method(),
+		                                       &dare_ties_method(),
+		                                       &della_method(),
+		                                       &della_linear_method(),
+		                                       &breadcrumbs_method(),
+		                                       &breadcrumbs_ties_method(),
+		                                       &sce_method(),
+		                                       &slerp_method(),
+		                                       &nuslerp_method(),
+		                                       &multislerp_method(),
+		                                       &karcher_method(),
+		                                       &model_stock_method(),
+		                                       &nearswap_method(),
+		                                       &ram_method(),
+		                                       &ramplus_tl_method(),
+		                                       &arcee_fusion_method(),
+		                                       &passthrough_method(),
+		                                       &consensus_ta_method(),
+		                                       &consensus_ties_method(),
+		                                       &pcb_method(),
+		                                       &widen_method(),
+		                                       &varm_method(),
+		                                       &mwa_method(),
+		                                       &localize_stitch_method(),
+		                                       &tsv_method(),
+		                                       &opcm_method(),
+		                                       &doge_method()};
 		std::sort(all.begin(), all.end(),
 		          [](const MergeMethod* a, const MergeMethod* b) { return a->info().name < b->info().name; });
 		return all;
