@@ -1,6 +1,7 @@
 // Layer swapping (Bandarkar et al. 2024) as passthrough slices: the bottom and top k layers come
 // byte for byte from the language expert, the middle ones from the math expert.
 #include "exec/merge.h"
+#include "family_fixture.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -10,7 +11,6 @@ namespace weld {
 namespace {
 
 namespace fs = std::filesystem;
-using test::TempDir;
 
 using Bytes = std::map<std::string, std::vector<uint8_t>>;
 
@@ -25,7 +25,7 @@ Bytes read_bytes(const fs::path& dir) {
 	return out;
 }
 
-class LiteratureLayerSwapTest : public ::testing::Test {
+class LiteratureLayerSwapTest : public ::testing::Test, protected test::Family {
 protected:
 	void make_experts(int layers, DType dtype) {
 		spec_.layers = layers;
@@ -33,22 +33,6 @@ protected:
 		const auto base = make_tiny_llama(spec_, 31);
 		write_tiny_llama(dir_ / "language_expert", spec_, perturb(base, 0.05f, 32), 4000);
 		write_tiny_llama(dir_ / "math_expert", spec_, perturb(base, 0.05f, 33));
-	}
-
-	void merge(const std::string& recipe) {
-		test::write_file(dir_ / "recipe.yml", recipe);
-		MergeOptions options;
-		options.recipe_path = dir_ / "recipe.yml";
-		options.out_dir = dir_ / "out";
-		options.force = true;
-		options.exec.threads = 2;
-		const auto previous = fs::current_path();
-		fs::current_path(dir_.path());
-		struct Restore {
-			fs::path path;
-			~Restore() { fs::current_path(path); }
-		} restore{previous};
-		run_merge(options);
 	}
 
 	// Layers [0, k) and [layers - k, layers) plus the tensors outside the layers must be the
@@ -74,9 +58,6 @@ protected:
 		const auto config = nlohmann::json::parse(test::read_file(dir_ / "out" / "config.json"));
 		EXPECT_EQ(config["num_hidden_layers"], layers);
 	}
-
-	TempDir dir_;
-	TinyLlamaSpec spec_;
 };
 
 // The same form as examples/layer-swap.yml, for 6 layers and k = 2.

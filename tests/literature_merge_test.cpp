@@ -2,6 +2,7 @@
 // method runs through the planner and executor; values are checked where the definition gives
 // them cheaply, and recipe errors (ranges, missing base, metrics) are reported.
 #include "exec/merge.h"
+#include "family_fixture.h"
 #include "test_util.h"
 #include "util/error.h"
 
@@ -14,55 +15,13 @@ namespace weld {
 namespace {
 
 namespace fs = std::filesystem;
-using test::TempDir;
 using test::Tensors;
 
-class LiteratureMergeTest : public ::testing::TestWithParam<DType> {
+class LiteratureMergeTest : public ::testing::TestWithParam<DType>, protected test::Family {
 protected:
-	void SetUp() override {
-		spec_.layers = 2;
-		spec_.dtype = GetParam();
-		const auto base = make_tiny_llama(spec_, 21);
-		const auto a = perturb(base, 0.05f, 22), b = perturb(base, 0.05f, 23);
-		write_tiny_llama(dir_ / "base", spec_, base);
-		write_tiny_llama(dir_ / "a", spec_, a);
-		write_tiny_llama(dir_ / "b", spec_, b);
-		base_ = test::stored_values(base, spec_.dtype);
-		a_ = test::stored_values(a, spec_.dtype);
-		b_ = test::stored_values(b, spec_.dtype);
-	}
+	LiteratureMergeTest() { tolerance_ = {1e-5, 1e-2, 1e-6}; }
 
-	Tensors merge(const std::string& recipe) {
-		test::write_file(dir_ / "recipe.yml", recipe);
-		MergeOptions options;
-		options.recipe_path = dir_ / "recipe.yml";
-		options.out_dir = dir_ / "out";
-		options.force = true;
-		options.exec.threads = 2;
-		// Model references in recipes are relative to the working directory.
-		const auto previous = fs::current_path();
-		fs::current_path(dir_.path());
-		struct Restore {
-			fs::path path;
-			~Restore() { fs::current_path(path); }
-		} restore{previous};
-		run_merge(options);
-		return test::read_model(dir_ / "out");
-	}
-
-	double tolerance(double x) const {
-		const double eps = spec_.dtype == DType::BF16 ? 1.0 / 128 : 1e-5;
-		return eps * std::max(std::abs(x), 1e-2) + 1e-6;
-	}
-
-	void expect_near(const Tensors& out, const std::string& name, size_t i, double expected) {
-		ASSERT_TRUE(out.count(name)) << name;
-		EXPECT_NEAR(out.at(name)[i], expected, tolerance(expected)) << name << "[" << i << "]";
-	}
-
-	TempDir dir_;
-	TinyLlamaSpec spec_;
-	Tensors base_, a_, b_;
+	void SetUp() override { make_family(GetParam(), 2, 2, false, 21, 22); }
 };
 
 const std::string kTwoModels = "base_model: base\nmodels:\n  - model: a\n  - model: b\n";
@@ -70,7 +29,7 @@ const std::string kTwoModels = "base_model: base\nmodels:\n  - model: a\n  - mod
 // With lambda 1 the merged delta is a weighted mean of the task vectors (or zero), so every
 // value lies between the smallest and largest of base, a and b.
 TEST_P(LiteratureMergeTest, PcbStaysWithinTheModels) {
-	const auto out = merge("merge_method: pcb\nparameters: {ratio: 0.3}\n" + kTwoModels);
+	const auto out = merged("merge_method: pcb\nparameters: {ratio: 0.3}\n" + kTwoModels);
 	ASSERT_EQ(out.size(), base_.size());
 	for (const auto& [name, values] : base_)
 		for (size_t i = 0; i < values.size(); ++i) {
@@ -82,18 +41,18 @@ TEST_P(LiteratureMergeTest, PcbStaysWithinTheModels) {
 }
 
 TEST_P(LiteratureMergeTest, PcbOfOneModelWithRatioOneIsThatModel) {
-	const auto out = merge("merge_method: pcb\nbase_model: base\nparameters: {ratio: 1}\nmodels:\n  - model: a\n");
+	const auto out = merged("merge_method: pcb\nbase_model: base\nparameters: {ratio: 1}\nmodels:\n  - model: a\n");
 	for (const auto& [name, values] : a_)
 		for (size_t i = 0; i < values.size(); i += 5)
 			expect_near(out, name, i, values[i]);
 }
 
 TEST_P(LiteratureMergeTest, WidenOfOneModelIsThatModelAndTwoModelsRun) {
-	auto out = merge("merge_method: widen\nbase_model: base\nmodels:\n  - model: a\n");
+	auto out = merged("merge_method: widen\nbase_model: base\nmodels:\n  - model: a\n");
 	for (const auto& [name, values] : a_)
 		for (size_t i = 0; i < values.size(); i += 5)
 			expect_near(out, name, i, values[i]);
-	out = merge("merge_method: widen\nparameters: {score_calibration_value: 0.8}\n" + kTwoModels);
+	out = merged("merge_method: widen\nparameters: {score_calibration_value: 0.8}\n" + kTwoModels);
 	ASSERT_EQ(out.size(), base_.size());
 	for (const auto& [name, values] : out)
 		for (float v : values)
@@ -102,7 +61,7 @@ TEST_P(LiteratureMergeTest, WidenOfOneModelIsThatModelAndTwoModelsRun) {
 
 // w_i = mean(tau_i^2) / sum_j mean(tau_j^2) per tensor; out = sum_i w_i * theta_i.
 TEST_P(LiteratureMergeTest, VarmWeighsEachTensorByVariation) {
-	const auto out = merge("merge_method: varm\n" + kTwoModels);
+	const auto out = merged("merge_method: varm\n" + kTwoModels);
 	for (const auto& [name, values] : base_) {
 		double sa = 0, sb = 0;
 		for (size_t i = 0; i < values.size(); ++i) {
@@ -117,8 +76,8 @@ TEST_P(LiteratureMergeTest, VarmWeighsEachTensorByVariation) {
 
 // loss 2 and 0.5 with penalty 2: w ∝ [1/4, 4] -> [1/17, 16/17].
 TEST_P(LiteratureMergeTest, MwaAveragesByLoss) {
-	const auto out = merge("merge_method: mwa\nparameters: {penalty: 2}\nmodels:\n"
-	                       "  - model: a\n    parameters: {loss: 2.0}\n  - model: b\n    parameters: {loss: 0.5}\n");
+	const auto out = merged("merge_method: mwa\nparameters: {penalty: 2}\nmodels:\n"
+	                        "  - model: a\n    parameters: {loss: 2.0}\n  - model: b\n    parameters: {loss: 0.5}\n");
 	for (const auto& [name, values] : a_)
 		for (size_t i = 0; i < values.size(); i += 3)
 			expect_near(out, name, i, (values[i] + 16.0 * b_[name][i]) / 17.0);
@@ -126,7 +85,7 @@ TEST_P(LiteratureMergeTest, MwaAveragesByLoss) {
 
 // density 1 keeps every changed element; where both changed, their deltas are averaged.
 TEST_P(LiteratureMergeTest, LocalizeStitchAtFullDensityAveragesChanges) {
-	const auto out = merge("merge_method: localize_stitch\nparameters: {density: 1.0}\n" + kTwoModels);
+	const auto out = merged("merge_method: localize_stitch\nparameters: {density: 1.0}\n" + kTwoModels);
 	for (const auto& [name, values] : base_)
 		for (size_t i = 0; i < values.size(); i += 3) {
 			const double da = a_[name][i] - values[i], db = b_[name][i] - values[i];
@@ -134,7 +93,7 @@ TEST_P(LiteratureMergeTest, LocalizeStitchAtFullDensityAveragesChanges) {
 			expect_near(out, name, i, values[i] + (count == 0 ? 0.0 : (da + db) / count));
 		}
 	// The default density (1%) runs and changes at most a few elements per tensor.
-	const auto sparse = merge("merge_method: localize_stitch\n" + kTwoModels);
+	const auto sparse = merged("merge_method: localize_stitch\n" + kTwoModels);
 	const auto& q = sparse.at("model.layers.0.self_attn.q_proj.weight");
 	const auto& q_base = base_.at("model.layers.0.self_attn.q_proj.weight");
 	size_t changed = 0;
@@ -152,7 +111,7 @@ class LiteratureRecipeErrorTest : public LiteratureMergeTest {};
 TEST_P(LiteratureRecipeErrorTest, RejectsBadRecipes) {
 	const auto fails = [&](const std::string& recipe, const std::string& needle) {
 		try {
-			merge(recipe);
+			merged(recipe);
 			ADD_FAILURE() << "expected an error for:\n" << recipe;
 		} catch (const Error& e) {
 			EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();

@@ -1,6 +1,7 @@
 // Unit tests of the literature group (PCB, WIDEN, VaRM, MWA, Localize-and-Stitch) on tiny
 // tensors. Expected values are worked out from each paper's definition (see the comments),
 // never by calling weld a second way.
+#include "method_case.h"
 #include "methods/method.h"
 #include "util/error.h"
 
@@ -9,45 +10,10 @@
 #include <string>
 #include <vector>
 
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-
 namespace weld {
 namespace {
 
-using Vec = std::vector<float>;
-
-struct Case {
-	std::vector<Vec> sources;
-	int base_index = -1;
-	ParamValues params;
-	std::vector<ParamValues> source_params;
-	std::vector<uint64_t> shape; // default: 1-D of the sources' length
-	std::string tensor_name = "model.layers.0.self_attn.q_proj.weight";
-};
-
-Vec run(std::string_view method_name, const Case& c) {
-	const MergeMethod* method = find_method(method_name);
-	EXPECT_NE(method, nullptr) << method_name;
-	if (!method) return {};
-	MergeInput input;
-	input.tensor_name = c.tensor_name;
-	for (const Vec& s : c.sources)
-		input.sources.emplace_back(s);
-	input.shape = c.shape;
-	if (input.shape.empty() && !c.sources.empty()) input.shape = {c.sources[0].size()};
-	input.base_index = c.base_index;
-	input.params = c.params;
-	input.source_params = c.source_params;
-	Vec out(c.sources.empty() ? 0 : c.sources[0].size(), -999.0f);
-	method->merge(input, out);
-	return out;
-}
-
-void expect_near(const Vec& actual, const Vec& expected, float tolerance = 1e-5f) {
-	ASSERT_EQ(actual.size(), expected.size());
-	for (size_t i = 0; i < actual.size(); ++i)
-		EXPECT_NEAR(actual[i], expected[i], tolerance) << "element " << i;
-}
+using namespace test;
 
 TEST(LiteratureMethodsTest, AllAreRegisteredWithTheirParameters) {
 	for (const char* name : {"pcb", "widen", "varm", "mwa", "localize_stitch"})

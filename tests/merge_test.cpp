@@ -1,6 +1,7 @@
 // End-to-end merges of tiny Llama-shaped families: recipe file in, model folder out, values
 // checked against the methods' definitions computed here element by element.
 #include "exec/merge.h"
+#include "family_fixture.h"
 #include "test_util.h"
 #include "util/error.h"
 
@@ -13,60 +14,14 @@ namespace weld {
 namespace {
 
 namespace fs = std::filesystem;
-using test::TempDir;
 using test::Tensors;
 
-class MergeTest : public ::testing::TestWithParam<std::tuple<DType, bool>> {
+class MergeTest : public ::testing::TestWithParam<std::tuple<DType, bool>>, protected test::Family {
 protected:
-	void make_family(DType dtype, bool sharded, int layers = 3) {
-		spec_.layers = layers;
-		spec_.dtype = dtype;
-		const auto base = make_tiny_llama(spec_, 7);
-		const auto a = perturb(base, 0.05f, 11), b = perturb(base, 0.05f, 12);
-		const uint64_t shard = sharded ? 20'000 : UINT64_MAX;
-		write_tiny_llama(dir_ / "base", spec_, base, shard);
-		write_tiny_llama(dir_ / "a", spec_, a, shard);
-		write_tiny_llama(dir_ / "b", spec_, b, shard);
-		base_ = test::stored_values(base, dtype);
-		a_ = test::stored_values(a, dtype);
-		b_ = test::stored_values(b, dtype);
-	}
+	MergeTest() { max_shard_bytes_ = 5000; } // several shards even for tiny models
 
-	MergeSummary merge(const std::string& recipe, const std::string& out = "out", unsigned threads = 2,
-	                   uint64_t seed = 0, uint64_t memory_budget = 1ull << 30) {
-		test::write_file(dir_ / "recipe.yml", recipe);
-		MergeOptions options;
-		options.recipe_path = dir_ / "recipe.yml";
-		options.out_dir = dir_ / out;
-		options.force = true;
-		options.seed = seed;
-		options.exec.threads = threads;
-		options.exec.memory_budget = memory_budget;
-		options.exec.max_shard_bytes = 5000; // several shards even for tiny models
-		// Model references in recipes are relative to the working directory.
-		const auto previous = fs::current_path();
-		fs::current_path(dir_.path());
-		struct Restore {
-			fs::path path;
-			~Restore() { fs::current_path(path); }
-		} restore{previous};
-		return run_merge(options);
-	}
-
-	// Tolerance of one rounding step of the stored dtype around magnitude |x|.
-	double tolerance(double x) const {
-		const double eps = spec_.dtype == DType::BF16 ? 1.0 / 128 : spec_.dtype == DType::F16 ? 1.0 / 1024 : 1e-6;
-		return eps * std::max(std::abs(x), 1e-3) + 1e-7;
-	}
-
-	void expect_near(const Tensors& actual, const std::string& name, size_t i, double expected) {
-		ASSERT_TRUE(actual.count(name)) << name;
-		EXPECT_NEAR(actual.at(name)[i], expected, tolerance(expected)) << name << "[" << i << "]";
-	}
-
-	TempDir dir_;
-	TinyLlamaSpec spec_;
-	Tensors base_, a_, b_;
+	// base, a and b.
+	void make_family(DType dtype, bool sharded, int layers = 3) { Family::make_family(dtype, layers, 2, sharded); }
 };
 
 TEST_P(MergeTest, LinearIsTheNormalizedWeightedMean) {
@@ -293,10 +248,10 @@ TEST_F(MergeRecipeTest, DryRunShowsResolvedParametersAndWritesNothing) {
 	options.recipe_path = dir_ / "recipe.yml";
 	options.out_dir = dir_ / "out";
 	options.dry_run = true;
-	const auto previous = fs::current_path();
-	fs::current_path(dir_.path());
-	const auto summary = run_merge(options);
-	fs::current_path(previous);
+	const auto summary = [&] {
+		const test::WorkingDir in_family(dir_.path());
+		return run_merge(options);
+	}();
 	EXPECT_FALSE(fs::exists(dir_ / "out"));
 	EXPECT_NE(summary.plan_text.find("model.layers.1.mlp.up_proj.weight"), std::string::npos);
 	EXPECT_NE(summary.plan_text.find("<- b:model.layers.1.mlp.up_proj.weight weight=0.5"), std::string::npos)

@@ -1,6 +1,7 @@
 // End-to-end merges with the mergekit-parity methods on tiny Llama families (F32 and BF16):
 // recipe in, model folder out, values checked against the methods' definitions computed here.
 #include "exec/merge.h"
+#include "family_fixture.h"
 #include "test_util.h"
 #include "util/error.h"
 
@@ -14,7 +15,6 @@ namespace weld {
 namespace {
 
 namespace fs = std::filesystem;
-using test::TempDir;
 using test::Tensors;
 using Vec = std::vector<float>;
 
@@ -25,57 +25,11 @@ double dot(const Vec& x, const Vec& y) {
 	return s;
 }
 
-class MergekitExtraMergeTest : public ::testing::TestWithParam<DType> {
+class MergekitExtraMergeTest : public ::testing::TestWithParam<DType>, protected test::Family {
 protected:
-	void SetUp() override {
-		spec_.dtype = GetParam();
-		const auto base = make_tiny_llama(spec_, 7);
-		const auto a = perturb(base, 0.05f, 11), b = perturb(base, 0.05f, 12), c = perturb(base, 0.05f, 13);
-		for (const auto& [name, model] : {std::pair{"base", &base}, {"a", &a}, {"b", &b}, {"c", &c}})
-			write_tiny_llama(dir_ / name, spec_, *model);
-		base_ = test::stored_values(base, spec_.dtype);
-		a_ = test::stored_values(a, spec_.dtype);
-		b_ = test::stored_values(b, spec_.dtype);
-		c_ = test::stored_values(c, spec_.dtype);
-	}
+	MergekitExtraMergeTest() { tolerance_ = {2e-6, 1e-3, 1e-6}; }
 
-	Tensors merge(const std::string& recipe) {
-		test::write_file(dir_ / "recipe.yml", recipe);
-		MergeOptions options;
-		options.recipe_path = dir_ / "recipe.yml";
-		options.out_dir = dir_ / "out";
-		options.force = true;
-		options.exec.threads = 2;
-		// Model references in recipes are relative to the working directory.
-		const auto previous = fs::current_path();
-		fs::current_path(dir_.path());
-		struct Restore {
-			fs::path path;
-			~Restore() { fs::current_path(path); }
-		} restore{previous};
-		run_merge(options);
-		return test::read_model(dir_ / "out");
-	}
-
-	// The message of the weld::Error the merge throws ("" if none).
-	std::string merge_error(const std::string& recipe) {
-		try {
-			merge(recipe);
-		} catch (const Error& e) {
-			return e.what();
-		}
-		return "";
-	}
-
-	double tolerance(double x) const {
-		const double eps = spec_.dtype == DType::BF16 ? 1.0 / 128 : 2e-6;
-		return eps * std::max(std::abs(x), 1e-3) + 1e-6;
-	}
-
-	void expect_near(const Tensors& out, const std::string& name, size_t i, double expected) {
-		ASSERT_TRUE(out.count(name)) << name;
-		EXPECT_NEAR(out.at(name)[i], expected, tolerance(expected)) << name << "[" << i << "]";
-	}
+	void SetUp() override { make_family(GetParam(), 2, 3); }
 
 	Vec delta(const Tensors& model, const std::string& name) {
 		Vec d(base_[name].size());
@@ -83,14 +37,10 @@ protected:
 			d[i] = model.at(name)[i] - base_[name][i];
 		return d;
 	}
-
-	TempDir dir_;
-	TinyLlamaSpec spec_;
-	Tensors base_, a_, b_, c_;
 };
 
 TEST_P(MergekitExtraMergeTest, ModelStock) {
-	const auto out = merge("merge_method: model_stock\nbase_model: base\nmodels:\n  - model: a\n  - model: b\n");
+	const auto out = merged("merge_method: model_stock\nbase_model: base\nmodels:\n  - model: a\n  - model: b\n");
 	ASSERT_EQ(out.size(), base_.size());
 	for (const auto& [name, base] : base_) {
 		const Vec da = delta(a_, name), db = delta(b_, name);
@@ -104,9 +54,9 @@ TEST_P(MergekitExtraMergeTest, ModelStock) {
 TEST_P(MergekitExtraMergeTest, NuSlerpWithAndWithoutBase) {
 	for (const bool with_base : {true, false}) {
 		const auto out =
-		    merge(std::string("merge_method: nuslerp\n") + (with_base ? "base_model: base\n" : "") + "models:\n" +
-		          (with_base ? "  - model: base\n" : "") +
-		          "  - model: a\n    parameters: {weight: 1}\n  - model: b\n    parameters: {weight: 2}\n");
+		    merged(std::string("merge_method: nuslerp\n") + (with_base ? "base_model: base\n" : "") + "models:\n" +
+		           (with_base ? "  - model: base\n" : "") +
+		           "  - model: a\n    parameters: {weight: 1}\n  - model: b\n    parameters: {weight: 2}\n");
 		for (const auto& [name, base] : base_) {
 			const Vec v0 = with_base ? delta(a_, name) : a_[name], v1 = with_base ? delta(b_, name) : b_[name];
 			const double theta = std::acos(std::clamp(dot(v0, v1) / std::sqrt(dot(v0, v0) * dot(v1, v1)), -1.0, 1.0));
@@ -120,9 +70,9 @@ TEST_P(MergekitExtraMergeTest, NuSlerpWithAndWithoutBase) {
 // Multi-SLERP's tangent step vanishes at the weighted mean, so the result is the normalized
 // weighted mean of the unit task vectors times their weighted mean norm.
 TEST_P(MergekitExtraMergeTest, MultiSlerp) {
-	const auto out = merge("merge_method: multislerp\nbase_model: base\nmodels:\n  - model: base\n"
-	                       "  - model: a\n    parameters: {weight: 1}\n  - model: b\n    parameters: {weight: 2}\n"
-	                       "  - model: c\n    parameters: {weight: 1}\n");
+	const auto out = merged("merge_method: multislerp\nbase_model: base\nmodels:\n  - model: base\n"
+	                        "  - model: a\n    parameters: {weight: 1}\n  - model: b\n    parameters: {weight: 2}\n"
+	                        "  - model: c\n    parameters: {weight: 1}\n");
 	for (const auto& [name, base] : base_) {
 		const std::vector<Vec> deltas = {delta(a_, name), delta(b_, name), delta(c_, name)};
 		const std::vector<double> weights = {0.25, 0.5, 0.25};
@@ -145,7 +95,7 @@ TEST_P(MergekitExtraMergeTest, MultiSlerp) {
 
 // Two sources with equal weights: the Karcher mean is the direction halfway between them.
 TEST_P(MergekitExtraMergeTest, Karcher) {
-	const auto out = merge("merge_method: karcher\nmodels:\n  - model: a\n  - model: b\n");
+	const auto out = merged("merge_method: karcher\nmodels:\n  - model: a\n  - model: b\n");
 	for (const auto& [name, a] : a_) {
 		const Vec& b = b_[name];
 		const double na = std::sqrt(dot(a, a)), nb = std::sqrt(dot(b, b));
@@ -162,8 +112,8 @@ TEST_P(MergekitExtraMergeTest, Karcher) {
 }
 
 TEST_P(MergekitExtraMergeTest, NearSwap) {
-	const auto out = merge("merge_method: nearswap\nbase_model: base\nparameters: {t: 0.02}\nmodels:\n"
-	                       "  - model: base\n  - model: a\n");
+	const auto out = merged("merge_method: nearswap\nbase_model: base\nparameters: {t: 0.02}\nmodels:\n"
+	                        "  - model: base\n  - model: a\n");
 	for (const auto& [name, base] : base_)
 		for (size_t i = 0; i < base.size(); i += 3) {
 			const double a = a_[name][i];
@@ -176,8 +126,8 @@ TEST_P(MergekitExtraMergeTest, NearSwap) {
 TEST_P(MergekitExtraMergeTest, RamAndRamPlus) {
 	for (const bool plus : {false, true}) {
 		const auto out =
-		    merge(std::string("merge_method: ") + (plus ? "ramplus_tl" : "ram") +
-		          "\nbase_model: base\nparameters: {epsilon: 0.01}\nmodels:\n  - model: a\n  - model: b\n");
+		    merged(std::string("merge_method: ") + (plus ? "ramplus_tl" : "ram") +
+		           "\nbase_model: base\nparameters: {epsilon: 0.01}\nmodels:\n  - model: a\n  - model: b\n");
 		for (const auto& [name, base] : base_) {
 			const std::vector<Vec> deltas = {delta(a_, name), delta(b_, name)};
 			double shared[2] = {0, 0}, unique[2] = {0, 0};
@@ -204,8 +154,8 @@ TEST_P(MergekitExtraMergeTest, RamAndRamPlus) {
 TEST_P(MergekitExtraMergeTest, ArceeFusionMergekitExample) {
 	fs::rename(dir_ / "base", dir_ / "model_a");
 	fs::rename(dir_ / "a", dir_ / "model_b");
-	const auto out = merge("models:\n  - model: model_a\n  - model: model_b\nmerge_method: arcee_fusion\n"
-	                       "base_model: model_a\ndtype: bfloat16\n");
+	const auto out = merged("models:\n  - model: model_a\n  - model: model_b\nmerge_method: arcee_fusion\n"
+	                        "base_model: model_a\ndtype: bfloat16\n");
 	const auto config = nlohmann::json::parse(test::read_file(dir_ / "out" / "config.json"));
 	EXPECT_EQ(config["torch_dtype"], "bfloat16");
 	size_t kept = 0, total = 0;

@@ -1,6 +1,7 @@
 // Unit tests of the mergekit-parity methods (model_stock, nuslerp, multislerp, karcher,
 // nearswap, ram, ramplus_tl, arcee_fusion) on tiny tensors. Expected values are worked out by
 // hand from mergekit's definitions (see the comments), never by calling weld code another way.
+#include "method_case.h"
 #include "methods/method.h"
 #include "util/error.h"
 
@@ -10,58 +11,13 @@
 #include <string>
 #include <vector>
 
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-
 namespace weld {
 namespace {
 
-using Vec = std::vector<float>;
+using namespace test;
 
-struct Case {
-	std::vector<Vec> sources;
-	int base_index = -1;
-	ParamValues params;
-	std::vector<ParamValues> source_params;
-	std::vector<uint64_t> shape; // empty: one row
-};
-
-Vec run(std::string_view method_name, const Case& c) {
-	const MergeMethod* method = find_method(method_name);
-	EXPECT_NE(method, nullptr) << method_name;
-	if (!method) return {};
-	MergeInput input;
-	input.tensor_name = "model.layers.0.mlp.up_proj.weight";
-	input.shape = c.shape.empty() ? std::vector<uint64_t>{c.sources.at(0).size()} : c.shape;
-	for (const Vec& s : c.sources)
-		input.sources.emplace_back(s);
-	input.base_index = c.base_index;
-	input.params = c.params;
-	input.source_params = c.source_params;
-	Vec out(c.sources.empty() ? 0 : c.sources[0].size(), -999.0f);
-	method->merge(input, out);
-	return out;
-}
-
-void expect_near(const Vec& actual, const Vec& expected, float tolerance = 2e-6f) {
-	ASSERT_EQ(actual.size(), expected.size());
-	for (size_t i = 0; i < actual.size(); ++i)
-		EXPECT_NEAR(actual[i], expected[i], tolerance) << "element " << i;
-}
-
-std::vector<ParamValues> weights(std::vector<double> w) {
-	std::vector<ParamValues> out;
-	for (double x : w)
-		out.push_back({{"weight", x}});
-	return out;
-}
-
-const ParamDef* find_param(std::string_view method, std::string_view name) {
-	const MethodInfo& info = find_method(method)->info();
-	for (const auto* list : {&info.global_params, &info.model_params})
-		for (const ParamDef& p : *list)
-			if (p.name == name) return &p;
-	return nullptr;
-}
+// The hand-derived values here hold to 2e-6.
+constexpr float kTolerance = 2e-6f;
 
 // ---- registry ----
 
@@ -69,20 +25,20 @@ TEST(MergekitExtraMethodsTest, RegisteredWithMergekitNamesAndDefaults) {
 	for (const char* name :
 	     {"model_stock", "nuslerp", "multislerp", "karcher", "nearswap", "ram", "ramplus_tl", "arcee_fusion"})
 		ASSERT_NE(find_method(name), nullptr) << name;
-	EXPECT_EQ(find_param("model_stock", "filter_wise")->default_value, 0);
-	EXPECT_EQ(find_param("nuslerp", "nuslerp_flatten")->default_value, 1);
-	EXPECT_EQ(find_param("nuslerp", "nuslerp_row_wise")->default_value, 0);
-	EXPECT_TRUE(find_param("nuslerp", "weight")->required);
-	EXPECT_EQ(find_param("multislerp", "normalize_weights")->default_value, 1);
-	EXPECT_EQ(find_param("multislerp", "eps")->default_value, 1e-8);
-	EXPECT_TRUE(find_param("multislerp", "weight")->required);
-	EXPECT_EQ(find_param("karcher", "max_iter")->default_value, 10);
-	EXPECT_EQ(find_param("karcher", "tol")->default_value, 1e-5);
-	EXPECT_TRUE(find_param("nearswap", "t")->required);
-	EXPECT_EQ(find_param("ram", "epsilon")->default_value, 1e-5);
-	EXPECT_EQ(find_param("ramplus_tl", "epsilon")->default_value, 1e-5);
-	EXPECT_EQ(find_param("ramplus_tl", "r")->default_value, 0.1);
-	EXPECT_EQ(find_param("ramplus_tl", "alpha")->default_value, 0.2);
+	EXPECT_EQ(param("model_stock", "filter_wise").default_value, 0);
+	EXPECT_EQ(param("nuslerp", "nuslerp_flatten").default_value, 1);
+	EXPECT_EQ(param("nuslerp", "nuslerp_row_wise").default_value, 0);
+	EXPECT_TRUE(param("nuslerp", "weight").required);
+	EXPECT_EQ(param("multislerp", "normalize_weights").default_value, 1);
+	EXPECT_EQ(param("multislerp", "eps").default_value, 1e-8);
+	EXPECT_TRUE(param("multislerp", "weight").required);
+	EXPECT_EQ(param("karcher", "max_iter").default_value, 10);
+	EXPECT_EQ(param("karcher", "tol").default_value, 1e-5);
+	EXPECT_TRUE(param("nearswap", "t").required);
+	EXPECT_EQ(param("ram", "epsilon").default_value, 1e-5);
+	EXPECT_EQ(param("ramplus_tl", "epsilon").default_value, 1e-5);
+	EXPECT_EQ(param("ramplus_tl", "r").default_value, 0.1);
+	EXPECT_EQ(param("ramplus_tl", "alpha").default_value, 0.2);
 	EXPECT_EQ(find_param("ram", "r"), nullptr);
 	EXPECT_TRUE(find_method("arcee_fusion")->info().global_params.empty());
 	EXPECT_TRUE(find_method("arcee_fusion")->info().model_params.empty());
@@ -99,7 +55,8 @@ TEST(MergekitExtraMethodsTest, RegisteredWithMergekitNamesAndDefaults) {
 // t = 2·0.6 / (1 + 0.6) = 0.75; mean(M) = ((2,2,3) + (4,6,3))/2 = (3,4,3);
 // 0.75·(3,4,3) + 0.25·(1,2,3) = (2.5, 3.5, 3.0). The base sits in the middle.
 TEST(MergekitExtraMethodsTest, ModelStockTwoModels) {
-	expect_near(run("model_stock", {.sources = {{2, 2, 3}, {1, 2, 3}, {4, 6, 3}}, .base_index = 1}), {2.5, 3.5, 3.0});
+	expect_near(run("model_stock", {.sources = {{2, 2, 3}, {1, 2, 3}, {4, 6, 3}}, .base_index = 1}), {2.5, 3.5, 3.0},
+	            kTolerance);
 }
 
 // B = (1,1,1), Δ = (1,0,0), (3,4,0), (0,0,2): cosines 0.6, 0, 0, mean 0.2;
@@ -107,7 +64,7 @@ TEST(MergekitExtraMethodsTest, ModelStockTwoModels) {
 // out = B + t·mean Δ = (1 + 4/7, 1 + 4/7, 1 + 2/7).
 TEST(MergekitExtraMethodsTest, ModelStockThreeModelsUsesTheMeanPairwiseCosine) {
 	expect_near(run("model_stock", {.sources = {{1, 1, 1}, {2, 1, 1}, {4, 5, 1}, {1, 1, 3}}, .base_index = 0}),
-	            {1.5714286f, 1.5714286f, 1.2857143f});
+	            {1.5714286f, 1.5714286f, 1.2857143f}, kTolerance);
 }
 
 // 2x2: B rows (0,0),(1,1); M1 rows (1,0),(2,1); M2 rows (0,1),(4,5).
@@ -118,14 +75,14 @@ TEST(MergekitExtraMethodsTest, ModelStockThreeModelsUsesTheMeanPairwiseCosine) {
 TEST(MergekitExtraMethodsTest, ModelStockFilterWiseComputesOneTPerRow) {
 	Case c{.sources = {{0, 0, 1, 1}, {1, 0, 2, 1}, {0, 1, 4, 5}}, .base_index = 0, .shape = {2, 2}};
 	c.params = {{"filter_wise", 1}};
-	expect_near(run("model_stock", c), {0, 0, 2.5, 2.5});
+	expect_near(run("model_stock", c), {0, 0, 2.5, 2.5}, kTolerance);
 	c.params = {{"filter_wise", 0}};
-	expect_near(run("model_stock", c), {0.2937979f, 0.2937979f, 2.1751914f, 2.1751914f});
+	expect_near(run("model_stock", c), {0.2937979f, 0.2937979f, 2.1751914f, 2.1751914f}, kTolerance);
 }
 
 // Models equal to the base: zero task vectors, cosine 0 (norms clamped), t = 0 -> the base.
 TEST(MergekitExtraMethodsTest, ModelStockZeroTaskVectorsGiveTheBase) {
-	expect_near(run("model_stock", {.sources = {{1, -2}, {1, -2}, {1, -2}}, .base_index = 0}), {1, -2});
+	expect_near(run("model_stock", {.sources = {{1, -2}, {1, -2}, {1, -2}}, .base_index = 0}), {1, -2}, kTolerance);
 }
 
 TEST(MergekitExtraMethodsTest, ModelStockErrors) {
@@ -143,24 +100,25 @@ TEST(MergekitExtraMethodsTest, ModelStockErrors) {
 // Swapping the models with their weights gives t = 1/4 and the same result.
 TEST(MergekitExtraMethodsTest, NuSlerpWithoutBase) {
 	expect_near(run("nuslerp", {.sources = {{2, 0}, {0, 1}}, .source_params = weights({1, 3})}),
-	            {0.7653669f, 0.9238795f});
+	            {0.7653669f, 0.9238795f}, kTolerance);
 	expect_near(run("nuslerp", {.sources = {{0, 1}, {2, 0}}, .source_params = weights({3, 1})}),
-	            {0.7653669f, 0.9238795f});
+	            {0.7653669f, 0.9238795f}, kTolerance);
 }
 
 // Same task vectors on the base (1,1,1): out = base + (0.7653669, 0.9238795, 0).
 TEST(MergekitExtraMethodsTest, NuSlerpWithBaseSlerpsTaskVectors) {
 	Case c{.sources = {{1, 1, 1}, {3, 1, 1}, {1, 2, 1}}, .base_index = 0};
 	c.source_params = {{}, {{"weight", 1}}, {{"weight", 3}}};
-	expect_near(run("nuslerp", c), {1.7653669f, 1.9238795f, 1});
+	expect_near(run("nuslerp", c), {1.7653669f, 1.9238795f, 1}, kTolerance);
 }
 
 // Parallel vectors: lerp, 0.25·(1,2) + 0.75·(2,4) = (1.75, 3.5). Weights summing to 0: t = 0.5,
 // θ = π/2 -> sin(π/4)·(1,0) + sin(π/4)·(0,1).
 TEST(MergekitExtraMethodsTest, NuSlerpColinearAndZeroWeightSum) {
-	expect_near(run("nuslerp", {.sources = {{1, 2}, {2, 4}}, .source_params = weights({1, 3})}), {1.75, 3.5});
+	expect_near(run("nuslerp", {.sources = {{1, 2}, {2, 4}}, .source_params = weights({1, 3})}), {1.75, 3.5},
+	            kTolerance);
 	expect_near(run("nuslerp", {.sources = {{1, 0}, {0, 1}}, .source_params = weights({1, -1})}),
-	            {0.7071068f, 0.7071068f});
+	            {0.7071068f, 0.7071068f}, kTolerance);
 }
 
 // 2x2, t = 0.5. Rows (flatten off): M0 rows (1,0),(3,4), M1 rows (0,1),(6,8):
@@ -169,10 +127,10 @@ TEST(MergekitExtraMethodsTest, NuSlerpColinearAndZeroWeightSum) {
 TEST(MergekitExtraMethodsTest, NuSlerpRowsAndColumns) {
 	Case rows{.sources = {{1, 0, 3, 4}, {0, 1, 6, 8}}, .source_params = weights({1, 1}), .shape = {2, 2}};
 	rows.params = {{"nuslerp_flatten", 0}};
-	expect_near(run("nuslerp", rows), {0.7071068f, 0.7071068f, 4.5, 6});
+	expect_near(run("nuslerp", rows), {0.7071068f, 0.7071068f, 4.5, 6}, kTolerance);
 	Case columns{.sources = {{1, 3, 0, 4}, {0, 6, 1, 8}}, .source_params = weights({1, 1}), .shape = {2, 2}};
 	columns.params = {{"nuslerp_flatten", 0}, {"nuslerp_row_wise", 1}};
-	expect_near(run("nuslerp", columns), {0.7071068f, 4.5, 0.7071068f, 6});
+	expect_near(run("nuslerp", columns), {0.7071068f, 4.5, 0.7071068f, 6}, kTolerance);
 	// row_wise while flatten is on is ignored: one vector, v0 = (1,3,0,4), v1 = (0,6,1,8),
 	// cos = 50/(√26·√101); at t = 0.5 both coefficients are sin(θ/2)/sin θ = 1/√(2(1 + cos))
 	// = 0.5030636, so out = 0.5030636·(v0 + v1).
@@ -196,7 +154,7 @@ TEST(MergekitExtraMethodsTest, NuSlerpErrors) {
 // 0.9486833) scaled by the mean norm 0.5·5 + 0.5·2 = 3.5 -> (1.1067972, 3.3203915).
 TEST(MergekitExtraMethodsTest, MultiSlerpTwoModels) {
 	expect_near(run("multislerp", {.sources = {{3, 4}, {0, 2}}, .source_params = weights({1, 1})}),
-	            {1.1067972f, 3.3203915f});
+	            {1.1067972f, 3.3203915f}, kTolerance);
 	// normalize_weights off: weights 1,1 double the scale (5 + 2 = 7), same direction.
 	Case raw{.sources = {{3, 4}, {0, 2}}, .params = {{"normalize_weights", 0}}, .source_params = weights({1, 1})};
 	expect_near(run("multislerp", raw), {2.2135944f, 6.6407831f}, 4e-6f);
@@ -206,24 +164,25 @@ TEST(MergekitExtraMethodsTest, MultiSlerpTwoModels) {
 TEST(MergekitExtraMethodsTest, MultiSlerpWithBaseWorksOnTaskVectors) {
 	Case c{.sources = {{4, 3}, {1, -1}, {1, 1}}, .base_index = 1};
 	c.source_params = {{{"weight", 2}}, {}, {{"weight", 2}}};
-	expect_near(run("multislerp", c), {2.1067972f, 2.3203915f});
+	expect_near(run("multislerp", c), {2.1067972f, 2.3203915f}, kTolerance);
 }
 
 // Three orthogonal unit vectors, equal weights: direction (1,1,1)/√3, scale 1.
 TEST(MergekitExtraMethodsTest, MultiSlerpThreeModelsIsSymmetric) {
 	const Vec expected = {0.5773503f, 0.5773503f, 0.5773503f};
 	expect_near(run("multislerp", {.sources = {{1, 0, 0}, {0, 1, 0}, {0, 0, 1}}, .source_params = weights({1, 1, 1})}),
-	            expected);
+	            expected, kTolerance);
 	expect_near(run("multislerp", {.sources = {{0, 0, 1}, {1, 0, 0}, {0, 1, 0}}, .source_params = weights({1, 1, 1})}),
-	            expected);
+	            expected, kTolerance);
 }
 
 // Antipodal pair: the unit mean is zero -> mergekit's linear fallback 0.5·1 + 0.5·(-3) = -1.
 // Three sources whose unit mean is zero: error. One model: returned as it is.
 TEST(MergekitExtraMethodsTest, MultiSlerpEdgeCases) {
-	expect_near(run("multislerp", {.sources = {{1, 0}, {-3, 0}}, .source_params = weights({1, 1})}), {-1, 0});
+	expect_near(run("multislerp", {.sources = {{1, 0}, {-3, 0}}, .source_params = weights({1, 1})}), {-1, 0},
+	            kTolerance);
 	EXPECT_THROW(run("multislerp", {.sources = {{1, 0}, {-1, 0}, {0, 0}}, .source_params = weights({1, 1, 1})}), Error);
-	expect_near(run("multislerp", {.sources = {{5, 7}}, .source_params = weights({0.3})}), {5, 7});
+	expect_near(run("multislerp", {.sources = {{5, 7}}, .source_params = weights({0.3})}), {5, 7}, kTolerance);
 	EXPECT_THROW(run("multislerp", {.sources = {{1, 0}, {0, 1}}, .source_params = weights({1, -1})}), Error);
 	EXPECT_THROW(run("multislerp", {.sources = {{1, 0}}, .base_index = 0}), Error);
 }
@@ -233,7 +192,7 @@ TEST(MergekitExtraMethodsTest, MultiSlerpEdgeCases) {
 // (1,0) and (0,2): units at 0° and 90°, the mean direction 45° is already the Karcher mean;
 // scale = (1 + 2)/2 = 1.5 -> 1.5·(0.7071068, 0.7071068).
 TEST(MergekitExtraMethodsTest, KarcherTwoVectors) {
-	expect_near(run("karcher", {.sources = {{1, 0}, {0, 2}}}), {1.0606602f, 1.0606602f});
+	expect_near(run("karcher", {.sources = {{1, 0}, {0, 2}}}), {1.0606602f, 1.0606602f}, kTolerance);
 }
 
 // (1,0), (2,0), (0,3): units at 0°, 0°, 90°. On a circle the Karcher mean is the mean angle,
@@ -244,7 +203,7 @@ TEST(MergekitExtraMethodsTest, KarcherIteratesToTheMeanAngle) {
 	Case c{.sources = {{1, 0}, {2, 0}, {0, 3}}};
 	expect_near(run("karcher", c), {1.7320508f, 1.0f}, 1e-5f);
 	c.params = {{"max_iter", 0}};
-	expect_near(run("karcher", c), {1.7888544f, 0.8944272f});
+	expect_near(run("karcher", c), {1.7888544f, 0.8944272f}, kTolerance);
 	c.sources = {{0, 3}, {1, 0}, {2, 0}}; // order does not matter
 	c.params = {};
 	expect_near(run("karcher", c), {1.7320508f, 1.0f}, 1e-5f);
@@ -254,10 +213,10 @@ TEST(MergekitExtraMethodsTest, KarcherIteratesToTheMeanAngle) {
 // 2/3·(0.7071068, 0.7071068). All zero -> zero. One source -> itself. The base, when listed,
 // is just another source.
 TEST(MergekitExtraMethodsTest, KarcherZeroAndSingleSources) {
-	expect_near(run("karcher", {.sources = {{0, 0}, {1, 0}, {0, 1}}}), {0.4714045f, 0.4714045f});
-	expect_near(run("karcher", {.sources = {{0, 0}, {0, 0}}}), {0, 0});
-	expect_near(run("karcher", {.sources = {{3, -4, 1}}}), {3, -4, 1});
-	expect_near(run("karcher", {.sources = {{1, 0}, {0, 2}}, .base_index = 0}), {1.0606602f, 1.0606602f});
+	expect_near(run("karcher", {.sources = {{0, 0}, {1, 0}, {0, 1}}}), {0.4714045f, 0.4714045f}, kTolerance);
+	expect_near(run("karcher", {.sources = {{0, 0}, {0, 0}}}), {0, 0}, kTolerance);
+	expect_near(run("karcher", {.sources = {{3, -4, 1}}}), {3, -4, 1}, kTolerance);
+	expect_near(run("karcher", {.sources = {{1, 0}, {0, 2}}, .base_index = 0}), {1.0606602f, 1.0606602f}, kTolerance);
 }
 
 TEST(MergekitExtraMethodsTest, KarcherRejectsFractionalMaxIter) {
@@ -270,9 +229,9 @@ TEST(MergekitExtraMethodsTest, KarcherRejectsFractionalMaxIter) {
 // 0.5, 0.1, 1 (|Δ| = 0 clamps to 1e-6) -> (0.05, 0.1, -0.1, 1).
 TEST(MergekitExtraMethodsTest, NearSwapTakesNearValues) {
 	Case c{.sources = {{0.05f, 0.2f, -1, 1}, {0, 0, 0, 1}}, .base_index = 1, .params = {{"t", 0.1}}};
-	expect_near(run("nearswap", c), {0.05f, 0.1f, -0.1f, 1});
+	expect_near(run("nearswap", c), {0.05f, 0.1f, -0.1f, 1}, kTolerance);
 	c.params = {{"t", 0}}; // t = 0: the base
-	expect_near(run("nearswap", c), {0, 0, 0, 1});
+	expect_near(run("nearswap", c), {0, 0, 0, 1}, kTolerance);
 }
 
 TEST(MergekitExtraMethodsTest, NearSwapErrors) {
@@ -291,8 +250,8 @@ Case ram_case() {
 }
 
 TEST(MergekitExtraMethodsTest, RamAveragesOnlyOverlappingChanges) {
-	expect_near(run("ram", ram_case()), {2, 4, 4, 1, -1});
-	expect_near(run("ram", {.sources = {{1, 2}}, .base_index = 0}), {1, 2}); // base alone
+	expect_near(run("ram", ram_case()), {2, 4, 4, 1, -1}, kTolerance);
+	expect_near(run("ram", {.sources = {{1, 2}}, .base_index = 0}), {1, 2}, kTolerance); // base alone
 }
 
 // Shared/unique counts per model: model 1 one/one -> ρ 1; model 2 one/one -> ρ 1; model 3
@@ -301,11 +260,11 @@ TEST(MergekitExtraMethodsTest, RamAveragesOnlyOverlappingChanges) {
 // r 0.5, alpha 5: ρ = 1 unclipped, λ 1.5 -> (2.5, 5.5, ...).
 TEST(MergekitExtraMethodsTest, RamPlusScalesUniqueChanges) {
 	Case c = ram_case();
-	expect_near(run("ramplus_tl", c), {2.02f, 4.06f, 4, 1, -1});
+	expect_near(run("ramplus_tl", c), {2.02f, 4.06f, 4, 1, -1}, kTolerance);
 	c.params = {{"r", 0.5}, {"alpha", 0.8}};
-	expect_near(run("ramplus_tl", c), {2.4f, 5.2f, 4, 1, -1});
+	expect_near(run("ramplus_tl", c), {2.4f, 5.2f, 4, 1, -1}, kTolerance);
 	c.params = {{"r", 0.5}, {"alpha", 5}};
-	expect_near(run("ramplus_tl", c), {2.5f, 5.5f, 4, 1, -1});
+	expect_near(run("ramplus_tl", c), {2.5f, 5.5f, 4, 1, -1}, kTolerance);
 }
 
 TEST(MergekitExtraMethodsTest, RamNeedsABase) {
@@ -321,8 +280,10 @@ TEST(MergekitExtraMethodsTest, RamNeedsABase) {
 TEST(MergekitExtraMethodsTest, ArceeFusionKeepsOutlierChanges) {
 	const Vec base(8, 1.0f);
 	const Vec model = {1.01f, 0.98f, 1.03f, 0.96f, 1.05f, 0.94f, 1.07f, 1.2f};
-	expect_near(run("arcee_fusion", {.sources = {base, model}, .base_index = 0}), {1, 1, 1, 1, 1, 1, 1, 1.2f});
-	expect_near(run("arcee_fusion", {.sources = {model, base}, .base_index = 1}), {1, 1, 1, 1, 1, 1, 1, 1.2f});
+	expect_near(run("arcee_fusion", {.sources = {base, model}, .base_index = 0}), {1, 1, 1, 1, 1, 1, 1, 1.2f},
+	            kTolerance);
+	expect_near(run("arcee_fusion", {.sources = {model, base}, .base_index = 1}), {1, 1, 1, 1, 1, 1, 1, 1.2f},
+	            kTolerance);
 }
 
 // 2x4. Row 0 shifts every value by 3: softmax unchanged, KL 0, importance 0 despite |Δ| = 3.
@@ -331,9 +292,9 @@ TEST(MergekitExtraMethodsTest, ArceeFusionKeepsOutlierChanges) {
 // threshold 3k: only the 4 is kept; row 0 stays the base.
 TEST(MergekitExtraMethodsTest, ArceeFusionWeighsChangesByRowKl) {
 	Case c{.sources = {{0, 1, 2, 3, 0, 0, 0, 0}, {3, 4, 5, 6, 1, 2, 2.5f, 4}}, .base_index = 0, .shape = {2, 4}};
-	expect_near(run("arcee_fusion", c), {0, 1, 2, 3, 0, 0, 0, 4});
+	expect_near(run("arcee_fusion", c), {0, 1, 2, 3, 0, 0, 0, 4}, kTolerance);
 	// No change at all: the base.
-	expect_near(run("arcee_fusion", {.sources = {{1, 2, 3}, {1, 2, 3}}, .base_index = 1}), {1, 2, 3});
+	expect_near(run("arcee_fusion", {.sources = {{1, 2, 3}, {1, 2, 3}}, .base_index = 1}), {1, 2, 3}, kTolerance);
 }
 
 TEST(MergekitExtraMethodsTest, ArceeFusionErrors) {

@@ -2,6 +2,7 @@
 // give the cheap-to-check values (vector tensors), are deterministic across thread counts, and
 // reject bad recipes.
 #include "exec/merge.h"
+#include "family_fixture.h"
 #include "test_util.h"
 #include "util/error.h"
 
@@ -13,59 +14,24 @@ namespace weld {
 namespace {
 
 namespace fs = std::filesystem;
-using test::TempDir;
 using test::Tensors;
 
-class SubspaceMergeTest : public ::testing::TestWithParam<DType> {
+class SubspaceMergeTest : public ::testing::TestWithParam<DType>, protected test::Family {
 protected:
-	void SetUp() override {
-		spec_.dtype = GetParam();
-		const auto base = make_tiny_llama(spec_, 7);
-		const auto a = perturb(base, 0.05f, 11), b = perturb(base, 0.05f, 12);
-		write_tiny_llama(dir_ / "base", spec_, base);
-		write_tiny_llama(dir_ / "a", spec_, a);
-		write_tiny_llama(dir_ / "b", spec_, b);
-		base_ = test::stored_values(base, spec_.dtype);
-		a_ = test::stored_values(a, spec_.dtype);
-		b_ = test::stored_values(b, spec_.dtype);
-	}
+	SubspaceMergeTest() { tolerance_ = {1e-6, 1e-3, 1e-6}; }
 
-	Tensors merge(const std::string& recipe, unsigned threads = 2, const std::string& out = "out") {
-		test::write_file(dir_ / "recipe.yml", recipe);
-		MergeOptions options;
-		options.recipe_path = dir_ / "recipe.yml";
-		options.out_dir = dir_ / out;
-		options.force = true;
-		options.exec.threads = threads;
-		const auto previous = fs::current_path();
-		fs::current_path(dir_.path());
-		struct Restore {
-			fs::path path;
-			~Restore() { fs::current_path(path); }
-		} restore{previous};
-		run_merge(options);
-		return test::read_model(dir_ / out);
-	}
-
-	double tolerance(double x) const {
-		const double eps = spec_.dtype == DType::BF16 ? 1.0 / 128 : 1e-6;
-		return eps * std::max(std::abs(x), 1e-3) + 1e-6;
-	}
+	void SetUp() override { make_family(GetParam(), 2, 2); }
 
 	static std::string recipe(const std::string& method, const std::string& params = "{}") {
 		return "merge_method: " + method + "\nbase_model: base\nparameters: " + params +
 		       "\nmodels:\n  - model: a\n  - model: b\n";
 	}
-
-	TempDir dir_;
-	TinyLlamaSpec spec_;
-	Tensors base_, a_, b_;
 };
 
 const std::string kNorm = "model.norm.weight";
 
 TEST_P(SubspaceMergeTest, TsvRunsAndAveragesVectors) {
-	const Tensors out = merge(recipe("tsv"));
+	const Tensors out = merged(recipe("tsv"));
 	ASSERT_EQ(out.size(), base_.size());
 	for (size_t i = 0; i < out.at(kNorm).size(); ++i) {
 		const double base = base_[kNorm][i], mean = ((a_[kNorm][i] - base) + (b_[kNorm][i] - base)) / 2;
@@ -77,7 +43,7 @@ TEST_P(SubspaceMergeTest, TsvRunsAndAveragesVectors) {
 }
 
 TEST_P(SubspaceMergeTest, OpcmRunsAndRescalesVectors) {
-	const Tensors out = merge(recipe("opcm", "{alpha: 0.5}"));
+	const Tensors out = merged(recipe("opcm", "{alpha: 0.5}"));
 	ASSERT_EQ(out.size(), base_.size());
 	// Vectors: (τa + τb) rescaled to the mean of ‖τa‖, ‖τb‖.
 	const auto &base = base_[kNorm], &a = a_[kNorm], &b = b_[kNorm];
@@ -94,7 +60,7 @@ TEST_P(SubspaceMergeTest, OpcmRunsAndRescalesVectors) {
 }
 
 TEST_P(SubspaceMergeTest, DogeRunsAndKeepsBaseVectors) {
-	const Tensors out = merge(recipe("doge", "{steps: 20, lambda: 0.5}"));
+	const Tensors out = merged(recipe("doge", "{steps: 20, lambda: 0.5}"));
 	ASSERT_EQ(out.size(), base_.size());
 	EXPECT_EQ(out.at(kNorm), base_[kNorm]);
 	const std::string up = "model.layers.1.mlp.up_proj.weight";
@@ -104,8 +70,8 @@ TEST_P(SubspaceMergeTest, DogeRunsAndKeepsBaseVectors) {
 TEST_P(SubspaceMergeTest, ResultsDoNotDependOnThreads) {
 	for (const std::string method : {"tsv", "opcm", "doge"}) {
 		const std::string params = method == "doge" ? "{steps: 5}" : "{}";
-		const Tensors one = merge(recipe(method, params), 1, "one");
-		const Tensors four = merge(recipe(method, params), 4, "four");
+		const Tensors one = merged(recipe(method, params), "one", 1);
+		const Tensors four = merged(recipe(method, params), "four", 4);
 		EXPECT_EQ(one, four) << method;
 	}
 }
@@ -117,13 +83,13 @@ class SubspaceMergeErrorTest : public SubspaceMergeTest {};
 
 TEST_P(SubspaceMergeErrorTest, RejectsBadRecipes) {
 	// No base model.
-	EXPECT_THROW(merge("merge_method: tsv\nmodels:\n  - model: a\n  - model: b\n"), Error);
-	EXPECT_THROW(merge("merge_method: opcm\nmodels:\n  - model: a\n  - model: b\n"), Error);
+	EXPECT_THROW(merged("merge_method: tsv\nmodels:\n  - model: a\n  - model: b\n"), Error);
+	EXPECT_THROW(merged("merge_method: opcm\nmodels:\n  - model: a\n  - model: b\n"), Error);
 	// Parameters out of range.
-	EXPECT_THROW(merge(recipe("opcm", "{alpha: 1.5}")), Error);
-	EXPECT_THROW(merge(recipe("doge", "{density: 0}")), Error);
-	EXPECT_THROW(merge(recipe("doge", "{lr: 0}")), Error);
-	EXPECT_THROW(merge(recipe("doge", "{subspace: 0.5}")), Error);
+	EXPECT_THROW(merged(recipe("opcm", "{alpha: 1.5}")), Error);
+	EXPECT_THROW(merged(recipe("doge", "{density: 0}")), Error);
+	EXPECT_THROW(merged(recipe("doge", "{lr: 0}")), Error);
+	EXPECT_THROW(merged(recipe("doge", "{subspace: 0.5}")), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(SubspaceFamilies, SubspaceMergeErrorTest, ::testing::Values(DType::F32),

@@ -2,6 +2,7 @@
 // in, model folder out; values checked against the definitions where that is cheap, the random
 // methods for determinism.
 #include "exec/merge.h"
+#include "family_fixture.h"
 #include "test_util.h"
 #include "util/error.h"
 
@@ -14,69 +15,19 @@ namespace weld {
 namespace {
 
 namespace fs = std::filesystem;
-using test::TempDir;
 using test::Tensors;
 
-class TaskVectorMergeTest : public ::testing::TestWithParam<DType> {
+class TaskVectorMergeTest : public ::testing::TestWithParam<DType>, protected test::Family {
 protected:
-	void SetUp() override {
-		spec_.dtype = GetParam();
-		const auto base = make_tiny_llama(spec_, 7);
-		const auto a = perturb(base, 0.05f, 11), b = perturb(base, 0.05f, 12), c = perturb(base, 0.05f, 13);
-		for (const auto& [name, model] : {std::pair{"base", &base}, {"a", &a}, {"b", &b}, {"c", &c}})
-			write_tiny_llama(dir_ / name, spec_, *model);
-		base_ = test::stored_values(base, spec_.dtype);
-		a_ = test::stored_values(a, spec_.dtype);
-		b_ = test::stored_values(b, spec_.dtype);
-		c_ = test::stored_values(c, spec_.dtype);
-	}
-
-	Tensors merge(const std::string& recipe, const std::string& out = "out", unsigned threads = 2, uint64_t seed = 0) {
-		test::write_file(dir_ / "recipe.yml", recipe);
-		MergeOptions options;
-		options.recipe_path = dir_ / "recipe.yml";
-		options.out_dir = dir_ / out;
-		options.force = true;
-		options.seed = seed;
-		options.exec.threads = threads;
-		// Model references in recipes are relative to the working directory.
-		const auto previous = fs::current_path();
-		fs::current_path(dir_.path());
-		struct Restore {
-			fs::path path;
-			~Restore() { fs::current_path(path); }
-		} restore{previous};
-		run_merge(options);
-		return test::read_model(dir_ / out);
-	}
-
-	// The message of the weld::Error the merge throws ("" if none).
-	std::string merge_error(const std::string& recipe) {
-		try {
-			merge(recipe, "failed");
-		} catch (const Error& e) {
-			return e.what();
-		}
-		return "";
-	}
-
-	// One rounding step of the stored dtype around |x|.
-	double tolerance(double x) const {
-		const double eps = spec_.dtype == DType::BF16 ? 1.0 / 128 : 1e-6;
-		return eps * std::max(std::abs(x), 1e-3) + 1e-7;
-	}
-
-	TempDir dir_;
-	TinyLlamaSpec spec_;
-	Tensors base_, a_, b_, c_;
+	void SetUp() override { make_family(GetParam(), 2, 3); }
 };
 
 const std::string kTwoModels = "base_model: base\nmodels:\n  - model: a\n    parameters: {weight: 1.0}\n"
                                "  - model: b\n    parameters: {weight: 2.0}\n";
 
 TEST_P(TaskVectorMergeTest, DellaAtDensityOneIsTiesAndDellaLinearIsTaskArithmetic) {
-	const Tensors della = merge("merge_method: della\n" + kTwoModels, "della");
-	const Tensors linear = merge("merge_method: della_linear\n" + kTwoModels, "linear");
+	const Tensors della = merged("merge_method: della\n" + kTwoModels, "della");
+	const Tensors linear = merged("merge_method: della_linear\n" + kTwoModels, "linear");
 	ASSERT_EQ(della.size(), base_.size());
 	for (const auto& [name, base] : base_)
 		for (size_t i = 0; i < base.size(); i += 3) {
@@ -98,9 +49,9 @@ TEST_P(TaskVectorMergeTest, DellaSparsifiesDeterministically) {
 		                           "\nbase_model: base\nparameters: {lambda: 0.9}\nmodels:\n"
 		                           "  - model: a\n    parameters: {weight: 1.0, density: 0.5, epsilon: 0.1}\n"
 		                           "  - model: b\n    parameters: {weight: 0.5, density: 0.3}\n";
-		const Tensors one = merge(recipe, method + "1", 1, 5);
-		EXPECT_EQ(merge(recipe, method + "2", 2, 5), one) << method;
-		EXPECT_NE(merge(recipe, method + "3", 2, 6), one) << method;
+		const Tensors one = merged(recipe, method + "1", 1, 5);
+		EXPECT_EQ(merged(recipe, method + "2", 2, 5), one) << method;
+		EXPECT_NE(merged(recipe, method + "3", 2, 6), one) << method;
 		// Some elements change, many keep the base value (both deltas dropped).
 		const auto& up = one.at("model.layers.0.mlp.up_proj.weight");
 		const auto& base = base_["model.layers.0.mlp.up_proj.weight"];
@@ -116,10 +67,10 @@ TEST_P(TaskVectorMergeTest, DellaSparsifiesDeterministically) {
 // (kept), about half are kept, and the largest |delta| of every tensor is dropped.
 TEST_P(TaskVectorMergeTest, BreadcrumbsKeepsTheBandBelowTheOutliers) {
 	for (const std::string method : {"breadcrumbs", "breadcrumbs_ties"}) {
-		const Tensors out = merge("merge_method: " + method +
-		                              "\nbase_model: base\nmodels:\n  - model: a\n"
-		                              "    parameters: {weight: 1.0, density: 0.5, gamma: 0.1}\n",
-		                          method);
+		const Tensors out = merged("merge_method: " + method +
+		                               "\nbase_model: base\nmodels:\n  - model: a\n"
+		                               "    parameters: {weight: 1.0, density: 0.5, gamma: 0.1}\n",
+		                           method);
 		for (const auto& [name, base] : base_) {
 			const auto &a = a_[name], &o = out.at(name);
 			size_t kept = 0, largest = 0;
@@ -138,7 +89,7 @@ TEST_P(TaskVectorMergeTest, BreadcrumbsKeepsTheBandBelowTheOutliers) {
 }
 
 TEST_P(TaskVectorMergeTest, SceWeightsByMeanSquare) {
-	const Tensors out = merge("merge_method: sce\nbase_model: base\nmodels:\n  - model: a\n  - model: b\n");
+	const Tensors out = merged("merge_method: sce\nbase_model: base\nmodels:\n  - model: a\n  - model: b\n");
 	for (const auto& [name, base] : base_) {
 		const auto &a = a_[name], &b = b_[name];
 		double sa = 0, sb = 0;
@@ -161,9 +112,9 @@ TEST_P(TaskVectorMergeTest, SceWeightsByMeanSquare) {
 		}
 	}
 	// select_topk < 1 runs and leaves some positions at the base.
-	const Tensors topk = merge("merge_method: sce\nbase_model: base\nparameters: {select_topk: 0.3}\n"
-	                           "models:\n  - model: a\n  - model: b\n",
-	                           "topk");
+	const Tensors topk = merged("merge_method: sce\nbase_model: base\nparameters: {select_topk: 0.3}\n"
+	                            "models:\n  - model: a\n  - model: b\n",
+	                            "topk");
 	const auto& up = topk.at("model.layers.0.mlp.up_proj.weight");
 	const auto& base = base_["model.layers.0.mlp.up_proj.weight"];
 	size_t same = 0;
@@ -174,8 +125,8 @@ TEST_P(TaskVectorMergeTest, SceWeightsByMeanSquare) {
 }
 
 TEST_P(TaskVectorMergeTest, ConsensusTaKeepsAgreedEntries) {
-	const Tensors out = merge("merge_method: consensus_ta\nbase_model: base\nparameters: {lambda: 0.5}\n"
-	                          "models:\n  - model: a\n  - model: b\n  - model: c\n");
+	const Tensors out = merged("merge_method: consensus_ta\nbase_model: base\nparameters: {lambda: 0.5}\n"
+	                           "models:\n  - model: a\n  - model: b\n  - model: c\n");
 	size_t checked = 0, kept = 0;
 	for (const auto& [name, base] : base_)
 		for (size_t i = 0; i < base.size(); i += 2) {
@@ -203,8 +154,8 @@ TEST_P(TaskVectorMergeTest, ConsensusTiesRunsDeterministically) {
 	const std::string recipe = "merge_method: consensus_ties\nbase_model: base\nparameters: {k: 2}\nmodels:\n"
 	                           "  - model: a\n    parameters: {density: 0.5, tall_lambda: 0.4}\n"
 	                           "  - model: b\n    parameters: {density: 0.5}\n  - model: c\n";
-	const Tensors one = merge(recipe, "one", 1);
-	EXPECT_EQ(merge(recipe, "two", 2), one);
+	const Tensors one = merged(recipe, "one", 1);
+	EXPECT_EQ(merged(recipe, "two", 2), one);
 	EXPECT_NE(one, base_);
 }
 

@@ -2,6 +2,7 @@
 // consensus_ta, consensus_ties). Expected values are worked out by hand in the comments; the
 // random methods are checked by properties whose expected values are derived from the keep
 // probabilities.
+#include "method_case.h"
 #include "methods/method.h"
 #include "util/error.h"
 
@@ -11,66 +12,10 @@
 #include <string>
 #include <vector>
 
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-
 namespace weld {
 namespace {
 
-using Vec = std::vector<float>;
-
-struct Case {
-	std::vector<Vec> sources;
-	int base_index = 0;
-	ParamValues params;
-	std::vector<ParamValues> source_params;
-	std::vector<uint64_t> shape;
-	std::string tensor_name = "model.layers.0.mlp.up_proj.weight";
-	uint64_t seed = 0;
-};
-
-Vec run(std::string_view method_name, const Case& c) {
-	const MergeMethod* method = find_method(method_name);
-	if (!method) throw std::runtime_error("no method " + std::string(method_name));
-	MergeInput input;
-	input.tensor_name = c.tensor_name;
-	input.shape = c.shape;
-	for (const Vec& s : c.sources)
-		input.sources.emplace_back(s);
-	input.base_index = c.base_index;
-	input.params = c.params;
-	input.source_params = c.source_params;
-	input.random_seed = c.seed;
-	Vec out(c.sources.empty() ? 0 : c.sources[0].size(), -999.0f);
-	method->merge(input, out);
-	return out;
-}
-
-void expect_near(const Vec& actual, const Vec& expected, float tolerance = 1e-5f) {
-	ASSERT_EQ(actual.size(), expected.size());
-	for (size_t i = 0; i < actual.size(); ++i)
-		EXPECT_NEAR(actual[i], expected[i], tolerance) << "element " << i;
-}
-
-// Runs and expects a weld::Error whose message contains the tensor name and every word given.
-void expect_error(std::string_view method, const Case& c, std::vector<std::string> words = {}) {
-	try {
-		run(method, c);
-		ADD_FAILURE() << method << ": expected weld::Error";
-	} catch (const Error& e) {
-		const std::string msg = e.what();
-		words.push_back(c.tensor_name);
-		for (const auto& w : words)
-			EXPECT_NE(msg.find(w), std::string::npos) << method << ": '" << w << "' not in: " << msg;
-	}
-}
-
-const ParamDef& param(std::string_view method, std::string_view name) {
-	const MethodInfo& info = find_method(method)->info();
-	for (const auto* list : {&info.global_params, &info.model_params})
-		for (const ParamDef& p : *list)
-			if (p.name == name) return p;
-	throw std::runtime_error(std::string(method) + " lacks " + std::string(name));
-}
+using namespace test;
 
 const std::vector<std::string> kMethods = {"della", "della_linear", "breadcrumbs",   "breadcrumbs_ties",
                                            "sce",   "consensus_ta", "consensus_ties"};
@@ -120,14 +65,16 @@ TEST(TaskVectorMethodsTest, CommonInputErrors) {
 		expect_error(name, {.sources = {{1, 2}, {3, 4}}, .base_index = -1, .source_params = {{{"weight", 1}}, {}}},
 		             {"base"});
 		// Sources of different lengths.
-		expect_error(name, {.sources = {{1, 2}, {3, 4, 5}}, .source_params = {{}, {{"weight", 1}}}});
+		expect_error(name, {.sources = {{1, 2}, {3, 4, 5}}, .base_index = 0, .source_params = {{}, {{"weight", 1}}}});
 		// No sources at all.
-		expect_error(name, {.sources = {}});
+		expect_error(name, {.sources = {}, .base_index = 0});
 	}
 	// weight is required by the mergekit methods (not by consensus merging, which defaults it).
-	expect_error("della", {.sources = {{1, 2}, {3, 4}}, .source_params = {{}, {}}}, {"'weight'"});
-	expect_error("breadcrumbs", {.sources = {{1, 2}, {3, 4}}, .source_params = {{}, {}}}, {"'weight'"});
-	expect_near(run("consensus_ta", {.sources = {{1, 2}, {3, 4}}, .params = {{"k", 1}}, .source_params = {{}, {}}}),
+	expect_error("della", {.sources = {{1, 2}, {3, 4}}, .base_index = 0, .source_params = {{}, {}}}, {"'weight'"});
+	expect_error("breadcrumbs", {.sources = {{1, 2}, {3, 4}}, .base_index = 0, .source_params = {{}, {}}},
+	             {"'weight'"});
+	expect_near(run("consensus_ta",
+	                {.sources = {{1, 2}, {3, 4}}, .base_index = 0, .params = {{"k", 1}}, .source_params = {{}, {}}}),
 	            {3, 4});
 }
 
@@ -136,6 +83,7 @@ TEST(TaskVectorMethodsTest, CommonInputErrors) {
 // base 1; deltas A = [2, -1, 1] (w 2), B = [-1, -1, -3] (w 1), C = [-0.5, 2, 1] (w 1).
 Case three_models() {
 	return {.sources = {{1, 1, 1}, {3, 0, 2}, {0, 0, -2}, {0.5f, 3, 2}},
+	        .base_index = 0,
 	        .source_params = {{}, {{"weight", 2}}, {{"weight", 1}}, {{"weight", 1}}}};
 }
 
@@ -157,6 +105,7 @@ TEST(TaskVectorMethodsTest, DellaWithDensityOneIsTiesOrTaskArithmetic) {
 TEST(TaskVectorMethodsTest, DellaEpsilonMustKeepProbabilitiesInsideZeroOne) {
 	const auto with = [](double density, double epsilon) {
 		return Case{.sources = {{0, 0, 0}, {1, 2, 3}},
+		            .base_index = 0,
 		            .source_params = {{}, {{"weight", 1}, {"density", density}, {"epsilon", epsilon}}}};
 	};
 	// density - epsilon must be > 0 and density + epsilon < 1 (mergekit raises ValueError).
@@ -180,6 +129,7 @@ TEST(TaskVectorMethodsTest, DellaKeepProbabilityFollowsMagnitudeRankWithinRows) 
 		model[2 * r + 1 - (r % 2)] = -2.0f; // large
 	}
 	Case c{.sources = {base, model},
+	       .base_index = 0,
 	       .params = {{"rescale", 0}},
 	       .source_params = {{}, {{"weight", 1}, {"density", 0.5}, {"epsilon", 0.4999}}},
 	       .shape = {rows, 2},
@@ -208,6 +158,7 @@ TEST(TaskVectorMethodsTest, DellaRanksEachRowSeparately) {
 		model[cols + i] = 1.0f + static_cast<float>(i + 1);
 	}
 	Case c{.sources = {base, model},
+	       .base_index = 0,
 	       .params = {{"rescale", 0}},
 	       .source_params = {{}, {{"weight", 1}, {"density", 0.5}, {"epsilon", 0.3}}},
 	       .shape = {2, cols},
@@ -238,6 +189,7 @@ TEST(TaskVectorMethodsTest, DellaRescalesToTheL1NormAndIsDeterministic) {
 		model[i] = base[i] + std::sin(static_cast<float>(i)) + 0.1f;
 	}
 	Case c{.sources = {base, model},
+	       .base_index = 0,
 	       .source_params = {{}, {{"weight", 1}, {"density", 0.4}, {"epsilon", 0.1}}},
 	       .shape = {200, 100},
 	       .seed = 3};
@@ -267,6 +219,7 @@ TEST(TaskVectorMethodsTest, DellaRescalesToTheL1NormAndIsDeterministic) {
 // -5 (1), -4 (6), 3 (2), 2.5 (7), -2 (3), -1.5 (9), 1 (4), 0.5 (5), 0.25 (8), 0.125 (0).
 Case breadcrumbs_case(double density, double gamma) {
 	return {.sources = {Vec(10, 1.0f), {1.125f, -4, 4, -1, 2, 1.5f, -3, 3.5f, 1.25f, -0.5f}},
+	        .base_index = 0,
 	        .source_params = {{}, {{"weight", 1}, {"density", density}, {"gamma", gamma}}}};
 }
 
@@ -302,6 +255,7 @@ TEST(TaskVectorMethodsTest, BreadcrumbsTiesElectsSigns) {
 	// gamma 0.25 (drop 1). A drops 4, keeps 3 and 2: [0, 0, 2, 3]. B drops -3, keeps 2 and -1:
 	// [0, 2, -1, 0]. Weighted: A [0, 0, 4, 6], B [0, 2, -1, 0].
 	Case c{.sources = {{0, 0, 0, 0}, {4, -1, 2, 3}, {-3, 2, -1, 0.5f}},
+	       .base_index = 0,
 	       .source_params = {{},
 	                         {{"weight", 2}, {"density", 0.5}, {"gamma", 0.25}},
 	                         {{"weight", 1}, {"density", 0.5}, {"gamma", 0.25}}}};
@@ -320,7 +274,7 @@ TEST(TaskVectorMethodsTest, SceWeightsByMeanSquareAndElectsSigns) {
 	// base 1; deltas A = [1, -2, 3], B = [2, 2, -1]. Mean squares: A 14/3, B 9/3; normalized
 	// wA = 14/23, wB = 9/23. Unweighted sums [3, 0, 2]: all + (0 counts as +).
 	// e0: both: (14*1 + 9*2)/23 / (23/23) = 32/23 = 1.3913043; e1: B only: 2; e2: A only: 3.
-	Case c{.sources = {{1, 1, 1}, {2, -1, 4}, {3, 3, 0}}, .source_params = {{}, {}, {}}};
+	Case c{.sources = {{1, 1, 1}, {2, -1, 4}, {3, 3, 0}}, .base_index = 0, .source_params = {{}, {}, {}}};
 	expect_near(run("sce", c), {2.3913043f, 3, 4});
 	// The base may be listed anywhere.
 	Case moved{.sources = {{2, -1, 4}, {1, 1, 1}, {3, 3, 0}}, .base_index = 1};
@@ -330,7 +284,8 @@ TEST(TaskVectorMethodsTest, SceWeightsByMeanSquareAndElectsSigns) {
 TEST(TaskVectorMethodsTest, SceSelectsTopVariancePositions) {
 	// base 0; A = [1, -2, 3, 0], B = [2, 2, -1.5, 0]. Population variance over the two task
 	// vectors ((a - b)/2)^2: [0.25, 4, 5.0625, 0]; 3 positions are nonzero.
-	Case c{.sources = {{0, 0, 0, 0}, {1, -2, 3, 0}, {2, 2, -1.5f, 0}}, .params = {{"select_topk", 0.5}}};
+	Case c{
+	    .sources = {{0, 0, 0, 0}, {1, -2, 3, 0}, {2, 2, -1.5f, 0}}, .base_index = 0, .params = {{"select_topk", 0.5}}};
 	// k = int(0.5 * 3) = 1: only position 2 survives: A 3, B -1.5; sum 1.5 -> +: A alone -> 3.
 	expect_near(run("sce", c), {0, 0, 3, 0});
 	// k = int(0.7 * 3) = 2: positions 2 and 1. e1: sum 0 -> +: B's 2 alone -> 2.
@@ -340,17 +295,17 @@ TEST(TaskVectorMethodsTest, SceSelectsTopVariancePositions) {
 
 TEST(TaskVectorMethodsTest, SceEdgeCases) {
 	// One task vector: select_topk 1 returns it (its weight cancels).
-	Case one{.sources = {{1, 2}, {3, 5}}};
+	Case one{.sources = {{1, 2}, {3, 5}}, .base_index = 0};
 	expect_near(run("sce", one), {3, 5});
 	// With select_topk < 1 its variance is 0 everywhere, so k = 0 and (as in mergekit) every
 	// delta is dropped: the base.
 	one.params["select_topk"] = 0.5;
 	expect_near(run("sce", one), {1, 2});
 	// Only the base: the base.
-	expect_near(run("sce", Case{.sources = {{1, -2}}}), {1, -2});
+	expect_near(run("sce", Case{.sources = {{1, -2}}, .base_index = 0}), {1, -2});
 	// Mean squares 1.6e-7 and 4e-8 sum below 1e-6, so mergekit uses equal weights:
 	// (0.0004 + 0.0002) / 2 = 0.0003 (proportional weights would give 0.00036).
-	Case tiny{.sources = {{0, 0}, {0.0004f, 0.0004f}, {0.0002f, 0.0002f}}};
+	Case tiny{.sources = {{0, 0}, {0.0004f, 0.0004f}, {0.0002f, 0.0002f}}, .base_index = 0};
 	expect_near(run("sce", tiny), {0.0003f, 0.0003f}, 1e-8f);
 }
 
@@ -360,6 +315,7 @@ TEST(TaskVectorMethodsTest, SceEdgeCases) {
 // Task arithmetic: tau_MTL = [2, 3, 0.5, -2.875].
 Case consensus_case() {
 	return {.sources = {{1, 1, 1, 1}, {2, 1, 3, 1.125f}, {2, 4, -1, 1}, {1, 1, 1.5f, -2}},
+	        .base_index = 0,
 	        .source_params = {{}, {}, {}, {}}};
 }
 

@@ -42,6 +42,20 @@ private:
 	std::filesystem::path path_;
 };
 
+// Makes dir the working directory until it goes out of scope.
+class WorkingDir {
+public:
+	explicit WorkingDir(const std::filesystem::path& dir) : previous_(std::filesystem::current_path()) {
+		std::filesystem::current_path(dir);
+	}
+	~WorkingDir() { std::filesystem::current_path(previous_); }
+	WorkingDir(const WorkingDir&) = delete;
+	WorkingDir& operator=(const WorkingDir&) = delete;
+
+private:
+	std::filesystem::path previous_;
+};
+
 inline void write_file(const std::filesystem::path& path, const std::string& text) {
 	std::ofstream(path, std::ios::binary) << text;
 }

@@ -35,6 +35,13 @@ void check_merge_input(const MethodInfo& info, const MergeInput& input, std::spa
 		                        input.tensor_name, info.name, count, input.base_index));
 }
 
+std::vector<size_t> model_indices(const MergeInput& input) {
+	std::vector<size_t> models;
+	for (size_t i = 0; i < input.sources.size(); ++i)
+		if (static_cast<int>(i) != input.base_index) models.push_back(i);
+	return models;
+}
+
 double global_param(const MethodInfo& info, const MergeInput& input, std::string_view name) {
 	if (auto it = input.params.find(name); it != input.params.end()) return it->second;
 	const ParamDef& def = find_def(info.global_params, name);

@@ -47,6 +47,9 @@ const MergeMethod& doge_method();
 // as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.
 void check_merge_input(const MethodInfo& info, const MergeInput& input, std::span<const float> out);
 
+// Indices of the sources other than the base, in recipe order.
+std::vector<size_t> model_indices(const MergeInput& input);
+
 // A global parameter's value: as set, else its default. Throws weld::Error when a required one
 // is missing. name must be one of info.global_params.
 double global_param(const MethodInfo& info, const MergeInput& input, std::string_view name);

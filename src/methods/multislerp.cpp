@@ -17,9 +17,7 @@ public:
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
-		std::vector<size_t> models;
-		for (size_t i = 0; i < input.sources.size(); ++i)
-			if (static_cast<int>(i) != input.base_index) models.push_back(i);
+		const std::vector<size_t> models = model_indices(input);
 		if (models.empty())
 			throw Error(fmt::format("tensor '{}': multislerp needs a model besides the base", input.tensor_name));
 		if (models.size() == 1 || out.empty()) { // mergekit returns the one model as it is

@@ -22,9 +22,7 @@ public:
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
-		std::vector<size_t> models;
-		for (size_t i = 0; i < input.sources.size(); ++i)
-			if (static_cast<int>(i) != input.base_index) models.push_back(i);
+		const std::vector<size_t> models = model_indices(input);
 		if (models.size() != 2)
 			throw Error(fmt::format("tensor '{}': nuslerp merges exactly two models (plus an optional base model), "
 			                        "got {}",

@@ -30,8 +30,8 @@ public:
 		check_merge_input(info_, input, out);
 		const double alpha = global_param(info_, input, "alpha");
 		std::vector<double> weights;
-		for (size_t i = 0; i < input.sources.size(); ++i)
-			if (static_cast<int>(i) != input.base_index) weights.push_back(*source_param(info_, input, i, "weight"));
+		for (size_t i : model_indices(input))
+			weights.push_back(*source_param(info_, input, i, "weight"));
 		subspace::naming_tensor(input, info_.name, [&] {
 			const std::vector<linalg::MatrixF> tasks = subspace::task_matrices(input, weights);
 			std::vector<float> delta = subspace::is_matrix(input) ? merged_matrix(tasks, input) : mean(tasks);
