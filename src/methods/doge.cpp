@@ -101,7 +101,7 @@ private:
 		const size_t c = std::min(std::min(m, n) / p.subspace, u.cols);
 		linalg::MatrixF q(m, c);
 		for (size_t r = 0; r < m; ++r)
-			std::copy_n(&u.data[r * u.cols], c, &q.data[r * c]);
+			std::copy_n(u.data.data() + r * u.cols, c, q.data.data() + r * c); // c may be 0
 		return q;
 	}
 
