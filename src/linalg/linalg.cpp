@@ -66,7 +66,7 @@ template <class T> Svd<T> truncate(Svd<T> s, size_t rank) {
 	Svd<T> out{Matrix<T>(s.U.rows, rank), std::vector<T>(s.S.begin(), s.S.begin() + static_cast<ptrdiff_t>(rank)),
 	           Matrix<T>(rank, s.Vt.cols)};
 	for (size_t r = 0; r < s.U.rows; ++r)
-		std::copy_n(&s.U.data[r * s.U.cols], rank, &out.U.data[r * rank]);
+		std::copy_n(s.U.data.data() + r * s.U.cols, rank, out.U.data.data() + r * rank);
 	std::copy_n(s.Vt.data.begin(), rank * s.Vt.cols, out.Vt.data.begin());
 	return out;
 }
