@@ -13,12 +13,6 @@ namespace weld {
 namespace fs = std::filesystem;
 namespace {
 
-// Files a tokenizer may consist of, across the common tokenizer classes.
-constexpr const char* kTokenizerFiles[] = {
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
-    "merges.txt",     "added_tokens.json",     "generation_config.json",
-};
-
 std::string model_card(const Plan& plan) {
 	std::string card = "---\nlibrary_name: transformers\ntags:\n- weld\n- merge\n";
 	if (plan.base_model >= 0) card += fmt::format("base_model:\n- {}\n", plan.models[plan.base_model].reference);
@@ -37,10 +31,7 @@ std::string model_card(const Plan& plan) {
 void write_folder(const Plan& plan, const fs::path& dir, const MergeOptions& options) {
 	execute_plan(plan, dir, options.exec);
 	if (!plan.config_json.empty()) write_text_file(dir / "config.json", plan.config_json);
-	for (const char* name : kTokenizerFiles) {
-		const auto from = plan.tokenizer_dir / name;
-		if (fs::is_regular_file(from)) fs::copy_file(from, dir / name);
-	}
+	copy_tokenizer_files(plan.tokenizer_dir, dir);
 	write_text_file(dir / "weld_recipe.yml", plan.recipe.text);
 	write_text_file(dir / "README.md", model_card(plan));
 }

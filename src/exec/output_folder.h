@@ -14,6 +14,9 @@ namespace weld {
 void write_folder_atomically(const std::filesystem::path& out, bool force,
                              const std::function<void(const std::filesystem::path&)>& fill);
 
+// Copies the tokenizer files (and generation_config.json) that exist in `from` into `to`.
+void copy_tokenizer_files(const std::filesystem::path& from, const std::filesystem::path& to);
+
 // Small text files of an output folder.
 std::string read_text_file(const std::filesystem::path& path);
 void write_text_file(const std::filesystem::path& path, const std::string& text);

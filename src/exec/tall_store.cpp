@@ -16,15 +16,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kFormat = "weld-tall-store";
-constexpr const char* kTokenizerFiles[] = {"config.json",
-                                           "generation_config.json",
-                                           "tokenizer.json",
-                                           "tokenizer_config.json",
-                                           "special_tokens_map.json",
-                                           "tokenizer.model",
-                                           "vocab.json",
-                                           "merges.txt",
-                                           "added_tokens.json"};
 
 std::string mask_name(const std::string& tensor, size_t task) {
 	return fmt::format("{}.tall_mask.{}", tensor, task);
@@ -43,11 +34,6 @@ std::vector<uint8_t> from_f32(DType dtype, const std::vector<float>& values) {
 	std::vector<uint8_t> bytes(values.size() * dtype_size(dtype));
 	convert_from_f32(dtype, values.data(), bytes.data(), values.size());
 	return bytes;
-}
-
-void copy_base_files(const fs::path& base, const fs::path& dir) {
-	for (const char* name : kTokenizerFiles)
-		if (fs::is_regular_file(base / name)) fs::copy_file(base / name, dir / name);
 }
 
 // The tensors that are compressed: float tensors of the base; the rest is taken from the base.
@@ -187,7 +173,8 @@ void tall_extract(const TallExtractOptions& options) {
 			writer.write(i, from_f32(bt.info->dtype, out));
 		}
 		writer.finish();
-		copy_base_files(base_dir, dir);
+		if (fs::is_regular_file(base_dir / "config.json")) fs::copy_file(base_dir / "config.json", dir / "config.json");
+		copy_tokenizer_files(base_dir, dir);
 	});
 }
 
