@@ -511,30 +511,45 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path dir, std::vector<Outp
 	}
 }
 
+bool SafetensorsWriter::is_complete(size_t i) const {
+	// An empty tensor counts as written once write() marked it (count 1).
+	const uint64_t expected = specs_[i].nbytes();
+	return expected == 0 ? written_[i] == 1 : written_[i] == expected;
+}
+
 SafetensorsWriter::~SafetensorsWriter() {
 	for (int fd : fds_)
 		::close(fd); // only after a failure; finish() closes and checks
 }
 
 void SafetensorsWriter::write(size_t tensor_index, std::span<const uint8_t> bytes) {
+	write_range(tensor_index, 0, bytes, true);
+}
+
+void SafetensorsWriter::write_range(size_t tensor_index, uint64_t offset, std::span<const uint8_t> bytes, bool whole) {
 	const std::string where = escape_for_message(dir_.string(), kMaxLabelBytes);
 	if (tensor_index >= specs_.size())
 		fail(where, fmt::format("write of tensor #{}, but only {} are planned", tensor_index, specs_.size()));
 	if (fds_.empty()) fail(where, "write after finish()");
 	const auto& spec = specs_[tensor_index];
 	const uint64_t expected = spec.nbytes();
-	if (bytes.size() != expected)
-		fail(where, fmt::format("tensor {}: got {} bytes, but shape {} of {} needs {}", quote_for_message(spec.name),
-		                        bytes.size(), shape_string(spec.shape), dtype_safetensors_name(spec.dtype), expected));
-	// One flag byte per tensor, claimed atomically, so concurrent writers need no lock.
-	std::atomic_ref<uint8_t> flag(written_[tensor_index]);
-	if (flag.exchange(1)) fail(where, fmt::format("tensor {} written twice", quote_for_message(spec.name)));
+	if (whole ? bytes.size() != expected : offset > expected || bytes.size() > expected - offset)
+		fail(where, fmt::format("tensor {}: got {} bytes at offset {}, but shape {} of {} needs {}",
+		                        quote_for_message(spec.name), bytes.size(), offset, shape_string(spec.shape),
+		                        dtype_safetensors_name(spec.dtype), expected));
+	// Bytes written per tensor, counted atomically so concurrent writers need no lock; callers
+	// never write the same range twice, so a count beyond the size means a double write.
+	std::atomic_ref<uint64_t> count(written_[tensor_index]);
+	const bool twice = count.fetch_add(bytes.size()) + bytes.size() > expected;
+	if (twice) count.fetch_sub(bytes.size());
+	if (twice || (whole && expected == 0 && count.exchange(1)))
+		fail(where, fmt::format("tensor {} written twice", quote_for_message(spec.name)));
 	const size_t shard = layout_.shard_of[tensor_index];
 	try {
-		pwrite_all(fds_[shard], bytes.data(), bytes.size(), layout_.file_offset[tensor_index],
+		pwrite_all(fds_[shard], bytes.data(), bytes.size(), layout_.file_offset[tensor_index] + offset,
 		           dir_ / layout_.shards[shard].file_name);
 	} catch (...) {
-		flag.store(0);
+		count.fetch_sub(bytes.size());
 		throw;
 	}
 }
@@ -542,11 +557,13 @@ void SafetensorsWriter::write(size_t tensor_index, std::span<const uint8_t> byte
 void SafetensorsWriter::finish() {
 	const std::string where = escape_for_message(dir_.string(), kMaxLabelBytes);
 	if (fds_.empty()) fail(where, "finish() called twice");
-	size_t missing = 0;
+	size_t missing = 0, first = specs_.size();
 	for (size_t i = specs_.size(); i-- > 0;)
-		missing += written_[i] ? 0 : 1;
+		if (!is_complete(i)) {
+			missing++;
+			first = i;
+		}
 	if (missing > 0) {
-		size_t first = std::find(written_.begin(), written_.end(), 0) - written_.begin();
 		fail(where, fmt::format("{} of {} tensors were never written (first: {})", missing, specs_.size(),
 		                        quote_for_message(specs_[first].name)));
 	}

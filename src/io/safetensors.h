@@ -130,6 +130,8 @@ public:
 
 	const OutputLayout& layout() const { return layout_; }
 	void write(size_t tensor_index, std::span<const uint8_t> bytes);
+	// Writes part of a tensor; the parts of one tensor must not overlap. whole: bytes is all of it.
+	void write_range(size_t tensor_index, uint64_t byte_offset, std::span<const uint8_t> bytes, bool whole = false);
 	// Closes the shards (checking every tensor was written) and writes
 	// model.safetensors.index.json when there is more than one shard.
 	void finish();
@@ -139,7 +141,9 @@ private:
 	std::vector<OutputTensorSpec> specs_;
 	OutputLayout layout_;
 	std::vector<int> fds_;
-	std::vector<uint8_t> written_;
+	std::vector<uint64_t> written_; // bytes written per tensor
+
+	bool is_complete(size_t tensor_index) const;
 };
 
 } // namespace weld

@@ -16,8 +16,7 @@ const ParamDef& find_def(const std::vector<ParamDef>& defs, std::string_view nam
 
 } // namespace
 
-void check_merge_input(const MethodInfo& info, const MergeInput& input, std::span<const float> out) {
-	const size_t count = input.sources.size();
+void check_source_count(const MethodInfo& info, const MergeInput& input, size_t count) {
 	if (count == 0) throw Error(fmt::format("tensor '{}': {} merge got no sources", input.tensor_name, info.name));
 	if (count < info.min_sources || (info.max_sources != 0 && count > info.max_sources)) {
 		std::string want = info.min_sources == info.max_sources ? fmt::format("{}", info.min_sources)
@@ -26,13 +25,38 @@ void check_merge_input(const MethodInfo& info, const MergeInput& input, std::spa
 		throw Error(
 		    fmt::format("tensor '{}': {} merge needs {} source(s), got {}", input.tensor_name, info.name, want, count));
 	}
-	for (size_t i = 0; i < count; ++i)
-		if (input.sources[i].size() != out.size())
-			throw Error(fmt::format("tensor '{}': source {} has {} elements, expected {}", input.tensor_name, i,
-			                        input.sources[i].size(), out.size()));
 	if (info.base == BaseModel::Required && (input.base_index < 0 || static_cast<size_t>(input.base_index) >= count))
 		throw Error(fmt::format("tensor '{}': {} merge needs a base model among its {} source(s) (base index {})",
 		                        input.tensor_name, info.name, count, input.base_index));
+}
+
+void check_merge_input(const MethodInfo& info, const MergeInput& input, std::span<const float> out) {
+	check_source_count(info, input, input.sources.size());
+	for (size_t i = 0; i < input.sources.size(); ++i)
+		if (input.sources[i].size() != out.size())
+			throw Error(fmt::format("tensor '{}': source {} has {} elements, expected {}", input.tensor_name, i,
+			                        input.sources[i].size(), out.size()));
+}
+
+void merge_in_blocks(BlockMerge& kernel, const MergeInput& input, std::span<float> out) {
+	const uint64_t n = out.size();
+	std::vector<std::span<const float>> views(input.sources.size());
+	auto block_at = [&](uint64_t index) {
+		const uint64_t offset = index * kBlockElements, size = std::min(kBlockElements, n - offset);
+		for (size_t s = 0; s < views.size(); ++s)
+			views[s] = input.sources[s].subspan(offset, size);
+		return Block{.index = index, .offset = offset, .sources = views};
+	};
+	for (int pass = 0; pass < kernel.stat_passes(); ++pass) {
+		if (!kernel.wants_pass(pass)) continue;
+		for (uint64_t b = 0; b < block_count(n); ++b)
+			kernel.observe(pass, block_at(b), 0);
+		kernel.end_pass(pass);
+	}
+	for (uint64_t b = 0; b < block_count(n); ++b) {
+		const Block block = block_at(b);
+		kernel.merge(block, out.subspan(block.offset, block.size()), 0);
+	}
 }
 
 std::vector<size_t> model_indices(const MergeInput& input) {

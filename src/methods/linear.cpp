@@ -7,17 +7,43 @@
 namespace weld {
 namespace {
 
+class WeightedSum final : public BlockMerge {
+public:
+	WeightedSum(std::vector<double> weights, double divisor) : weights_(std::move(weights)), divisor_(divisor) {}
+	int stat_passes() const override { return 0; }
+	void observe(int, const Block&, unsigned) override {}
+	void end_pass(int) override {}
+	void merge(const Block& block, std::span<float> out, unsigned) override {
+		for (size_t j = 0; j < out.size(); ++j) {
+			double sum = 0;
+			for (size_t i = 0; i < weights_.size(); ++i)
+				sum += weights_[i] * block.sources[i][j];
+			out[j] = static_cast<float>(sum / divisor_);
+		}
+	}
+
+private:
+	std::vector<double> weights_;
+	double divisor_;
+};
+
 class LinearMethod final : public MergeMethod {
 public:
 	const MethodInfo& info() const override { return info_; }
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
+		merge_in_blocks(*block_merge(input, input.sources.size(), out.size(), 1), input, out);
+	}
+
+	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t,
+	                                        unsigned) const override {
+		check_source_count(info_, input, source_count);
 		const bool normalize = global_param(info_, input, "normalize") != 0;
 		// Every source takes part, the base too when the recipe lists it among the models.
 		std::vector<double> weights;
 		double weight_sum = 0;
-		for (size_t i = 0; i < input.sources.size(); ++i) {
+		for (size_t i = 0; i < source_count; ++i) {
 			weights.push_back(*source_param(info_, input, i, "weight"));
 			weight_sum += weights.back();
 		}
@@ -25,12 +51,7 @@ public:
 		if (normalize && weight_sum == 0)
 			throw Error(
 			    fmt::format("tensor '{}': linear merge weights sum to zero and normalize is on", input.tensor_name));
-		for (size_t j = 0; j < out.size(); ++j) {
-			double sum = 0;
-			for (size_t i = 0; i < weights.size(); ++i)
-				sum += weights[i] * input.sources[i][j];
-			out[j] = static_cast<float>(normalize ? sum / weight_sum : sum);
-		}
+		return std::make_unique<WeightedSum>(std::move(weights), normalize ? weight_sum : 1.0);
 	}
 
 private:

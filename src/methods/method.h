@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -65,6 +66,45 @@ struct MergeInput {
 	std::vector<std::string>* notes = nullptr;
 };
 
+// Tensors are streamed in blocks of this many elements (the last block of a tensor is shorter).
+// Fixed, so per-block partial sums combine the same way for any thread count.
+constexpr uint64_t kBlockElements = 16384;
+
+inline uint64_t block_count(uint64_t elements) {
+	return (elements + kBlockElements - 1) / kBlockElements;
+}
+
+// Elements [offset, offset + size) of every source of one tensor, in float32.
+struct Block {
+	uint64_t index = 0; // offset / kBlockElements
+	uint64_t offset = 0;
+	std::span<const std::span<const float>> sources; // in recipe order, all of the same size
+	uint64_t size() const { return sources.empty() ? 0 : sources[0].size(); }
+};
+
+// A merge of one tensor whose output element j needs only element j of each source, once a few
+// statistics of the whole tensor are known (norms, magnitude thresholds). The executor streams
+// such tensors block by block straight from the memory maps, on all threads, without a
+// whole-tensor copy: first every statistics pass over all blocks, then the output pass.
+class BlockMerge {
+public:
+	virtual ~BlockMerge() = default;
+	// Statistics passes before the output pass (may be 0).
+	virtual int stat_passes() const = 0;
+	// Whether pass (< stat_passes()) is needed after all; asked once the passes before it ended.
+	virtual bool wants_pass(int pass) const {
+		(void)pass;
+		return true;
+	}
+	// Called once for every block in each wanted statistics pass, from any thread and in any
+	// order; worker (< the workers given at creation) identifies the calling thread.
+	virtual void observe(int pass, const Block& block, unsigned worker) = 0;
+	// Called once after every block of a wanted pass was observed.
+	virtual void end_pass(int pass) = 0;
+	// The output pass: writes block's elements of the merged tensor (out.size() == block.size()).
+	virtual void merge(const Block& block, std::span<float> out, unsigned worker) = 0;
+};
+
 class MergeMethod {
 public:
 	virtual ~MergeMethod() = default;
@@ -72,6 +112,15 @@ public:
 	// Writes the merged tensor into out (same length as each source). Throws weld::Error for
 	// inputs the method cannot merge (naming the tensor).
 	virtual void merge(const MergeInput& input, std::span<float> out) const = 0;
+	// For methods that can merge this tensor in blocks: a BlockMerge for it, else nullptr (the
+	// default: merge() needs the whole tensor). input carries no source values, only the shape,
+	// parameters, base index, seed and the parameters of source_count sources of `elements`
+	// elements each. Throws weld::Error like merge() for inputs the method cannot merge.
+	virtual std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
+	                                                unsigned workers) const {
+		(void)input, (void)source_count, (void)elements, (void)workers;
+		return nullptr;
+	}
 };
 
 // nullptr when no method has that name.

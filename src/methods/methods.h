@@ -47,6 +47,13 @@ const MergeMethod& doge_method();
 // as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.
 void check_merge_input(const MethodInfo& info, const MergeInput& input, std::span<const float> out);
 
+// The source-count and base checks of check_merge_input, for block_merge (count sources).
+void check_source_count(const MethodInfo& info, const MergeInput& input, size_t count);
+
+// Runs a block merge over whole float32 tensors on the calling thread (worker 0): how methods
+// that stream in blocks implement merge() with the same code.
+void merge_in_blocks(BlockMerge& kernel, const MergeInput& input, std::span<float> out);
+
 // Indices of the sources other than the base, in recipe order.
 std::vector<size_t> model_indices(const MergeInput& input);
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace weld {
 namespace {
@@ -11,14 +12,60 @@ namespace {
 constexpr double kDotThreshold = 0.9995;
 constexpr double kEps = 1e-8;
 
-// Norm of v, or 1 when it is too small to normalize by (mergekit leaves such vectors as they are).
-double normalizer(std::span<const float> v) {
-	double sum = 0;
-	for (float x : v)
-		sum += static_cast<double>(x) * x;
-	const double norm = std::sqrt(sum);
+// Norm from a sum of squares, or 1 when too small to normalize by (mergekit leaves such
+// vectors as they are).
+double normalizer(double sum_of_squares) {
+	const double norm = std::sqrt(sum_of_squares);
 	return norm > kEps ? norm : 1.0;
 }
+
+// Pass 0 sums v0.v1, |v0|^2 and |v1|^2 per block (combined in block order, so any thread count
+// gives the same weights); the output pass is then a fixed linear combination.
+class SlerpBlocks final : public BlockMerge {
+public:
+	SlerpBlocks(double t, size_t v0, size_t v1, uint64_t blocks) : t_(t), v0_(v0), v1_(v1), sums_(blocks) {}
+
+	int stat_passes() const override { return 1; }
+	void observe(int, const Block& block, unsigned) override {
+		const std::span<const float> a = block.sources[v0_], b = block.sources[v1_];
+		Sums& sums = sums_[block.index];
+		for (size_t j = 0; j < a.size(); ++j) {
+			sums.dot += static_cast<double>(a[j]) * b[j];
+			sums.aa += static_cast<double>(a[j]) * a[j];
+			sums.bb += static_cast<double>(b[j]) * b[j];
+		}
+	}
+	void end_pass(int) override {
+		Sums total;
+		for (const Sums& s : sums_) {
+			total.dot += s.dot;
+			total.aa += s.aa;
+			total.bb += s.bb;
+		}
+		const double dot = total.dot / (normalizer(total.aa) * normalizer(total.bb));
+		s0_ = 1 - t_, s1_ = t_; // lerp
+		if (std::fabs(dot) <= kDotThreshold) {
+			const double theta0 = std::acos(std::clamp(dot, -1.0, 1.0));
+			const double sin_theta0 = std::sin(theta0);
+			s0_ = std::sin(theta0 - t_ * theta0) / sin_theta0;
+			s1_ = std::sin(t_ * theta0) / sin_theta0;
+		}
+	}
+	void merge(const Block& block, std::span<float> out, unsigned) override {
+		const std::span<const float> a = block.sources[v0_], b = block.sources[v1_];
+		for (size_t j = 0; j < out.size(); ++j)
+			out[j] = static_cast<float>(s0_ * a[j] + s1_ * b[j]);
+	}
+
+private:
+	struct Sums {
+		double dot = 0, aa = 0, bb = 0;
+	};
+	double t_;
+	size_t v0_, v1_;
+	std::vector<Sums> sums_;
+	double s0_ = 0, s1_ = 0;
+};
 
 class SlerpMethod final : public MergeMethod {
 public:
@@ -26,25 +73,15 @@ public:
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
-		const double t = global_param(info_, input, "t");
+		merge_in_blocks(*block_merge(input, input.sources.size(), out.size(), 1), input, out);
+	}
+
+	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
+	                                        unsigned) const override {
+		check_source_count(info_, input, source_count);
 		const auto base_index = static_cast<size_t>(input.base_index);
-		const std::span<const float> v0 = input.sources[base_index];
-		const std::span<const float> v1 = input.sources[1 - base_index];
-
-		double dot = 0;
-		for (size_t j = 0; j < v0.size(); ++j)
-			dot += static_cast<double>(v0[j]) * v1[j];
-		dot /= normalizer(v0) * normalizer(v1);
-
-		double s0 = 1 - t, s1 = t; // lerp
-		if (std::fabs(dot) <= kDotThreshold) {
-			const double theta0 = std::acos(std::clamp(dot, -1.0, 1.0));
-			const double sin_theta0 = std::sin(theta0);
-			s0 = std::sin(theta0 - t * theta0) / sin_theta0;
-			s1 = std::sin(t * theta0) / sin_theta0;
-		}
-		for (size_t j = 0; j < out.size(); ++j)
-			out[j] = static_cast<float>(s0 * v0[j] + s1 * v1[j]);
+		return std::make_unique<SlerpBlocks>(global_param(info_, input, "t"), base_index, 1 - base_index,
+		                                     block_count(elements));
 	}
 
 private:

@@ -7,6 +7,7 @@
 #include "methods/methods.h"
 #include "tensor/kernels.h"
 #include "tensor/tall.h"
+#include "tensor/topk.h"
 #include "util/error.h"
 
 #include <cmath>
@@ -25,6 +26,47 @@ struct TaskVector {
 	float at(std::span<const float> base, size_t j) const { return delta.empty() ? x[j] - base[j] : delta[j]; }
 };
 
+// How the sparsified, weighted task vectors combine into the merged delta at each element.
+struct MixRule {
+	std::vector<double> weights; // per task vector
+	bool sign_election = false;  // TIES: only deltas of the majority sign (of the sum) count
+	bool normalize = false;      // divide by the weights that took part
+	double plain_divisor = 1;    // the weight sum (1 when ~0), used without sign election
+};
+
+constexpr size_t kMixChunk = 512;
+
+// out[j] = merged delta at j from deltas[i][j] (i over task vectors), for count <= kMixChunk.
+// Loops run over elements innermost so they vectorize; sums follow the task-vector order.
+void mix_chunk(const MixRule& rule, std::span<const float* const> deltas, size_t count, float* out) {
+	double total[kMixChunk] = {}, positive[kMixChunk] = {}, negative[kMixChunk] = {};
+	double positive_weight[kMixChunk] = {}, negative_weight[kMixChunk] = {};
+	for (size_t i = 0; i < deltas.size(); ++i) {
+		const double w = rule.weights[i];
+		const float* d = deltas[i];
+		for (size_t j = 0; j < count; ++j) {
+			const double weighted = w * static_cast<double>(d[j]);
+			total[j] += weighted;
+			if (!rule.sign_election) continue;
+			// Zeros match neither sign.
+			positive[j] += weighted > 0 ? weighted : 0.0;
+			positive_weight[j] += weighted > 0 ? w : 0.0;
+			negative[j] += weighted < 0 ? weighted : 0.0;
+			negative_weight[j] += weighted < 0 ? w : 0.0;
+		}
+	}
+	for (size_t j = 0; j < count; ++j) {
+		double mixed = total[j], divisor = rule.plain_divisor;
+		if (rule.sign_election) {
+			const bool up = total[j] >= 0;
+			mixed = up ? positive[j] : negative[j];
+			divisor = up ? positive_weight[j] : negative_weight[j];
+			if (divisor == 0) divisor = 1;
+		}
+		out[j] = static_cast<float>(rule.normalize ? mixed / divisor : mixed);
+	}
+}
+
 ParamDef flag(std::string name, bool value, std::string help) {
 	return {.name = std::move(name), .type = ParamType::Bool, .default_value = value ? 1.0 : 0.0, .help = help};
 }
@@ -37,6 +79,125 @@ ParamDef fraction(std::string name, double value, std::string help, bool zero_al
 	        .max_value = 1,
 	        .min_exclusive = !zero_allowed};
 }
+
+// The streaming form of task arithmetic, TIES and DARE (sparsification None, Magnitude or
+// Random, no consensus masks). Statistics passes, as needed: the three passes of the exact
+// top-k selection (TIES), then the L1 norms before and after the drop (rescale). The output
+// pass recomputes each block's deltas, sparsifies, rescales and mixes them.
+class GtaBlocks final : public BlockMerge {
+public:
+	struct Source {
+		size_t index;                            // into the block's sources
+		Sparsification drop;                     // None, Magnitude or Random
+		double density;                          // Random: keep probability
+		uint64_t random_key = 0;                 // Random
+		std::unique_ptr<TopKSelection> top_k;    // Magnitude
+		std::vector<double> l1_before, l1_after; // per block (rescale)
+		float rescale = 1;
+	};
+
+	GtaBlocks(std::vector<Source> sources, MixRule rule, size_t base, bool rescale, double lambda, unsigned workers)
+	    : sources_(std::move(sources)), rule_(std::move(rule)), base_(base), lambda_(lambda),
+	      scratch_(workers, std::vector<float>(sources_.size() * kBlockElements + kMixChunk)) {
+		for (const Source& s : sources_)
+			rescale_ = rescale_ || (rescale && s.drop != Sparsification::None);
+	}
+
+	int stat_passes() const override { return TopKSelection::kPasses + 1; }
+
+	bool wants_pass(int pass) const override {
+		if (pass == TopKSelection::kPasses) return rescale_;
+		for (const Source& s : sources_)
+			if (s.top_k && s.top_k->wants_pass(pass)) return true;
+		return false;
+	}
+
+	void observe(int pass, const Block& block, unsigned worker) override {
+		float* delta = scratch_[worker].data();
+		for (Source& s : sources_) {
+			const bool l1_pass = pass == TopKSelection::kPasses;
+			if (l1_pass ? s.drop == Sparsification::None : !(s.top_k && s.top_k->wants_pass(pass))) continue;
+			const std::span<float> d = task_vector(block, s, delta);
+			if (!l1_pass) {
+				s.top_k->observe(pass, block.index, d, worker);
+				continue;
+			}
+			s.l1_before[block.index] = sum_of_magnitudes(d);
+			drop(block, s, d);
+			s.l1_after[block.index] = sum_of_magnitudes(d);
+		}
+	}
+
+	void end_pass(int pass) override {
+		for (Source& s : sources_) {
+			if (pass < TopKSelection::kPasses) {
+				if (s.top_k && s.top_k->wants_pass(pass)) s.top_k->end_pass(pass);
+				continue;
+			}
+			if (s.drop == Sparsification::None) continue;
+			double before = 0, after = 0;
+			for (size_t b = 0; b < s.l1_before.size(); ++b) {
+				before += s.l1_before[b];
+				after += s.l1_after[b];
+			}
+			// Restore the task vector's L1 norm, unless either norm is too small to divide by.
+			if (before >= 1e-7 && after >= 1e-7) s.rescale = static_cast<float>(before / after);
+		}
+	}
+
+	void merge(const Block& block, std::span<float> out, unsigned worker) override {
+		float* scratch = scratch_[worker].data();
+		std::vector<const float*> deltas;
+		for (size_t i = 0; i < sources_.size(); ++i) {
+			Source& s = sources_[i];
+			const std::span<float> d = task_vector(block, s, scratch + i * kBlockElements);
+			drop(block, s, d);
+			if (s.rescale != 1)
+				for (float& x : d)
+					x *= s.rescale;
+			deltas.push_back(d.data());
+		}
+		const std::span<const float> base = block.sources[base_];
+		float* mixed = scratch + sources_.size() * kBlockElements;
+		for (size_t start = 0; start < out.size(); start += kMixChunk) {
+			const size_t count = std::min<size_t>(kMixChunk, out.size() - start);
+			mix_chunk(rule_, deltas, count, mixed);
+			for (size_t j = 0; j < count; ++j)
+				out[start + j] = static_cast<float>(base[start + j] + static_cast<double>(mixed[j]) * lambda_);
+			for (const float*& d : deltas)
+				d += count;
+		}
+	}
+
+private:
+	std::vector<Source> sources_;
+	MixRule rule_;
+	size_t base_;
+	double lambda_;
+	bool rescale_ = false;
+	std::vector<std::vector<float>> scratch_; // per worker: a block of deltas per source, mixed
+
+	std::span<float> task_vector(const Block& block, const Source& s, float* delta) const {
+		const std::span<const float> x = block.sources[s.index], base = block.sources[base_];
+		for (size_t j = 0; j < x.size(); ++j)
+			delta[j] = x[j] - base[j];
+		return {delta, x.size()};
+	}
+
+	static void drop(const Block& block, const Source& s, std::span<float> d) {
+		if (s.drop == Sparsification::Magnitude) s.top_k->apply(block.index, d);
+		if (s.drop != Sparsification::Random) return;
+		for (size_t j = 0; j < d.size(); ++j)
+			if (!(random_uniform(s.random_key, block.offset + j) < s.density)) d[j] = 0.0f;
+	}
+
+	static double sum_of_magnitudes(std::span<const float> d) {
+		double sum = 0;
+		for (float x : d)
+			sum += std::fabs(static_cast<double>(x));
+		return sum;
+	}
+};
 
 class GtaMethod final : public MergeMethod {
 public:
@@ -77,6 +238,10 @@ public:
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
+		if (auto kernel = block_merge(input, input.sources.size(), out.size(), 1)) {
+			merge_in_blocks(*kernel, input, out);
+			return;
+		}
 		const bool rescale = global_param(info_, input, "rescale") != 0;
 		const auto base_index = static_cast<size_t>(input.base_index);
 		std::vector<TaskVector> tvs;
@@ -94,9 +259,53 @@ public:
 			out[j] = static_cast<float>(base[j] + static_cast<double>(out[j]) * lambda);
 	}
 
+	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
+	                                        unsigned workers) const override {
+		if (config_.tall_consensus || config_.sparsification == Sparsification::MagnitudeOutliers ||
+		    config_.sparsification == Sparsification::DellaMagprune)
+			return nullptr;
+		check_source_count(info_, input, source_count);
+		const auto base = static_cast<size_t>(input.base_index);
+		std::vector<GtaBlocks::Source> sources;
+		std::vector<double> weights;
+		for (size_t i = 0; i < source_count; ++i) {
+			if (i == base) continue;
+			weights.push_back(*source_param(info_, input, i, "weight"));
+			const double density = *source_param(info_, input, i, "density");
+			GtaBlocks::Source s;
+			s.index = i;
+			s.drop = config_.sparsification;
+			s.density = density;
+			if (density >= 1 || elements == 0) s.drop = Sparsification::None;
+			if (s.drop == Sparsification::Random)
+				s.random_key = random_stream_key(input.random_seed, input.tensor_name, i);
+			if (s.drop == Sparsification::Magnitude)
+				s.top_k = std::make_unique<TopKSelection>(elements, magnitude_keep_count(input, i, density, elements),
+				                                          block_count(elements), workers);
+			if (s.drop != Sparsification::None) {
+				s.l1_before.resize(block_count(elements));
+				s.l1_after.resize(block_count(elements));
+			}
+			sources.push_back(std::move(s));
+		}
+		return std::make_unique<GtaBlocks>(std::move(sources), mix_rule(input, weights), base,
+		                                   global_param(info_, input, "rescale") != 0,
+		                                   global_param(info_, input, "lambda"), std::max(1u, workers));
+	}
+
 private:
 	GtaConfig config_;
 	MethodInfo info_;
+
+	// TIES keeps floor(density n) elements; none is an error.
+	uint64_t magnitude_keep_count(const MergeInput& input, size_t source, double density, uint64_t n) const {
+		const double k = std::floor(density * static_cast<double>(n));
+		if (!(k >= 1))
+			throw Error(fmt::format("tensor '{}': {} density {} keeps none of the {} elements of source {}; "
+			                        "raise density",
+			                        input.tensor_name, config_.name, density, n, source));
+		return static_cast<uint64_t>(k);
+	}
 
 	std::vector<float> sparsified_delta(const MergeInput& input, size_t source, double density, bool rescale) const {
 		const std::span<const float> x = input.sources[source];
@@ -126,15 +335,9 @@ private:
 		switch (config_.sparsification) {
 		case Sparsification::None:
 			return;
-		case Sparsification::Magnitude: {
-			const double k = std::floor(density * n);
-			if (!(k >= 1))
-				throw Error(fmt::format("tensor '{}': {} density {} keeps none of the {} elements of source {}; "
-				                        "raise density",
-				                        input.tensor_name, config_.name, density, delta.size(), source));
-			keep_top_k_by_magnitude(delta, static_cast<size_t>(k));
+		case Sparsification::Magnitude:
+			keep_top_k_by_magnitude(delta, magnitude_keep_count(input, source, density, delta.size()));
 			return;
-		}
 		case Sparsification::Random:
 			for (size_t j = 0; j < delta.size(); ++j)
 				if (!(random_uniform(key, j) < density)) delta[j] = 0.0f;
@@ -161,36 +364,34 @@ private:
 		}
 	}
 
+	MixRule mix_rule(const MergeInput& input, const std::vector<double>& weights) const {
+		MixRule rule{.weights = weights,
+		             .sign_election = config_.sign_election,
+		             .normalize = global_param(info_, input, "normalize") != 0};
+		double weight_sum = 0;
+		for (double w : weights)
+			weight_sum += w;
+		rule.plain_divisor = std::fabs(weight_sum) < 1e-8 ? 1.0 : weight_sum;
+		return rule;
+	}
+
 	// out[j] = the merged delta: weighted sum, sign-elected and normalized as configured.
 	void mix(const MergeInput& input, const std::vector<TaskVector>& tvs, std::span<float> out) const {
 		const std::span<const float> base = input.sources[static_cast<size_t>(input.base_index)];
-		const bool normalize = global_param(info_, input, "normalize") != 0;
-		double weight_sum = 0;
+		std::vector<double> weights;
 		for (const TaskVector& tv : tvs)
-			weight_sum += tv.weight;
-		const double plain_divisor = std::fabs(weight_sum) < 1e-8 ? 1.0 : weight_sum;
-		std::vector<double> weighted(tvs.size());
-		for (size_t j = 0; j < out.size(); ++j) {
-			double mixed = 0, divisor = plain_divisor;
-			for (size_t i = 0; i < tvs.size(); ++i) {
-				weighted[i] = tvs[i].weight * static_cast<double>(tvs[i].at(base, j));
-				mixed += weighted[i];
-			}
-			if (config_.sign_election) {
-				// Majority sign of the summed weighted deltas; only deltas of that sign (and
-				// their weights) count. Zeros match neither sign.
-				const double sign = mixed >= 0 ? 1.0 : -1.0;
-				mixed = 0;
-				divisor = 0;
-				for (size_t i = 0; i < tvs.size(); ++i) {
-					if (!(sign > 0 ? weighted[i] > 0 : weighted[i] < 0)) continue;
-					mixed += weighted[i];
-					divisor += tvs[i].weight;
-				}
-				if (divisor == 0) divisor = 1;
-			}
-			if (normalize) mixed /= divisor;
-			out[j] = static_cast<float>(mixed);
+			weights.push_back(tv.weight);
+		const MixRule rule = mix_rule(input, weights);
+		std::vector<std::vector<float>> chunk(tvs.size(), std::vector<float>(kMixChunk));
+		std::vector<const float*> deltas;
+		for (const auto& c : chunk)
+			deltas.push_back(c.data());
+		for (size_t start = 0; start < out.size(); start += kMixChunk) {
+			const size_t count = std::min(kMixChunk, out.size() - start);
+			for (size_t i = 0; i < tvs.size(); ++i)
+				for (size_t j = 0; j < count; ++j)
+					chunk[i][j] = tvs[i].at(base, start + j);
+			mix_chunk(rule, deltas, count, out.data() + start);
 		}
 	}
 
