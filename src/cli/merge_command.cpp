@@ -30,24 +30,28 @@ void on_signal(int) {
 	request_cancel();
 }
 
-int run(const MergeArgs& args) {
+int merge(const MergeArgs& args, const Distributed& dist) {
 	// Ctrl-C stops at the next tensor and removes the partial output instead of leaving it.
 	std::signal(SIGINT, on_signal);
 	std::signal(SIGTERM, on_signal);
 	MergeOptions options;
-	options.recipe_path = args.recipe;
-	options.out_dir = args.out;
-	options.force = args.force;
-	options.dry_run = args.dry_run;
-	options.seed = args.seed;
-	options.exec.threads = args.threads;
-	options.exec.memory_budget =
-	    args.memory_budget.empty() ? default_memory_budget() : parse_size(args.memory_budget, "--memory-budget");
-	options.exec.max_shard_bytes = parse_size(args.shard_size, "--out-shard-size");
-	options.exec.progress = !args.quiet && isatty(STDERR_FILENO);
-	options.exec.verbose = args.verbose && !args.quiet;
+	dist.agree([&] { // a bad option is bad on every rank: say it once
+		options.recipe_path = args.recipe;
+		options.out_dir = args.out;
+		options.force = args.force;
+		options.dry_run = args.dry_run;
+		options.seed = args.seed;
+		options.exec.threads = args.threads;
+		options.exec.memory_budget =
+		    args.memory_budget.empty() ? default_memory_budget() : parse_size(args.memory_budget, "--memory-budget");
+		options.exec.max_shard_bytes = parse_size(args.shard_size, "--out-shard-size");
+		options.exec.progress = !args.quiet && isatty(STDERR_FILENO);
+		options.exec.verbose = args.verbose && !args.quiet;
+		options.distributed = &dist;
+	});
 
 	const auto summary = run_merge(options);
+	if (summary.rank != 0) return 0; // rank 0 reports for all
 	if (!args.quiet)
 		for (const auto& warning : summary.warnings)
 			fmt::print(stderr, "weld: warning: {}\n", warning);
@@ -59,7 +63,31 @@ int run(const MergeArgs& args) {
 		fmt::print("weld: merged {} tensors ({}) into {} ({} shard{}) in {:.2f}s\n", summary.tensors,
 		           format_size(summary.bytes_written), args.out, summary.shards, summary.shards == 1 ? "" : "s",
 		           summary.seconds);
+	// How the work divided; bench/speed/run parses these lines.
+	if (!args.quiet && (summary.ranks.size() > 1 || args.verbose)) {
+		std::fflush(stdout);
+		for (size_t r = 0; r < summary.ranks.size(); r++)
+			fmt::print(stderr, "weld: rank {} of {}: {} tensors, read {} bytes, wrote {} bytes\n", r,
+			           summary.ranks.size(), summary.ranks[r].tensors, summary.ranks[r].bytes_read,
+			           summary.ranks[r].bytes_written);
+	}
 	return 0;
+}
+
+int run(const MergeArgs& args) {
+	// Under mpirun each process is one rank of a distributed merge; otherwise a job of one.
+	const Distributed dist = Distributed::join();
+	try {
+		return merge(args, dist);
+	} catch (const AgreedError&) {
+		if (!dist.is_root()) return 1; // rank 0 prints the message for all
+		throw;
+	} catch (const std::exception& e) {
+		if (dist.size() == 1) throw;
+		// Not agreed, so the other ranks may be waiting for this one: end them all.
+		fmt::print(stderr, "weld: error: rank {}: {}\n", dist.rank(), e.what());
+		dist.abort(1);
+	}
 }
 
 } // namespace
@@ -67,6 +95,9 @@ int run(const MergeArgs& args) {
 std::function<int()> add_merge_command(CLI::App& app) {
 	auto args = std::make_shared<MergeArgs>();
 	auto* cmd = app.add_subcommand("merge", "Merge models as a recipe says and write a Hugging Face model folder");
+	cmd->footer("Distributed: `mpirun -np K weld merge RECIPE OUT` splits the output shards among K processes "
+	            "(each reads only the inputs of its shards; the output is byte-identical to one process's). "
+	            "Ranks beyond the number of shards have nothing to do; see --out-shard-size.");
 	cmd->add_option("recipe", args->recipe, "mergekit-style YAML recipe")->required();
 	cmd->add_option("out", args->out, "output folder (written whole, or not at all)")->required();
 	cmd->add_flag("--force", args->force, "replace the output folder if it exists");
@@ -75,7 +106,9 @@ std::function<int()> add_merge_command(CLI::App& app) {
 	cmd->add_option("--threads", args->threads, "worker threads (default: all cores)")->check(CLI::PositiveNumber);
 	cmd->add_option("--memory-budget", args->memory_budget,
 	                "most working-buffer memory in flight, e.g. 4GB (default: a quarter of RAM)");
-	cmd->add_option("--out-shard-size", args->shard_size, "largest output shard, e.g. 500MB, 2GB (default 5GB)");
+	cmd->add_option("--out-shard-size", args->shard_size,
+	                "largest output shard, e.g. 500MB, 2GB (default 5GB); under mpirun each rank writes whole "
+	                "shards, so use at least as many shards as ranks");
 	cmd->add_option("--seed", args->seed, "seed for random methods (DARE); same seed, same bytes (default 0)");
 	cmd->add_flag("--quiet,-q", args->quiet, "print nothing but errors");
 	cmd->add_flag("--verbose,-v", args->verbose, "say how each tensor was computed (e.g. which SVD path)");

@@ -1,6 +1,7 @@
 #include "exec/executor.h"
 
 #include "io/safetensors.h"
+#include "methods/method.h"
 #include "tensor/convert.h"
 #include "util/error.h"
 #include "util/size.h"
@@ -12,6 +13,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -75,6 +77,18 @@ private:
 	std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
+MergeInput job_input(const Plan& plan, const TensorJob& job) {
+	MergeInput input;
+	input.tensor_name = job.name;
+	input.shape = job.shape;
+	input.base_index = job.base_index;
+	input.params = job.params;
+	input.source_params = job.source_params;
+	input.random_seed = plan.seed;
+	return input;
+}
+
+// A whole-tensor job: float32 copies of every source, merged at once.
 void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const ExecOptions& options) {
 	const TensorJob& job = plan.jobs[index];
 	if (job.is_plain_copy(*plan.method)) {
@@ -84,13 +98,7 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const Ex
 	}
 	const size_t n = job.numel();
 	std::vector<std::vector<float>> inputs(job.sources.size());
-	MergeInput input;
-	input.tensor_name = job.name;
-	input.shape = job.shape;
-	input.base_index = job.base_index;
-	input.params = job.params;
-	input.source_params = job.source_params;
-	input.random_seed = plan.seed;
+	MergeInput input = job_input(plan, job);
 	for (size_t s = 0; s < job.sources.size(); s++) {
 		const auto& source = job.sources[s];
 		inputs[s].resize(n);
@@ -109,6 +117,102 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const Ex
 	writer.write(index, out);
 }
 
+// Runs fn(item, worker) for every item in [0, items) on `threads` threads, the caller being
+// worker 0. After the first exception no more items start; it is rethrown here.
+void parallel_for(uint64_t items, unsigned threads, const std::function<void(uint64_t, unsigned)>& fn) {
+	std::atomic<uint64_t> next{0};
+	std::atomic<bool> failed{false};
+	std::exception_ptr error;
+	std::mutex error_mutex;
+	auto work = [&](unsigned worker) {
+		for (uint64_t item = next++; item < items && !failed; item = next++) {
+			try {
+				fn(item, worker);
+			} catch (...) {
+				std::lock_guard lock(error_mutex);
+				if (!error) error = std::current_exception();
+				failed = true;
+			}
+		}
+	};
+	const auto helpers = static_cast<unsigned>(std::min<uint64_t>(threads, items)) - (items > 0 ? 1 : 0);
+	std::vector<std::thread> pool;
+	for (unsigned t = 1; t <= helpers; t++)
+		pool.emplace_back(work, t);
+	work(0);
+	for (auto& thread : pool)
+		thread.join();
+	if (error) std::rethrow_exception(error);
+}
+
+// Blocks per work item of a streamed tensor: 1M elements, so each item's output is one large
+// write and the items of a large tensor spread over all threads.
+constexpr uint64_t kItemBlocks = 64;
+
+struct WorkerBuffers {
+	std::vector<std::vector<float>> sources; // one block of each source, as float32
+	std::vector<std::span<const float>> views;
+	std::vector<float> out;      // one block of output
+	std::vector<uint8_t> staged; // one item of output, converted
+};
+
+// A tensor merged in blocks straight from the memory maps: each statistics pass and the output
+// pass run over the tensor's items on every thread, and each item's input pages are released
+// once read, so memory stays at a few blocks per thread whatever the tensor size.
+void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, SafetensorsWriter& writer, unsigned threads,
+                std::vector<WorkerBuffers>& buffers) {
+	const TensorJob& job = plan.jobs[index];
+	const uint64_t n = job.numel(), blocks = block_count(n);
+	const uint64_t items = (blocks + kItemBlocks - 1) / kItemBlocks;
+	const size_t out_size = dtype_size(job.out_dtype);
+	for (WorkerBuffers& b : buffers) {
+		b.sources.resize(job.sources.size(), std::vector<float>(kBlockElements));
+		b.views.resize(job.sources.size());
+		b.out.resize(kBlockElements);
+		b.staged.resize(std::max(b.staged.size(), kItemBlocks * kBlockElements * out_size));
+	}
+	auto run_pass = [&](int pass) { // pass < 0: the output pass
+		parallel_for(items, threads, [&](uint64_t item, unsigned worker) {
+			if (g_cancelled) throw Error("interrupted");
+			WorkerBuffers& wb = buffers[worker];
+			const uint64_t first = item * kItemBlocks * kBlockElements;
+			const uint64_t end = std::min(n, first + kItemBlocks * kBlockElements);
+			for (uint64_t offset = first; offset < end; offset += kBlockElements) {
+				const uint64_t size = std::min(kBlockElements, end - offset);
+				for (size_t s = 0; s < job.sources.size(); s++) {
+					const TensorInfo& info = *job.sources[s].tensor->info;
+					const uint8_t* data = job.sources[s].tensor->file->data(info).data();
+					convert_to_f32(info.dtype, data + offset * dtype_size(info.dtype), wb.sources[s].data(), size);
+					wb.views[s] = {wb.sources[s].data(), size};
+				}
+				const Block block{.index = offset / kBlockElements, .offset = offset, .sources = wb.views};
+				if (pass >= 0) {
+					kernel.observe(pass, block, worker);
+					continue;
+				}
+				kernel.merge(block, {wb.out.data(), size}, worker);
+				convert_from_f32(job.out_dtype, wb.out.data(), wb.staged.data() + (offset - first) * out_size, size);
+			}
+			for (const auto& source : job.sources) {
+				const uint64_t element = dtype_size(source.tensor->info->dtype);
+				source.tensor->file->release_range(*source.tensor->info, first * element, (end - first) * element);
+			}
+			if (pass < 0) writer.write_range(index, first * out_size, {wb.staged.data(), (end - first) * out_size});
+		});
+	};
+	for (int pass = 0; pass < kernel.stat_passes(); pass++) {
+		if (!kernel.wants_pass(pass)) continue;
+		run_pass(pass);
+		kernel.end_pass(pass);
+	}
+	if (n == 0)
+		writer.write(index, {});
+	else
+		run_pass(-1);
+	for (const auto& source : job.sources)
+		source.tensor->file->release(*source.tensor->info);
+}
+
 } // namespace
 
 void request_cancel() {
@@ -121,50 +225,79 @@ uint64_t job_working_bytes(const TensorJob& job) {
 	return 2 * (job.sources.size() + 1) * job.numel() * sizeof(float) + job.out_nbytes();
 }
 
+namespace {
+
+// Whole-tensor jobs, one per thread, admitted while their buffers fit the memory budget.
+void run_whole_tensor_jobs(const Plan& plan, const std::vector<size_t>& jobs, SafetensorsWriter& writer,
+                           const ExecOptions& options, Progress& progress) {
+	MemoryBudget budget(options.memory_budget);
+	parallel_for(jobs.size(), std::max(1u, options.threads), [&](uint64_t k, unsigned) {
+		const size_t i = jobs[k];
+		const uint64_t bytes = job_working_bytes(plan.jobs[i]);
+		budget.acquire(bytes);
+		try {
+			if (g_cancelled) throw Error("interrupted");
+			run_job(plan, i, writer, options);
+			for (const auto& source : plan.jobs[i].sources)
+				source.tensor->file->release(*source.tensor->info);
+		} catch (...) {
+			budget.release(bytes);
+			throw;
+		}
+		budget.release(bytes);
+		progress.done(plan.jobs[i].out_nbytes());
+	});
+}
+
+} // namespace
+
 void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options) {
 	std::vector<OutputTensorSpec> specs;
 	for (const auto& job : plan.jobs)
 		specs.push_back({job.name, job.out_dtype, job.shape});
-	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes);
-
-	MemoryBudget budget(options.memory_budget);
-	Progress progress(plan.jobs.size(), options.progress);
-	std::atomic<size_t> next{0};
-	std::atomic<bool> failed{false};
-	std::exception_ptr first_error;
-	std::mutex error_mutex;
-
-	auto worker = [&] {
-		for (size_t i = next++; i < plan.jobs.size() && !failed; i = next++) {
-			const uint64_t bytes = job_working_bytes(plan.jobs[i]);
-			budget.acquire(bytes);
-			try {
-				if (g_cancelled) throw Error("interrupted");
-				run_job(plan, i, writer, options);
-				for (const auto& source : plan.jobs[i].sources)
-					source.tensor->file->release(*source.tensor->info);
-			} catch (...) {
-				std::lock_guard lock(error_mutex);
-				if (!first_error) first_error = std::current_exception();
-				failed = true;
-			}
-			budget.release(bytes);
-			progress.done(plan.jobs[i].out_nbytes());
-		}
-	};
+	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes, {options.rank, options.ranks});
 	const unsigned threads = std::max(1u, options.threads);
-	std::vector<std::thread> pool;
-	for (unsigned t = 0; t < threads; t++)
-		pool.emplace_back(worker);
-	if (options.progress) {
-		while (next < plan.jobs.size() && !failed) {
-			progress.print(false);
-			std::this_thread::sleep_for(std::chrono::milliseconds(250));
+	Progress progress(plan.jobs.size(), options.progress);
+	std::atomic<bool> finished{false};
+	std::thread ticker;
+	if (options.progress)
+		ticker = std::thread([&] {
+			while (!finished) {
+				progress.print(false);
+				std::this_thread::sleep_for(std::chrono::milliseconds(250));
+			}
+		});
+	try {
+		// Tensors a method can merge in blocks stream one after another, each on every thread;
+		// the others then run side by side, one per thread, under the memory budget.
+		std::vector<size_t> whole_tensor_jobs;
+		std::vector<WorkerBuffers> buffers(threads);
+		for (size_t i = 0; i < plan.jobs.size(); i++) {
+			if (!writer.owns(i)) continue; // another rank's shard
+			const TensorJob& job = plan.jobs[i];
+			auto kernel =
+			    job.is_plain_copy(*plan.method)
+			        ? nullptr
+			        : plan.method->block_merge(job_input(plan, job), job.sources.size(), job.numel(), threads);
+			if (!kernel) {
+				whole_tensor_jobs.push_back(i);
+				continue;
+			}
+			if (i + 1 < plan.jobs.size())
+				for (const auto& source : plan.jobs[i + 1].sources)
+					source.tensor->file->prefetch(*source.tensor->info);
+			stream_job(plan, i, *kernel, writer, threads, buffers);
+			progress.done(job.out_nbytes());
 		}
+		buffers.clear();
+		run_whole_tensor_jobs(plan, whole_tensor_jobs, writer, options, progress);
+	} catch (...) {
+		finished = true;
+		if (ticker.joinable()) ticker.join();
+		throw;
 	}
-	for (auto& thread : pool)
-		thread.join();
-	if (first_error) std::rethrow_exception(first_error);
+	finished = true;
+	if (ticker.joinable()) ticker.join();
 	progress.print(true);
 	writer.finish();
 }

@@ -17,6 +17,9 @@ struct ExecOptions {
 	uint64_t max_shard_bytes = 5'000'000'000;
 	bool progress = false; // a progress line on stderr
 	bool verbose = false;  // print methods' notes on how they computed each tensor
+	// Distributed merges: this process writes only the shards shard_ranks() gives `rank` of
+	// `ranks` (and reads only their inputs); the shard index is then left to the caller.
+	unsigned rank = 0, ranks = 1;
 };
 
 // Buffer bytes one job may need (sources and result in float32, method scratch, output).

@@ -1,13 +1,14 @@
 #include "exec/merge.h"
 
 #include "exec/output_folder.h"
-
+#include "io/safetensors.h"
 #include "util/error.h"
 #include "util/size.h"
 
 #include <fmt/format.h>
 
 #include <chrono>
+#include <optional>
 
 namespace weld {
 namespace fs = std::filesystem;
@@ -28,35 +29,96 @@ std::string model_card(const Plan& plan) {
 	return card;
 }
 
-void write_folder(const Plan& plan, const fs::path& dir, const MergeOptions& options) {
-	execute_plan(plan, dir, options.exec);
+// Everything in the folder but the weights (and, for a distributed merge, the shard index).
+void write_other_files(const Plan& plan, const fs::path& dir) {
 	if (!plan.config_json.empty()) write_text_file(dir / "config.json", plan.config_json);
 	copy_tokenizer_files(plan.tokenizer_dir, dir);
 	write_text_file(dir / "weld_recipe.yml", plan.recipe.text);
 	write_text_file(dir / "README.md", model_card(plan));
 }
 
+// The output tensors as execute_plan lays them out.
+std::vector<OutputTensorSpec> output_specs(const Plan& plan) {
+	std::vector<OutputTensorSpec> specs;
+	for (const auto& job : plan.jobs)
+		specs.push_back({job.name, job.out_dtype, job.shape});
+	return specs;
+}
+
+// What `rank` does of the plan: the jobs whose shard it writes (the ones execute_plan runs there).
+RankWork rank_work(const Plan& plan, const OutputLayout& layout, const std::vector<unsigned>& owner, unsigned rank) {
+	RankWork work;
+	for (size_t i = 0; i < plan.jobs.size(); i++) {
+		if (owner[layout.shard_of[i]] != rank) continue;
+		work.tensors++;
+		for (const auto& s : plan.jobs[i].sources)
+			work.bytes_read += s.numel * dtype_size(s.tensor->info->dtype);
+	}
+	for (size_t k = 0; k < layout.shards.size(); k++)
+		if (owner[k] == rank) work.bytes_written += layout.shards[k].file_size;
+	return work;
+}
+
 } // namespace
 
 MergeSummary run_merge(const MergeOptions& options) {
 	const auto start = std::chrono::steady_clock::now();
+	const Distributed single_process;
+	const Distributed& dist = options.distributed ? *options.distributed : single_process;
 	const auto label = options.recipe_path.string();
-	Plan plan = build_plan(parse_recipe(read_text_file(options.recipe_path), label), options.seed);
+	ExecOptions exec = options.exec;
+	exec.rank = dist.rank();
+	exec.ranks = dist.size();
+	exec.progress = exec.progress && dist.is_root();
+
+	// Each step below runs on every rank, and a failure on one is a failure on all (agree), so
+	// that every rank stops at the same point and none waits for another forever.
+	Plan plan;
+	std::vector<OutputTensorSpec> specs;
+	OutputLayout layout;
+	dist.agree([&] {
+		plan = build_plan(parse_recipe(read_text_file(options.recipe_path), label), options.seed);
+		specs = output_specs(plan);
+		if (!options.dry_run) layout = plan_output_layout(specs, exec.max_shard_bytes);
+	});
 
 	MergeSummary summary;
 	summary.tensors = plan.jobs.size();
 	summary.warnings = plan.warnings;
+	summary.rank = dist.rank();
 	if (options.dry_run) {
 		summary.plan_text = describe_plan(plan);
 		return summary;
 	}
 
-	write_folder_atomically(options.out_dir, options.force,
-	                        [&](const fs::path& tmp) { write_folder(plan, tmp, options); });
+	// Rank 0 alone checks and creates the output; the others write into the folder it made.
+	std::optional<OutputFolder> folder;
+	std::string tmp;
+	dist.agree([&] {
+		if (!dist.is_root()) return;
+		folder.emplace(options.out_dir, options.force);
+		tmp = folder->path().string();
+	});
+	const fs::path dir = dist.broadcast(tmp);
+	// On failure, rank 0's folder (with every rank's shards) goes when `folder` does.
+	dist.agree([&] { execute_plan(plan, dir, exec); });
 
-	const fs::path out = options.out_dir;
-	for (const auto& entry : fs::directory_iterator(out))
-		if (entry.path().extension() == ".safetensors") summary.shards++;
+	const auto owner = shard_ranks(layout, dist.size());
+	const auto mine = rank_work(plan, layout, owner, dist.rank());
+	const auto all = dist.all_gather({mine.tensors, mine.bytes_read, mine.bytes_written});
+	for (size_t r = 0; r < dist.size(); r++)
+		summary.ranks.push_back({all[3 * r], all[3 * r + 1], all[3 * r + 2]});
+
+	// Every rank has finished its shards: rank 0 completes the folder and publishes it. The
+	// others wait to hear how that went, so all exit with the same status.
+	dist.agree([&] {
+		if (!dist.is_root()) return;
+		if (dist.size() > 1) write_shard_index(dir, specs, layout); // a single writer did already
+		write_other_files(plan, dir);
+		folder->publish();
+	});
+
+	summary.shards = layout.shards.size();
 	summary.bytes_written = plan.output_bytes();
 	summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 	return summary;

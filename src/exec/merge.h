@@ -1,8 +1,15 @@
 // A whole merge: recipe file in, complete Hugging Face model folder out. The folder is built
 // under a temporary name beside the target and renamed into place only once complete; on
 // failure nothing is left behind.
+//
+// Distributed (several ranks of an MPI job, each running run_merge with the same options):
+// every rank plans the merge; rank 0 checks the output and makes the temporary folder; each rank
+// writes the shards shard_ranks() gives it, reading only their inputs; then rank 0 writes the
+// shard index and the other files and renames the folder into place. A step that fails on any
+// rank fails on all, with that rank's message, and rank 0 removes the temporary folder.
 #pragma once
 
+#include "exec/distributed.h"
 #include "exec/executor.h"
 
 #include <cstdint>
@@ -17,7 +24,15 @@ struct MergeOptions {
 	bool force = false;   // replace an existing output
 	bool dry_run = false; // print the plan, write nothing
 	uint64_t seed = 0;
-	ExecOptions exec;
+	ExecOptions exec;                         // rank and ranks come from `distributed`
+	const Distributed* distributed = nullptr; // null: a single process
+};
+
+// What one rank did: its tensors, the input bytes they read, the shard bytes it wrote.
+struct RankWork {
+	uint64_t tensors = 0;
+	uint64_t bytes_read = 0;
+	uint64_t bytes_written = 0;
 };
 
 struct MergeSummary {
@@ -27,6 +42,8 @@ struct MergeSummary {
 	uint64_t bytes_written = 0;
 	double seconds = 0;
 	std::vector<std::string> warnings;
+	unsigned rank = 0;           // this process's rank; only rank 0 need report
+	std::vector<RankWork> ranks; // per rank, in rank order (one entry for a single process)
 };
 
 MergeSummary run_merge(const MergeOptions& options);

@@ -13,7 +13,7 @@ namespace weld {
 namespace fs = std::filesystem;
 namespace {
 
-void publish(const fs::path& tmp, const fs::path& out, bool force) {
+void move_into_place(const fs::path& tmp, const fs::path& out, bool force) {
 	std::error_code ec;
 	if (fs::exists(out)) {
 		if (!force) throw Error(fmt::format("{}: output already exists (use --force to replace it)", out.string()));
@@ -34,24 +34,33 @@ void publish(const fs::path& tmp, const fs::path& out, bool force) {
 
 } // namespace
 
+OutputFolder::OutputFolder(const fs::path& out_dir, bool force) : force_(force) {
+	out_ = fs::absolute(out_dir).lexically_normal();
+	if (out_.filename().empty()) throw Error(fmt::format("{}: not a valid output folder name", out_dir.string()));
+	if (fs::exists(out_) && !force)
+		throw Error(fmt::format("{}: output already exists (use --force to replace it)", out_.string()));
+	if (!fs::is_directory(out_.parent_path()))
+		throw Error(fmt::format("{}: parent folder does not exist", out_.string()));
+	tmp_ = out_.parent_path() / fmt::format(".{}.weld-tmp-{}", out_.filename().string(), getpid());
+	fs::remove_all(tmp_);
+	fs::create_directory(tmp_);
+}
+
+OutputFolder::~OutputFolder() {
+	if (published_) return;
+	std::error_code ignored;
+	fs::remove_all(tmp_, ignored);
+}
+
+void OutputFolder::publish() {
+	move_into_place(tmp_, out_, force_);
+	published_ = true;
+}
+
 void write_folder_atomically(const fs::path& out_dir, bool force, const std::function<void(const fs::path&)>& fill) {
-	const fs::path out = fs::absolute(out_dir).lexically_normal();
-	if (out.filename().empty()) throw Error(fmt::format("{}: not a valid output folder name", out_dir.string()));
-	if (fs::exists(out) && !force)
-		throw Error(fmt::format("{}: output already exists (use --force to replace it)", out.string()));
-	if (!fs::is_directory(out.parent_path()))
-		throw Error(fmt::format("{}: parent folder does not exist", out.string()));
-	const fs::path tmp = out.parent_path() / fmt::format(".{}.weld-tmp-{}", out.filename().string(), getpid());
-	fs::remove_all(tmp);
-	fs::create_directory(tmp);
-	try {
-		fill(tmp);
-		publish(tmp, out, force);
-	} catch (...) {
-		std::error_code ignored;
-		fs::remove_all(tmp, ignored);
-		throw;
-	}
+	OutputFolder folder(out_dir, force);
+	fill(folder.path());
+	folder.publish();
 }
 
 void copy_tokenizer_files(const fs::path& from, const fs::path& to) {

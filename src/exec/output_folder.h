@@ -9,6 +9,26 @@
 
 namespace weld {
 
+// An output folder being built: an empty temporary folder beside `out`, removed with all it
+// holds when this object goes away unpublished.
+class OutputFolder {
+public:
+	// Throws weld::Error when out exists without force, or its parent folder is missing.
+	OutputFolder(const std::filesystem::path& out, bool force);
+	~OutputFolder();
+	OutputFolder(const OutputFolder&) = delete;
+	OutputFolder& operator=(const OutputFolder&) = delete;
+
+	// Where to write (absolute).
+	const std::filesystem::path& path() const { return tmp_; }
+	// Renames the folder into place as `out` (replacing it with force). Throws weld::Error.
+	void publish();
+
+private:
+	std::filesystem::path out_, tmp_;
+	bool force_ = false, published_ = false;
+};
+
 // Calls fill(tmp) with an empty temporary folder, then publishes it as `out`. Throws
 // weld::Error (out exists without force, parent missing, rename failed) or whatever fill throws.
 void write_folder_atomically(const std::filesystem::path& out, bool force,

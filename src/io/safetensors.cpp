@@ -337,12 +337,23 @@ std::span<const uint8_t> SafetensorsFile::data(const TensorInfo& tensor) const {
 }
 
 void SafetensorsFile::release(const TensorInfo& tensor) const {
-	// Only whole pages inside the tensor: neighbours may still be in use. The pages stay in the
+	release_range(tensor, 0, tensor.nbytes());
+}
+
+void SafetensorsFile::release_range(const TensorInfo& tensor, uint64_t offset, uint64_t bytes) const {
+	// Only whole pages inside the range: neighbours may still be in use. The pages stay in the
 	// page cache; a later read maps them again.
 	static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-	const auto begin = reinterpret_cast<uintptr_t>(map_ + header_.data_offset + tensor.data_begin);
-	const uintptr_t first = (begin + page - 1) / page * page, last = (begin + tensor.nbytes()) / page * page;
+	const auto begin = reinterpret_cast<uintptr_t>(map_ + header_.data_offset + tensor.data_begin + offset);
+	const uintptr_t first = (begin + page - 1) / page * page, last = (begin + bytes) / page * page;
 	if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
+void SafetensorsFile::prefetch(const TensorInfo& tensor) const {
+	static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+	const auto begin = reinterpret_cast<uintptr_t>(map_ + header_.data_offset + tensor.data_begin);
+	const uintptr_t first = begin / page * page;
+	::madvise(reinterpret_cast<void*>(first), begin + tensor.nbytes() - first, MADV_WILLNEED);
 }
 
 // --- index ---
@@ -489,26 +500,76 @@ OutputLayout plan_output_layout(const std::vector<OutputTensorSpec>& tensors, ui
 	return layout;
 }
 
+std::vector<unsigned> shard_ranks(const OutputLayout& layout, unsigned ranks) {
+	if (ranks == 0) throw Error("cannot split an output among 0 ranks");
+	// A shard goes to the rank whose equal share of the total holds the shard's middle byte. In
+	// shard order, so each rank's shards are neighbours (and so, mostly, are the input files it
+	// reads); each share is off by at most one shard. 128 bits: 2 * bytes * ranks can pass 2^64.
+	__extension__ typedef unsigned __int128 u128;
+	u128 total = 0, before = 0;
+	for (const auto& shard : layout.shards)
+		total += shard.file_size;
+	std::vector<unsigned> owner;
+	for (const auto& shard : layout.shards) {
+		// Twice the middle byte's offset: the first byte plus the last.
+		const u128 middle2 = 2 * before + std::max<uint64_t>(shard.file_size, 1) - 1;
+		const u128 rank = total == 0 ? 0 : middle2 * ranks / (2 * total);
+		owner.push_back(static_cast<unsigned>(std::min<u128>(rank, ranks - 1)));
+		before += shard.file_size;
+	}
+	return owner;
+}
+
+void write_shard_index(const std::filesystem::path& dir, const std::vector<OutputTensorSpec>& tensors,
+                       const OutputLayout& layout) {
+	const auto index_path = dir / "model.safetensors.index.json";
+	if (layout.shards.size() == 1) {
+		std::error_code ec;
+		std::filesystem::remove(index_path, ec); // a stale index would hide the new single file
+		return;
+	}
+	nlohmann::json index;
+	index["metadata"]["total_size"] = layout.total_size;
+	index["weight_map"] = nlohmann::json::object();
+	for (size_t i = 0; i < tensors.size(); ++i)
+		index["weight_map"][tensors[i].name] = layout.shards[layout.shard_of[i]].file_name;
+	std::ofstream out(index_path, std::ios::binary | std::ios::trunc);
+	out << index.dump(2) << '\n';
+	out.close();
+	if (!out) fail(escape_for_message(index_path.string(), kMaxLabelBytes), "cannot write the shard index");
+}
+
 SafetensorsWriter::SafetensorsWriter(std::filesystem::path dir, std::vector<OutputTensorSpec> tensors,
-                                     uint64_t max_shard_bytes)
+                                     uint64_t max_shard_bytes, WriterPart part)
     : dir_(std::move(dir)), specs_(std::move(tensors)), layout_(plan_output_layout(specs_, max_shard_bytes)),
-      written_(specs_.size(), 0) {
+      part_(part), written_(specs_.size(), 0) {
+	if (part_.rank >= part_.ranks)
+		fail(escape_for_message(dir_.string(), kMaxLabelBytes),
+		     fmt::format("writer part {} of {} does not exist", part_.rank, part_.ranks));
+	shard_rank_ = shard_ranks(layout_, part_.ranks);
+	fds_.assign(layout_.shards.size(), -1);
 	try {
-		for (const auto& shard : layout_.shards) {
+		for (size_t k = 0; k < layout_.shards.size(); ++k) {
+			if (shard_rank_[k] != part_.rank) continue; // another rank creates it
+			const auto& shard = layout_.shards[k];
 			const auto path = dir_ / shard.file_name;
 			const std::string where = escape_for_message(path.string(), kMaxLabelBytes);
 			const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 			if (fd < 0) fail(where, fmt::format("cannot create: {}", std::strerror(errno)));
-			fds_.push_back(fd);
+			fds_[k] = fd;
 			pwrite_all(fd, reinterpret_cast<const uint8_t*>(shard.header.data()), shard.header.size(), 0, path);
 			if (::ftruncate(fd, static_cast<off_t>(shard.file_size)) != 0)
 				fail(where, fmt::format("cannot size to {} bytes: {}", shard.file_size, std::strerror(errno)));
 		}
 	} catch (...) {
 		for (int fd : fds_)
-			::close(fd);
+			if (fd >= 0) ::close(fd);
 		throw;
 	}
+}
+
+bool SafetensorsWriter::owns(size_t tensor_index) const {
+	return tensor_index < specs_.size() && shard_rank_[layout_.shard_of[tensor_index]] == part_.rank;
 }
 
 bool SafetensorsWriter::is_complete(size_t i) const {
@@ -519,7 +580,7 @@ bool SafetensorsWriter::is_complete(size_t i) const {
 
 SafetensorsWriter::~SafetensorsWriter() {
 	for (int fd : fds_)
-		::close(fd); // only after a failure; finish() closes and checks
+		if (fd >= 0) ::close(fd); // only after a failure; finish() closes and checks
 }
 
 void SafetensorsWriter::write(size_t tensor_index, std::span<const uint8_t> bytes) {
@@ -530,8 +591,14 @@ void SafetensorsWriter::write_range(size_t tensor_index, uint64_t offset, std::s
 	const std::string where = escape_for_message(dir_.string(), kMaxLabelBytes);
 	if (tensor_index >= specs_.size())
 		fail(where, fmt::format("write of tensor #{}, but only {} are planned", tensor_index, specs_.size()));
-	if (fds_.empty()) fail(where, "write after finish()");
+	if (finished_) fail(where, "write after finish()");
 	const auto& spec = specs_[tensor_index];
+	if (!owns(tensor_index)) {
+		const size_t shard = layout_.shard_of[tensor_index];
+		fail(where,
+		     fmt::format("tensor {} is in shard {}, which rank {} writes, not rank {}", quote_for_message(spec.name),
+		                 layout_.shards[shard].file_name, shard_rank_[shard], part_.rank));
+	}
 	const uint64_t expected = spec.nbytes();
 	if (whole ? bytes.size() != expected : offset > expected || bytes.size() > expected - offset)
 		fail(where, fmt::format("tensor {}: got {} bytes at offset {}, but shape {} of {} needs {}",
@@ -556,39 +623,30 @@ void SafetensorsWriter::write_range(size_t tensor_index, uint64_t offset, std::s
 
 void SafetensorsWriter::finish() {
 	const std::string where = escape_for_message(dir_.string(), kMaxLabelBytes);
-	if (fds_.empty()) fail(where, "finish() called twice");
-	size_t missing = 0, first = specs_.size();
-	for (size_t i = specs_.size(); i-- > 0;)
+	if (finished_) fail(where, "finish() called twice");
+	size_t missing = 0, owned = 0, first = specs_.size();
+	for (size_t i = specs_.size(); i-- > 0;) {
+		if (!owns(i)) continue;
+		owned++;
 		if (!is_complete(i)) {
 			missing++;
 			first = i;
 		}
+	}
 	if (missing > 0) {
-		fail(where, fmt::format("{} of {} tensors were never written (first: {})", missing, specs_.size(),
+		fail(where, fmt::format("{} of {} tensors were never written (first: {})", missing, owned,
 		                        quote_for_message(specs_[first].name)));
 	}
 	std::string close_error;
-	for (size_t k = 0; k < fds_.size(); ++k)
+	for (size_t k = 0; k < fds_.size(); ++k) {
+		if (fds_[k] < 0) continue;
 		if (::close(fds_[k]) != 0 && close_error.empty())
 			close_error = fmt::format("{}: {}", layout_.shards[k].file_name, std::strerror(errno));
-	fds_.clear();
-	if (!close_error.empty()) fail(where, "closing shard failed: " + close_error);
-
-	const auto index_path = dir_ / "model.safetensors.index.json";
-	if (layout_.shards.size() == 1) {
-		std::error_code ec;
-		std::filesystem::remove(index_path, ec); // a stale index would hide the new single file
-		return;
+		fds_[k] = -1;
 	}
-	nlohmann::json index;
-	index["metadata"]["total_size"] = layout_.total_size;
-	index["weight_map"] = nlohmann::json::object();
-	for (size_t i = 0; i < specs_.size(); ++i)
-		index["weight_map"][specs_[i].name] = layout_.shards[layout_.shard_of[i]].file_name;
-	std::ofstream out(index_path, std::ios::binary | std::ios::trunc);
-	out << index.dump(2) << '\n';
-	out.close();
-	if (!out) fail(escape_for_message(index_path.string(), kMaxLabelBytes), "cannot write the shard index");
+	finished_ = true;
+	if (!close_error.empty()) fail(where, "closing shard failed: " + close_error);
+	if (part_.ranks == 1) write_shard_index(dir_, specs_, layout_);
 }
 
 } // namespace weld

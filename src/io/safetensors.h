@@ -76,6 +76,10 @@ public:
 	// Drops the tensor's pages from this process's memory once read, so that resident memory
 	// does not grow with the model while streaming through it.
 	void release(const TensorInfo& tensor) const;
+	// The same for bytes [offset, offset + bytes) of the tensor's data.
+	void release_range(const TensorInfo& tensor, uint64_t offset, uint64_t bytes) const;
+	// Asks the kernel to start reading the tensor's pages in the background.
+	void prefetch(const TensorInfo& tensor) const;
 
 private:
 	std::filesystem::path path_;
@@ -119,28 +123,53 @@ struct OutputLayout {
 };
 OutputLayout plan_output_layout(const std::vector<OutputTensorSpec>& tensors, uint64_t max_shard_bytes);
 
+// Which rank writes each shard when `ranks` processes share one output (distributed merges):
+// per shard, a rank in [0, ranks). Shards go in contiguous runs balanced by file size, so every
+// rank's bytes are within one shard of total / ranks; with more ranks than shards some get none.
+std::vector<unsigned> shard_ranks(const OutputLayout& layout, unsigned ranks);
+
+// Writes model.safetensors.index.json for a layout of more than one shard; with one shard it
+// removes a stale index instead (it would hide the new single file).
+void write_shard_index(const std::filesystem::path& dir, const std::vector<OutputTensorSpec>& tensors,
+                       const OutputLayout& layout);
+
+// The part of the output one process writes: the shards shard_ranks() gives to `rank`.
+struct WriterPart {
+	unsigned rank = 0;
+	unsigned ranks = 1;
+};
+
 // Writes a planned set of shards into a folder. write() may be called from several threads at
-// once, in any order; the bytes on disk depend only on the data, never on the order.
+// once, in any order; the bytes on disk depend only on the data, never on the order. Given a
+// part of several, it creates and writes only that part's shards; the shard index is then
+// written once, by whoever knows that all parts are finished (write_shard_index).
 class SafetensorsWriter {
 public:
-	SafetensorsWriter(std::filesystem::path dir, std::vector<OutputTensorSpec> tensors, uint64_t max_shard_bytes);
+	SafetensorsWriter(std::filesystem::path dir, std::vector<OutputTensorSpec> tensors, uint64_t max_shard_bytes,
+	                  WriterPart part = {});
 	~SafetensorsWriter();
 	SafetensorsWriter(const SafetensorsWriter&) = delete;
 	SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
 
 	const OutputLayout& layout() const { return layout_; }
+	// Whether the tensor's shard belongs to this writer's part (always, for a whole output).
+	bool owns(size_t tensor_index) const;
 	void write(size_t tensor_index, std::span<const uint8_t> bytes);
 	// Writes part of a tensor; the parts of one tensor must not overlap. whole: bytes is all of it.
 	void write_range(size_t tensor_index, uint64_t byte_offset, std::span<const uint8_t> bytes, bool whole = false);
-	// Closes the shards (checking every tensor was written) and writes
-	// model.safetensors.index.json when there is more than one shard.
+	// Closes this part's shards (checking each of their tensors was written). For a whole
+	// output it then writes the shard index (write_shard_index); for one part of several it
+	// does not, as the other parts may still be writing.
 	void finish();
 
 private:
 	std::filesystem::path dir_;
 	std::vector<OutputTensorSpec> specs_;
 	OutputLayout layout_;
-	std::vector<int> fds_;
+	WriterPart part_;
+	std::vector<unsigned> shard_rank_;
+	std::vector<int> fds_; // per shard; -1 for other parts' shards
+	bool finished_ = false;
 	std::vector<uint64_t> written_; // bytes written per tensor
 
 	bool is_complete(size_t tensor_index) const;

@@ -27,9 +27,25 @@ public:
 
 	int stat_passes() const override { return 1; }
 	void observe(int, const Block& block, unsigned) override {
+		// Interleaved partial sums in a fixed order, so the loop vectorizes deterministically.
+		constexpr size_t kLanes = 4;
 		const std::span<const float> a = block.sources[v0_], b = block.sources[v1_];
+		double dot[kLanes] = {}, aa[kLanes] = {}, bb[kLanes] = {};
+		const size_t whole = a.size() / kLanes * kLanes;
+		for (size_t j = 0; j < whole; j += kLanes)
+			for (size_t l = 0; l < kLanes; ++l) {
+				const double x = a[j + l], y = b[j + l];
+				dot[l] += x * y;
+				aa[l] += x * x;
+				bb[l] += y * y;
+			}
 		Sums& sums = sums_[block.index];
-		for (size_t j = 0; j < a.size(); ++j) {
+		for (size_t l = 0; l < kLanes; ++l) {
+			sums.dot += dot[l];
+			sums.aa += aa[l];
+			sums.bb += bb[l];
+		}
+		for (size_t j = whole; j < a.size(); ++j) {
 			sums.dot += static_cast<double>(a[j]) * b[j];
 			sums.aa += static_cast<double>(a[j]) * a[j];
 			sums.bb += static_cast<double>(b[j]) * b[j];

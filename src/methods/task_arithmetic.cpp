@@ -10,6 +10,7 @@
 #include "tensor/topk.h"
 #include "util/error.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fmt/format.h>
 
@@ -37,33 +38,41 @@ struct MixRule {
 constexpr size_t kMixChunk = 512;
 
 // out[j] = merged delta at j from deltas[i][j] (i over task vectors), for count <= kMixChunk.
-// Loops run over elements innermost so they vectorize; sums follow the task-vector order.
+// Loops run over elements innermost, branch-free, so they vectorize; sums follow the
+// task-vector order. Sign election sweeps twice: the sign of the total first, then the sum of
+// the deltas (and weights) that agree with it; zeros agree with neither sign.
 void mix_chunk(const MixRule& rule, std::span<const float* const> deltas, size_t count, float* out) {
-	double total[kMixChunk] = {}, positive[kMixChunk] = {}, negative[kMixChunk] = {};
-	double positive_weight[kMixChunk] = {}, negative_weight[kMixChunk] = {};
+	double total[kMixChunk], sign[kMixChunk], agreeing[kMixChunk], agreeing_weight[kMixChunk];
+	std::fill_n(total, count, 0.0);
+	for (size_t i = 0; i < deltas.size(); ++i) {
+		const double w = rule.weights[i];
+		const float* d = deltas[i];
+		for (size_t j = 0; j < count; ++j)
+			total[j] += w * static_cast<double>(d[j]);
+	}
+	if (!rule.sign_election) {
+		const double divisor = rule.normalize ? rule.plain_divisor : 1.0;
+		for (size_t j = 0; j < count; ++j)
+			out[j] = static_cast<float>(total[j] / divisor);
+		return;
+	}
+	for (size_t j = 0; j < count; ++j) {
+		sign[j] = total[j] >= 0 ? 1.0 : -1.0;
+		agreeing[j] = agreeing_weight[j] = 0;
+	}
 	for (size_t i = 0; i < deltas.size(); ++i) {
 		const double w = rule.weights[i];
 		const float* d = deltas[i];
 		for (size_t j = 0; j < count; ++j) {
 			const double weighted = w * static_cast<double>(d[j]);
-			total[j] += weighted;
-			if (!rule.sign_election) continue;
-			// Zeros match neither sign.
-			positive[j] += weighted > 0 ? weighted : 0.0;
-			positive_weight[j] += weighted > 0 ? w : 0.0;
-			negative[j] += weighted < 0 ? weighted : 0.0;
-			negative_weight[j] += weighted < 0 ? w : 0.0;
+			const bool agree = weighted * sign[j] > 0;
+			agreeing[j] += agree ? weighted : 0.0;
+			agreeing_weight[j] += agree ? w : 0.0;
 		}
 	}
 	for (size_t j = 0; j < count; ++j) {
-		double mixed = total[j], divisor = rule.plain_divisor;
-		if (rule.sign_election) {
-			const bool up = total[j] >= 0;
-			mixed = up ? positive[j] : negative[j];
-			divisor = up ? positive_weight[j] : negative_weight[j];
-			if (divisor == 0) divisor = 1;
-		}
-		out[j] = static_cast<float>(rule.normalize ? mixed / divisor : mixed);
+		const double divisor = !rule.normalize ? 1.0 : agreeing_weight[j] == 0 ? 1.0 : agreeing_weight[j];
+		out[j] = static_cast<float>(agreeing[j] / divisor);
 	}
 }
 
@@ -122,9 +131,9 @@ public:
 				s.top_k->observe(pass, block.index, d, worker);
 				continue;
 			}
-			s.l1_before[block.index] = sum_of_magnitudes(d);
+			s.l1_before[block.index] = l1_norm(d);
 			drop(block, s, d);
-			s.l1_after[block.index] = sum_of_magnitudes(d);
+			s.l1_after[block.index] = l1_norm(d);
 		}
 	}
 
@@ -187,15 +196,7 @@ private:
 	static void drop(const Block& block, const Source& s, std::span<float> d) {
 		if (s.drop == Sparsification::Magnitude) s.top_k->apply(block.index, d);
 		if (s.drop != Sparsification::Random) return;
-		for (size_t j = 0; j < d.size(); ++j)
-			if (!(random_uniform(s.random_key, block.offset + j) < s.density)) d[j] = 0.0f;
-	}
-
-	static double sum_of_magnitudes(std::span<const float> d) {
-		double sum = 0;
-		for (float x : d)
-			sum += std::fabs(static_cast<double>(x));
-		return sum;
+		random_drop(d, s.random_key, block.offset, s.density);
 	}
 };
 
@@ -339,8 +340,7 @@ private:
 			keep_top_k_by_magnitude(delta, magnitude_keep_count(input, source, density, delta.size()));
 			return;
 		case Sparsification::Random:
-			for (size_t j = 0; j < delta.size(); ++j)
-				if (!(random_uniform(key, j) < density)) delta[j] = 0.0f;
+			random_drop(delta, key, 0, density);
 			return;
 		case Sparsification::MagnitudeOutliers: {
 			// mergekit: keep int(density n) elements below the int(gamma n) largest, fewer

@@ -1,6 +1,7 @@
 #include "tensor/kernels.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -16,14 +17,8 @@ inline float magnitude(float x) {
 	return std::isnan(x) ? std::numeric_limits<float>::infinity() : std::fabs(x);
 }
 
-// splitmix64's output function (Steele, Lea, Flood 2014): a bijective 64-bit mixer.
-inline uint64_t mix64(uint64_t z) {
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
-
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+using random_detail::kGolden;
+using random_detail::mix64;
 
 uint64_t fnv1a64(std::string_view text) {
 	uint64_t h = 0xCBF29CE484222325ull;
@@ -112,22 +107,38 @@ void della_magprune(std::span<float> values, size_t row_length, double density, 
 }
 
 double l1_norm(std::span<const float> values) {
+	// Eight interleaved partial sums in a fixed order: the loop vectorizes, and the result
+	// depends only on the values.
+	constexpr size_t kLanes = 8;
+	double lanes[kLanes] = {};
+	const size_t whole = values.size() / kLanes * kLanes;
+	for (size_t j = 0; j < whole; j += kLanes)
+		for (size_t l = 0; l < kLanes; ++l)
+			lanes[l] += std::fabs(static_cast<double>(values[j + l]));
 	double sum = 0;
-	for (float x : values)
-		sum += std::fabs(static_cast<double>(x));
+	for (double lane : lanes)
+		sum += lane;
+	for (size_t j = whole; j < values.size(); ++j)
+		sum += std::fabs(static_cast<double>(values[j]));
 	return sum;
+}
+
+void random_drop(std::span<float> values, uint64_t stream_key, uint64_t first_index, double probability) {
+	// random_uniform(key, i) < p  <=>  (bits >> 11) < p * 2^53 (exact: a power-of-two scale)
+	// <=>  (bits >> 11) < ceil(p * 2^53), all in integers.
+	const double scaled = std::ceil(std::clamp(probability, 0.0, 1.0) * 0x1p53);
+	const auto limit = static_cast<uint64_t>(scaled);
+	for (size_t j = 0; j < values.size(); ++j) {
+		const uint64_t bits = mix64(stream_key + (first_index + j + 1) * kGolden) >> 11;
+		const uint32_t keep = 0u - static_cast<uint32_t>(bits < limit);
+		values[j] = std::bit_cast<float>(std::bit_cast<uint32_t>(values[j]) & keep);
+	}
 }
 
 uint64_t random_stream_key(uint64_t seed, std::string_view tensor_name, uint64_t model_index) {
 	uint64_t key = mix64(seed + kGolden);
 	key = mix64(key ^ fnv1a64(tensor_name));
 	return mix64(key ^ (model_index + kGolden));
-}
-
-double random_uniform(uint64_t stream_key, uint64_t index) {
-	// The index-th output of a splitmix64 generator seeded with stream_key.
-	uint64_t bits = mix64(stream_key + (index + 1) * kGolden);
-	return static_cast<double>(bits >> 11) * 0x1p-53;
 }
 
 } // namespace weld

@@ -2,6 +2,7 @@
 
 #include "util/error.h"
 
+#include <algorithm>
 #include <bit>
 #include <fmt/format.h>
 
@@ -34,7 +35,7 @@ TopKSelection::TopKSelection(uint64_t n, uint64_t k, uint64_t blocks, unsigned w
 }
 
 bool TopKSelection::wants_pass(int pass) const {
-	return !keep_all_ && (pass < 2 || !keep_all_ties_);
+	return !keep_all_ && (pass < 2 || !(keep_all_ties_ || ties_counted_));
 }
 
 void TopKSelection::observe(int pass, uint64_t block, std::span<const float> values, unsigned worker) {
@@ -45,10 +46,14 @@ void TopKSelection::observe(int pass, uint64_t block, std::span<const float> val
 			histogram[magnitude_key(x) >> kLowBits]++;
 	} else if (pass == 1) {
 		histogram.resize(kLowBins, 0);
+		uint32_t in_bin = 0;
 		for (float x : values) {
 			const uint32_t key = magnitude_key(x);
-			if ((key >> kLowBits) == high_bin_) histogram[key & kLowMask]++;
+			if ((key >> kLowBits) != high_bin_) continue;
+			histogram[key & kLowMask]++;
+			in_bin++;
 		}
+		ties_per_block_[block] = in_bin; // the ties, when the bin turns out to hold one value
 	} else {
 		uint32_t ties = 0;
 		for (float x : values)
@@ -71,6 +76,9 @@ void TopKSelection::end_pass(int pass) {
 		above_high_bin_ = above;
 	} else if (pass == 1) {
 		const auto total = take_total(histograms_, kLowBins);
+		// Differences of bfloat16 numbers have few significant bits, so the bin often holds a
+		// single value: then pass 1's per-block counts are the tie counts and pass 2 is not needed.
+		ties_counted_ = std::count_if(total.begin(), total.end(), [](uint64_t c) { return c > 0; }) == 1;
 		uint64_t above = above_high_bin_;
 		for (uint32_t low = kLowBins; low-- > 0;) {
 			if (above + total[low] >= k_) {
@@ -83,16 +91,21 @@ void TopKSelection::end_pass(int pass) {
 		}
 		histograms_.clear();
 		histograms_.shrink_to_fit();
+		if (ties_counted_ && !keep_all_ties_) find_cutoff();
 	} else {
-		uint64_t before = 0;
-		for (uint64_t b = 0; b < ties_per_block_.size(); ++b) {
-			if (before + ties_per_block_[b] >= ties_to_keep_) {
-				cutoff_block_ = b;
-				ties_in_cutoff_block_ = ties_to_keep_ - before;
-				break;
-			}
-			before += ties_per_block_[b];
+		find_cutoff();
+	}
+}
+
+void TopKSelection::find_cutoff() {
+	uint64_t before = 0;
+	for (uint64_t b = 0; b < ties_per_block_.size(); ++b) {
+		if (before + ties_per_block_[b] >= ties_to_keep_) {
+			cutoff_block_ = b;
+			ties_in_cutoff_block_ = ties_to_keep_ - before;
+			return;
 		}
+		before += ties_per_block_[b];
 	}
 }
 

@@ -2,8 +2,9 @@
 // radix selection on the float bit patterns (|x| orders like its bits with the sign cleared).
 // Pass 0 histograms the top 16 bits, pass 1 the low 15 bits within the bin holding the k-th
 // largest, which gives the threshold T exactly; pass 2 (only when the elements equal to T cannot
-// all be kept) counts them per block, so the kept ones can be the first in index order, as in
-// keep_top_k_by_magnitude. Every pass may see its blocks in any order on several workers.
+// all be kept, and that bin held other values too) counts them per block, so the kept ones can be
+// the first in index order, as in keep_top_k_by_magnitude. Every pass may see its blocks in any order on several
+// workers.
 #pragma once
 
 #include <cstdint>
@@ -37,9 +38,12 @@ private:
 	uint32_t threshold_ = 0;    // |x| bit pattern of the k-th largest
 	uint64_t ties_to_keep_ = 0; // of the elements equal to the threshold
 	bool keep_all_ties_ = false;
-	std::vector<uint32_t> ties_per_block_; // pass 2
+	bool ties_counted_ = false;            // pass 1 found the bin holds only the threshold
+	std::vector<uint32_t> ties_per_block_; // pass 2 (or pass 1 when ties_counted_)
 	uint64_t cutoff_block_ = 0;            // ties kept: all in earlier blocks, the first
 	uint64_t ties_in_cutoff_block_ = 0;    // ties_in_cutoff_block_ in this one
+
+	void find_cutoff();
 };
 
 } // namespace weld
