@@ -86,6 +86,12 @@ TEST(TopKSelection, MatchesSortingWithDistinctValuesAndExactTiesAtTheThreshold) 
 		ties[j] = -1.0f;
 	EXPECT_EQ(streamed_top_k(ties, n / 2), sorted_top_k(ties, n / 2));
 	EXPECT_EQ(streamed_top_k(ties, n / 3 + kBlockElements + 17), sorted_top_k(ties, n / 3 + kBlockElements + 17));
+	// Every value in one 16-bit bin, seven distinct ones: too many to keep, so pass 2 counts ties.
+	std::vector<float> crowded(values.size());
+	for (size_t j = 0; j < crowded.size(); ++j)
+		crowded[j] = (j % 2 ? -1.0f : 1.0f) + static_cast<float>((j * 5) % 7) * 0x1p-20f;
+	for (uint64_t k : {n / 5, n / 2 + 3})
+		EXPECT_EQ(streamed_top_k(crowded, k), sorted_top_k(crowded, k)) << "k = " << k;
 }
 
 // Base + 3 bfloat16 fine-tunes whose embeddings (1100 x 1024) span two work items of the executor.

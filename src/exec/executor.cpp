@@ -157,11 +157,21 @@ struct WorkerBuffers {
 };
 
 // A tensor merged in blocks straight from the memory maps: each statistics pass and the output
-// pass run over the tensor's items on every thread, and each item's input pages are released
-// once read, so memory stays at a few blocks per thread whatever the tensor size.
-void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, SafetensorsWriter& writer, unsigned threads,
-                std::vector<WorkerBuffers>& buffers) {
+// pass run over the tensor's items on every thread. Inputs that fit the memory budget are mapped
+// once, up front, and stay mapped through the passes; larger ones are released item by item as
+// read (and fault in again in the next pass), so memory stays within the budget plus a few
+// blocks per thread whatever the tensor size.
+void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, SafetensorsWriter& writer,
+                const ExecOptions& options, std::vector<WorkerBuffers>& buffers) {
 	const TensorJob& job = plan.jobs[index];
+	const unsigned threads = std::max(1u, options.threads);
+	uint64_t input_bytes = 0;
+	for (const auto& source : job.sources)
+		input_bytes += source.tensor->info->nbytes();
+	const bool stay_mapped = input_bytes <= options.memory_budget;
+	if (stay_mapped)
+		for (const auto& source : job.sources)
+			source.tensor->file->prefetch(*source.tensor->info, true);
 	const uint64_t n = job.numel(), blocks = block_count(n);
 	const uint64_t items = (blocks + kItemBlocks - 1) / kItemBlocks;
 	const size_t out_size = dtype_size(job.out_dtype);
@@ -194,6 +204,7 @@ void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, SafetensorsW
 				convert_from_f32(job.out_dtype, wb.out.data(), wb.staged.data() + (offset - first) * out_size, size);
 			}
 			for (const auto& source : job.sources) {
+				if (stay_mapped) break;
 				const uint64_t element = dtype_size(source.tensor->info->dtype);
 				source.tensor->file->release_range(*source.tensor->info, first * element, (end - first) * element);
 			}
@@ -257,7 +268,10 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 		specs.push_back({job.name, job.out_dtype, job.shape});
 	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes, {options.rank, options.ranks});
 	const unsigned threads = std::max(1u, options.threads);
-	Progress progress(plan.jobs.size(), options.progress);
+	std::vector<size_t> own_jobs; // all of them, except in a distributed merge
+	for (size_t i = 0; i < plan.jobs.size(); i++)
+		if (writer.owns(i)) own_jobs.push_back(i);
+	Progress progress(own_jobs.size(), options.progress);
 	std::atomic<bool> finished{false};
 	std::thread ticker;
 	if (options.progress)
@@ -272,8 +286,8 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 		// the others then run side by side, one per thread, under the memory budget.
 		std::vector<size_t> whole_tensor_jobs;
 		std::vector<WorkerBuffers> buffers(threads);
-		for (size_t i = 0; i < plan.jobs.size(); i++) {
-			if (!writer.owns(i)) continue; // another rank's shard
+		for (size_t k = 0; k < own_jobs.size(); k++) {
+			const size_t i = own_jobs[k];
 			const TensorJob& job = plan.jobs[i];
 			auto kernel =
 			    job.is_plain_copy(*plan.method)
@@ -283,10 +297,10 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 				whole_tensor_jobs.push_back(i);
 				continue;
 			}
-			if (i + 1 < plan.jobs.size())
-				for (const auto& source : plan.jobs[i + 1].sources)
+			if (k + 1 < own_jobs.size())
+				for (const auto& source : plan.jobs[own_jobs[k + 1]].sources)
 					source.tensor->file->prefetch(*source.tensor->info);
-			stream_job(plan, i, *kernel, writer, threads, buffers);
+			stream_job(plan, i, *kernel, writer, options, buffers);
 			progress.done(job.out_nbytes());
 		}
 		buffers.clear();

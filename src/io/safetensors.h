@@ -78,8 +78,9 @@ public:
 	void release(const TensorInfo& tensor) const;
 	// The same for bytes [offset, offset + bytes) of the tensor's data.
 	void release_range(const TensorInfo& tensor, uint64_t offset, uint64_t bytes) const;
-	// Asks the kernel to start reading the tensor's pages in the background.
-	void prefetch(const TensorInfo& tensor) const;
+	// Asks the kernel to start reading the tensor's pages in the background; map_now: also map
+	// them into this process now (they then count as resident until released).
+	void prefetch(const TensorInfo& tensor, bool map_now = false) const;
 
 private:
 	std::filesystem::path path_;

@@ -5,55 +5,88 @@
 #include <algorithm>
 #include <bit>
 #include <fmt/format.h>
+#include <numeric>
 
 namespace weld {
 namespace {
 
 constexpr uint32_t kLowBits = 15;
 constexpr uint32_t kHighBins = 1u << 16, kLowBins = 1u << kLowBits, kLowMask = kLowBins - 1;
+// Histograms are kept as kWays interleaved copies: runs of equal values (common) would otherwise
+// chain every increment on the one before through memory.
+constexpr uint32_t kWays = 4;
+constexpr size_t kMaxBlock = 1u << 14; // elements per block, at most (kBlockElements)
 
 inline uint32_t magnitude_key(float x) {
 	return std::bit_cast<uint32_t>(x) & 0x7FFFFFFFu;
 }
 
-// Sums the workers' histograms and clears them for the next pass.
+// Sums the workers' interleaved histograms and clears them for the next pass.
 std::vector<uint64_t> take_total(std::vector<std::vector<uint32_t>>& histograms, size_t bins) {
 	std::vector<uint64_t> total(bins, 0);
 	for (auto& h : histograms) {
 		for (size_t b = 0; b < h.size(); ++b)
-			total[b] += h[b];
+			total[b % bins] += h[b];
 		h.clear();
 	}
 	return total;
 }
 
+// Counts values[j] into histogram way j % kWays at key(values[j]).
+template <class T, class Key>
+void count_interleaved(std::span<const T> values, uint32_t* histogram, size_t bins, Key key) {
+	size_t j = 0;
+	for (; j + kWays <= values.size(); j += kWays)
+		for (uint32_t w = 0; w < kWays; ++w)
+			histogram[w * bins + key(values[j + w])]++;
+	for (; j < values.size(); ++j)
+		histogram[key(values[j])]++;
+}
+
 } // namespace
 
 TopKSelection::TopKSelection(uint64_t n, uint64_t k, uint64_t blocks, unsigned workers)
-    : k_(k), keep_all_(k >= n), histograms_(workers), ties_per_block_(keep_all_ ? 0 : blocks, 0) {
+    : k_(k), keep_all_(k >= n), histograms_(workers) {
 	if (n >= (1ull << 32)) throw Error(fmt::format("magnitude selection over {} elements: at most 2^32 - 1", n));
+	if (!keep_all_) {
+		ties_per_block_.resize(blocks, 0);
+		low_bits_.resize(blocks);
+		keep_low_bits_limit_ = n / 8;
+	}
 }
 
 bool TopKSelection::wants_pass(int pass) const {
-	return !keep_all_ && (pass < 2 || !(keep_all_ties_ || ties_counted_));
+	if (keep_all_) return false;
+	return pass <= 1 || !(keep_all_ties_ || ties_counted_);
 }
 
 void TopKSelection::observe(int pass, uint64_t block, std::span<const float> values, unsigned worker) {
 	std::vector<uint32_t>& histogram = histograms_[worker];
 	if (pass == 0) {
-		histogram.resize(kHighBins, 0);
-		for (float x : values)
-			histogram[magnitude_key(x) >> kLowBits]++;
+		histogram.resize(kWays * kHighBins, 0);
+		count_interleaved(values, histogram.data(), kHighBins, [](float x) { return magnitude_key(x) >> kLowBits; });
 	} else if (pass == 1) {
-		histogram.resize(kLowBins, 0);
-		uint32_t in_bin = 0;
-		for (float x : values) {
-			const uint32_t key = magnitude_key(x);
-			if ((key >> kLowBits) != high_bin_) continue;
-			histogram[key & kLowMask]++;
-			in_bin++;
+		// Gather the low bits of the elements in the bin (a store per element, no branch), then
+		// histogram just those.
+		uint16_t low[kMaxBlock];
+		const size_t size = values.size();
+		if (size > kMaxBlock) throw Error(fmt::format("magnitude selection: block of {} elements", size));
+		const uint32_t bin = high_bin_;
+		size_t in_bin = 0;
+		for (size_t j = 0; j < size; ++j) {
+			const uint32_t key = magnitude_key(values[j]);
+			low[in_bin] = static_cast<uint16_t>(key & kLowMask);
+			in_bin += (key >> kLowBits) == bin ? 1 : 0;
 		}
-		ties_per_block_[block] = in_bin; // the ties, when the bin turns out to hold one value
+		histogram.resize(kWays * kLowBins, 0);
+		count_interleaved(std::span<const uint16_t>(low, in_bin), histogram.data(), kLowBins,
+		                  [](uint16_t l) { return l; });
+		ties_per_block_[block] = static_cast<uint32_t>(in_bin);
+		// Keep them while they are few, so the ties of T can be counted without pass 2.
+		if (kept_low_bits_.fetch_add(in_bin) + in_bin <= keep_low_bits_limit_)
+			low_bits_[block].assign(low, low + in_bin);
+		else
+			low_bits_incomplete_ = true;
 	} else {
 		uint32_t ties = 0;
 		for (float x : values)
@@ -76,25 +109,36 @@ void TopKSelection::end_pass(int pass) {
 		above_high_bin_ = above;
 	} else if (pass == 1) {
 		const auto total = take_total(histograms_, kLowBins);
-		// Differences of bfloat16 numbers have few significant bits, so the bin often holds a
-		// single value: then pass 1's per-block counts are the tie counts and pass 2 is not needed.
-		ties_counted_ = std::count_if(total.begin(), total.end(), [](uint64_t c) { return c > 0; }) == 1;
 		uint64_t above = above_high_bin_;
 		for (uint32_t low = kLowBins; low-- > 0;) {
 			if (above + total[low] >= k_) {
-				threshold_ = (high_bin_ << kLowBits) | low;
-				ties_to_keep_ = k_ - above;
-				keep_all_ties_ = ties_to_keep_ == total[low];
+				set_threshold((high_bin_ << kLowBits) | low, above, total[low]);
 				break;
 			}
 			above += total[low];
 		}
-		histograms_.clear();
-		histograms_.shrink_to_fit();
-		if (ties_counted_ && !keep_all_ties_) find_cutoff();
+		const uint32_t threshold_low = threshold_ & kLowMask;
+		const bool single_value = total[threshold_low] == std::accumulate(total.begin(), total.end(), uint64_t{0});
+		if (single_value || !low_bits_incomplete_) {
+			// The bin's counts per block are the ties, or the kept low bits give them.
+			for (size_t b = 0; !single_value && b < low_bits_.size(); ++b)
+				ties_per_block_[b] =
+				    static_cast<uint32_t>(std::count(low_bits_[b].begin(), low_bits_[b].end(), threshold_low));
+			if (!keep_all_ties_) find_cutoff();
+			ties_counted_ = true;
+		}
+		low_bits_ = {};
 	} else {
 		find_cutoff();
 	}
+	if (pass >= 1) histograms_ = {};
+	if (pass >= 1 && ties_counted_) ties_per_block_ = {};
+}
+
+void TopKSelection::set_threshold(uint32_t threshold, uint64_t above, uint64_t equal) {
+	threshold_ = threshold;
+	ties_to_keep_ = k_ - above;
+	keep_all_ties_ = ties_to_keep_ == equal;
 }
 
 void TopKSelection::find_cutoff() {
