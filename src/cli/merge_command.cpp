@@ -105,7 +105,7 @@ std::function<int()> add_merge_command(CLI::App& app) {
 	              "validate the recipe and inputs, print each output tensor's sources and parameters, write nothing");
 	cmd->add_option("--threads", args->threads, "worker threads (default: all cores)")->check(CLI::PositiveNumber);
 	cmd->add_option("--memory-budget", args->memory_budget,
-	                "most working-buffer memory in flight, e.g. 4GB (default: a quarter of RAM)");
+	                "most memory for mapped input pages and working buffers, e.g. 4GB (default: a quarter of RAM)");
 	cmd->add_option("--out-shard-size", args->shard_size,
 	                "largest output shard, e.g. 500MB, 2GB (default 5GB); under mpirun each rank writes whole "
 	                "shards, so use at least as many shards as ranks");

@@ -1,7 +1,9 @@
 // Runs a plan's tensor jobs on a pool of threads and streams the results into safetensors
-// shards. Working buffers in flight never exceed the memory budget (a job larger than the
-// budget runs alone), inputs are read through the memory maps, and the bytes written do not
-// depend on the thread count.
+// shards; the bytes written do not depend on the thread count. Tensors whose method merges in
+// blocks (MergeMethod::block_merge) stream one at a time, split across all threads, from the
+// memory maps straight into the output: a few blocks per thread, plus the tensor's input pages
+// while they fit the memory budget. The other jobs take whole float32 copies and run side by
+// side while their buffers fit the budget (a job larger than the budget runs alone).
 #pragma once
 
 #include "plan/plan.h"
