@@ -1,0 +1,136 @@
+#include "nn/eval.h"
+
+#include "io/safetensors.h"
+#include "nn/llama.h"
+#include "nn/tokenizer.h"
+#include "util/error.h"
+
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace weld::nn {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr size_t kExtraAnswerBytes = 8; // generated beyond the answer's length, to see it end
+
+std::string show(const fs::path& path) {
+	return escape_for_message(path.string(), 400);
+}
+
+at::ScalarType parse_dtype(const std::string& name) {
+	if (name == "float32") return at::kFloat;
+	if (name == "bfloat16") return at::kBFloat16;
+	throw Error(fmt::format("--dtype {}: expected float32 or bfloat16", quote_for_message(name)));
+}
+
+at::Tensor as_tensor(const std::vector<int64_t>& ids) {
+	return at::tensor(at::ArrayRef<int64_t>(ids), at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
+}
+
+ByteTokenizer byte_tokenizer(const fs::path& model_dir, const LlamaConfig& config) {
+	if (const auto own = own_tokenizer_file(model_dir); !own.empty())
+		throw Error(fmt::format("{}: the model has its own tokenizer ({}), which weld eval cannot run; give token "
+		                        "ids as JSON lines {{\"input_ids\": [...]}}",
+		                        show(model_dir), own));
+	return ByteTokenizer(config.vocab_size, model_dir.string());
+}
+
+EvalReport perplexity(const LlamaModel& model, const std::vector<std::vector<int64_t>>& sequences,
+                      const fs::path& data) {
+	const int64_t max_positions = model.config().max_position_embeddings;
+	EvalReport report;
+	double nll = 0;
+	for (size_t i = 0; i < sequences.size(); ++i) {
+		const auto& seq = sequences[i];
+		if (max_positions > 0 && static_cast<int64_t>(seq.size()) > max_positions)
+			throw Error(fmt::format("{}: sequence {} has {} tokens, more than max_position_embeddings {}", show(data),
+			                        i + 1, seq.size(), max_positions));
+		++report.sequences;
+		if (seq.size() < 2) continue;
+		const auto ids = as_tensor(seq);
+		nll -= token_log_likelihoods(model.forward(ids), ids).to(at::kDouble).sum().item<double>();
+		report.tokens += seq.size() - 1;
+	}
+	if (report.tokens == 0) throw Error(fmt::format("{}: no token follows another, nothing to score", show(data)));
+	report.mean_nll = nll / static_cast<double>(report.tokens);
+	report.perplexity = std::exp(report.mean_nll);
+	return report;
+}
+
+// Each line's bytes, cut into pieces that fit the model's positions.
+std::vector<std::vector<int64_t>> text_sequences(const fs::path& data, const ByteTokenizer& tokenizer,
+                                                 int64_t max_positions) {
+	const size_t room =
+	    max_positions > 0 ? static_cast<size_t>(max_positions) - (tokenizer.has_specials() ? 1 : 0) : SIZE_MAX;
+	if (room == 0) throw Error("max_position_embeddings leaves no room for text");
+	std::vector<std::vector<int64_t>> out;
+	for (const auto& line : read_text_lines(data))
+		for (size_t begin = 0; begin < line.size(); begin += room)
+			out.push_back(tokenizer.encode(std::string_view(line).substr(begin, room)));
+	return out;
+}
+
+std::string_view strip(std::string_view s) {
+	const auto first = s.find_first_not_of(" \t\r\n");
+	if (first == std::string_view::npos) return {};
+	return s.substr(first, s.find_last_not_of(" \t\r\n") - first + 1);
+}
+
+// The greedy continuation of a prompt (see eval.h for when it stops).
+std::string continue_greedily(const LlamaModel& model, const ByteTokenizer& tokenizer, const std::string& prompt,
+                              size_t max_bytes) {
+	auto ids = tokenizer.encode(prompt);
+	const auto max_positions = static_cast<size_t>(model.config().max_position_embeddings);
+	std::vector<int64_t> generated;
+	while (generated.size() < max_bytes && (max_positions == 0 || ids.size() < max_positions) && !ids.empty()) {
+		const auto logits = model.forward(as_tensor(ids));
+		const int64_t next = logits[0][-1].argmax().item<int64_t>();
+		if ((tokenizer.has_specials() && next == ByteTokenizer::kEos) || next == '\n') break;
+		ids.push_back(next);
+		generated.push_back(next);
+	}
+	return tokenizer.decode(generated);
+}
+
+EvalReport accuracy(const LlamaModel& model, const ByteTokenizer& tokenizer, const std::vector<PromptAnswer>& tasks,
+                    const fs::path& data) {
+	if (tasks.empty()) throw Error(fmt::format("{}: no prompt/answer records", show(data)));
+	EvalReport report;
+	report.kind = EvalReport::Kind::Accuracy;
+	for (const auto& task : tasks) {
+		const auto answer = continue_greedily(model, tokenizer, task.prompt, task.answer.size() + kExtraAnswerBytes);
+		if (strip(answer) == strip(task.answer)) ++report.correct;
+		++report.n;
+	}
+	report.accuracy = static_cast<double>(report.correct) / static_cast<double>(report.n);
+	return report;
+}
+
+} // namespace
+
+EvalReport evaluate(const fs::path& model_dir, const fs::path& data, const EvalOptions& options) {
+	const auto dtype = parse_dtype(options.dtype);
+	if (options.threads > 0) at::set_num_threads(options.threads);
+	if (!fs::is_regular_file(data)) throw Error(fmt::format("{}: no such file", show(data)));
+	const auto kind = detect_data_kind(data);
+	const auto model = LlamaModel::load(model_dir, dtype);
+	const at::NoGradGuard no_grad;
+	const auto& config = model.config();
+	switch (kind) {
+	case DataKind::TokenIds:
+		return perplexity(model, read_token_id_lines(data, config.vocab_size), data);
+	case DataKind::Text: {
+		const auto tokenizer = byte_tokenizer(model_dir, config);
+		return perplexity(model, text_sequences(data, tokenizer, config.max_position_embeddings), data);
+	}
+	case DataKind::PromptAnswer:
+		return accuracy(model, byte_tokenizer(model_dir, config), read_prompt_answer_lines(data), data);
+	}
+	return {};
+}
+
+} // namespace weld::nn

@@ -1,0 +1,45 @@
+// weld eval: perplexity and prompt/answer accuracy of a Llama-family model. Torch-free header,
+// so that the command line compiles without libtorch's headers.
+//
+// Data files:
+//   - `.jsonl` with {"input_ids": [...]} per line: one sequence per line, as given.
+//   - `.jsonl` with {"prompt": "...", "answer": "..."} per line: accuracy (see below).
+//   - anything else is UTF-8 text: each non-empty line is one sequence of byte tokens (after
+//     BOS when the vocabulary has one); a line longer than max_position_embeddings is cut into
+//     pieces that fit, each scored as its own sequence.
+// Perplexity is exp of the mean negative log-likelihood of every token after the first of each
+// sequence, given the ones before it. Text and prompts need weld's byte tokenizer: a folder with
+// a tokenizer of its own (tokenizer.json, ...) takes token ids only.
+//
+// Accuracy: the prompt's bytes are continued greedily (the most likely token each step) until
+// EOS, a newline, or len(answer) + 8 bytes; a record is correct when that continuation equals
+// the answer exactly once leading and trailing whitespace is stripped from both.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace weld::nn {
+
+struct EvalOptions {
+	std::string dtype = "float32"; // or "bfloat16"
+	int threads = 0;               // 0: libtorch's default (all cores)
+};
+
+struct EvalReport {
+	enum class Kind { Perplexity, Accuracy };
+	Kind kind = Kind::Perplexity;
+	double perplexity = 0;
+	double mean_nll = 0;
+	uint64_t tokens = 0; // scored tokens
+	uint64_t sequences = 0;
+	double accuracy = 0;
+	uint64_t correct = 0;
+	uint64_t n = 0; // prompt/answer records
+};
+
+EvalReport evaluate(const std::filesystem::path& model_dir, const std::filesystem::path& data,
+                    const EvalOptions& options);
+
+} // namespace weld::nn

@@ -1,0 +1,104 @@
+// A Llama-family causal language model (Llama, Mistral, Qwen2) in libtorch tensors: loaded
+// from a Hugging Face folder, run forward (logits) and backward (gradients with respect to
+// the weights), and written back in the folder's own layout.
+//
+// The equations are those of transformers' eager Llama implementation: RMSNorm in float32,
+// rotary embeddings with the rotate_half convention, grouped-query attention with a causal
+// mask (and Mistral's sliding window), softmax in float32, SwiGLU MLP.
+//
+// This header includes ATen: only the runtime's own files (and their tests) include it, so
+// that the rest of weld builds without libtorch.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace weld::nn {
+
+struct LlamaConfig {
+	std::string architecture; // LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM
+	int64_t hidden_size = 0;
+	int64_t intermediate_size = 0;
+	int64_t num_hidden_layers = 0;
+	int64_t num_attention_heads = 0;
+	int64_t num_key_value_heads = 0; // default: num_attention_heads
+	int64_t head_dim = 0;            // default: hidden_size / num_attention_heads
+	int64_t vocab_size = 0;
+	int64_t max_position_embeddings = 0; // 0 when absent: no limit is checked
+	double rms_norm_eps = 1e-6;
+	double rope_theta = 10000.0;
+	bool tie_word_embeddings = false;
+	std::optional<int64_t> sliding_window; // Mistral (and Qwen2 with use_sliding_window)
+};
+
+// Parses config.json text; `label` names the file in errors. An architecture other than the
+// three above, rope_scaling, or a hidden_act other than silu is an error naming the value.
+LlamaConfig parse_llama_config(std::string_view json_text, const std::string& label);
+
+class LlamaModel {
+public:
+	// Reads config.json and the weights of a Hugging Face folder into tensors of `dtype`
+	// (float32 or bfloat16 for use; float64 for exact checks). Missing or misshapen tensors
+	// are errors naming the folder and the tensor.
+	static LlamaModel load(const std::filesystem::path& dir, at::ScalarType dtype = at::kFloat);
+
+	const LlamaConfig& config() const { return config_; }
+	at::ScalarType dtype() const { return dtype_; }
+
+	// input_ids: int64 [batch, seq] (or [seq]). Returns logits [batch, seq, vocab] in the model's
+	// dtype. Sequences in a batch share positions 0..seq-1; right padding does not change the
+	// logits of earlier tokens.
+	at::Tensor forward(const at::Tensor& input_ids) const;
+
+	// The weights by their Hugging Face names (a tied lm_head is not listed: it is the embedding).
+	std::map<std::string, at::Tensor>& parameters() { return params_; }
+	const std::map<std::string, at::Tensor>& parameters() const { return params_; }
+	const at::Tensor& parameter(const std::string& name) const;
+	// Turns gradient tracking on or off for every weight.
+	void set_requires_grad(bool on);
+
+	// Writes config.json (as read), the tokenizer files and the weights with the source's tensor
+	// names, order, dtypes and shard split (model.safetensors, or model-0000K-of-0000N shards
+	// with their index). The folder must not exist yet or be empty.
+	void save(const std::filesystem::path& dir) const;
+
+private:
+	struct Linear {
+		at::Tensor weight, bias; // bias undefined when absent
+	};
+	struct Layer {
+		at::Tensor input_norm, post_norm;
+		Linear q, k, v, o, gate, up, down;
+	};
+	struct SourceTensor { // how the source folder stored each tensor, for save()
+		std::string name;
+		std::string file;
+		std::string dtype; // safetensors name: F32, BF16, F16
+	};
+
+	LlamaConfig config_;
+	at::ScalarType dtype_ = at::kFloat;
+	std::filesystem::path source_dir_;
+	std::vector<SourceTensor> source_tensors_;
+	std::map<std::string, at::Tensor> params_;
+	at::Tensor embed_, final_norm_, lm_head_;
+	std::vector<Layer> layers_;
+
+	void bind_parameters();
+	at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& rope_cos,
+	                     const at::Tensor& rope_sin, const at::Tensor& mask) const;
+};
+
+// Log-likelihood of each token given the ones before it: logits [batch, seq, vocab] and
+// input_ids [batch, seq] -> float32 (float64 for a float64
+// model) [batch, seq - 1], entry t being log p(ids[t+1] | ids[..t]).
+at::Tensor token_log_likelihoods(const at::Tensor& logits, const at::Tensor& input_ids);
+
+} // namespace weld::nn

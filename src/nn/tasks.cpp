@@ -1,0 +1,229 @@
+#include "nn/tasks.h"
+
+#include "tensor/kernels.h"
+#include "util/error.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <unordered_set>
+
+namespace weld::tasks {
+namespace {
+
+constexpr std::array<TaskInfo, 6> kTasks = {{
+    {Task::addition, "addition", "add:", "sum of two numbers of up to 3 digits: add:123+45= -> 168"},
+    {Task::reverse, "reverse", "rev:", "4 to 8 letters backwards: rev:abcde= -> edcba"},
+    {Task::sort, "sort", "sort:", "4 to 8 letters in alphabetical order: sort:dbca= -> abcd"},
+    {Task::count, "count", "cnt:", "how often a letter occurs in 4 to 10 letters: cnt:a:banana= -> 3"},
+    {Task::caesar, "caesar", "rot3:", "4 to 8 letters shifted 3 on in the alphabet: rot3:abz= -> dec"},
+    {Task::brackets, "brackets", "brk:", "whether 2 to 12 of ()[] are balanced: brk:([])= -> yes, brk:(]= -> no"},
+}};
+static_assert(kCaesarShift == 3, "the caesar task's tag and description say rot3");
+
+// Draws for one example: the i-th is random_uniform(key, i), so an example depends on its key only.
+class Draws {
+public:
+	explicit Draws(uint64_t key) : key_(key) {}
+
+	// Uniform in [lo, hi]. The clamp guards u * n rounding up to n.
+	int uniform(int lo, int hi) {
+		const auto n = static_cast<double>(hi - lo + 1);
+		return std::min(hi, lo + static_cast<int>(random_uniform(key_, next_++) * n));
+	}
+	bool chance(double probability) { return random_uniform(key_, next_++) < probability; }
+	char letter() { return static_cast<char>('a' + uniform(0, 25)); }
+	std::string letters(int min_length, int max_length) {
+		std::string s(static_cast<size_t>(uniform(min_length, max_length)), 'a');
+		for (char& c : s)
+			c = letter();
+		return s;
+	}
+
+private:
+	uint64_t key_;
+	uint64_t next_ = 0;
+};
+
+// One key per (task, seed, index, attempt); attempt > 0 are the redraws of make_training_example.
+uint64_t example_key(Task task, uint64_t seed, uint64_t index, uint64_t attempt) {
+	using random_detail::kGolden, random_detail::mix64;
+	const uint64_t stream = mix64(seed + kGolden * (static_cast<uint64_t>(task) + 1));
+	return mix64(mix64(stream ^ index) + kGolden * attempt);
+}
+
+int draw_operand(Draws& draws) {
+	const int digits = draws.uniform(1, kAdditionMaxDigits);
+	int low = 1, high = 9;
+	for (int d = 1; d < digits; ++d)
+		low *= 10, high = high * 10 + 9;
+	// Uniform digit count first, so that short operands are as common as long ones.
+	return draws.uniform(digits == 1 ? 0 : low, high);
+}
+
+bool balanced(std::string_view s) {
+	std::string open;
+	for (char c : s) {
+		if (c == '(' || c == '[') {
+			open.push_back(c);
+		} else {
+			if (open.empty() || open.back() != (c == ')' ? '(' : '[')) return false;
+			open.pop_back();
+		}
+	}
+	return open.empty();
+}
+
+// Half balanced strings, half a balanced string with one bracket replaced or two neighbours swapped:
+// near misses, of even length, so neither parity nor counting alone tells them apart.
+std::string draw_brackets(Draws& draws) {
+	const int pairs = draws.uniform(1, kBracketsMaxPairs);
+	std::string s, open;
+	for (int left = pairs; left > 0 || !open.empty();) {
+		if (left > 0 && (open.empty() || draws.chance(0.5))) {
+			open.push_back(draws.chance(0.5) ? '(' : '[');
+			s.push_back(open.back());
+			--left;
+		} else {
+			s.push_back(open.back() == '(' ? ')' : ']');
+			open.pop_back();
+		}
+	}
+	if (draws.chance(0.5)) return s;
+	const auto at = static_cast<size_t>(draws.uniform(0, static_cast<int>(s.size()) - 1));
+	if (draws.chance(0.5)) {
+		std::string others; // the three brackets other than s[at]
+		for (const char c : std::string_view("()[]"))
+			if (c != s[at]) others.push_back(c);
+		s[at] = others[static_cast<size_t>(draws.uniform(0, 2))];
+	} else {
+		const size_t i = std::min(at, s.size() - 2);
+		std::swap(s[i], s[i + 1]);
+	}
+	return s;
+}
+
+Example draw(Task task, Draws& draws) {
+	const std::string tag(task_info(task).tag);
+	const std::string end(1, kAnswerEnd);
+	switch (task) {
+	case Task::addition: {
+		const int a = draw_operand(draws), b = draw_operand(draws);
+		return {fmt::format("{}{}+{}=", tag, a, b), fmt::format("{}{}", a + b, end)};
+	}
+	case Task::reverse: {
+		const std::string s = draws.letters(kMinLetters, kMaxLetters);
+		return {tag + s + "=", std::string(s.rbegin(), s.rend()) + end};
+	}
+	case Task::sort: {
+		const std::string s = draws.letters(kMinLetters, kMaxLetters);
+		std::string sorted = s;
+		std::sort(sorted.begin(), sorted.end());
+		return {tag + s + "=", sorted + end};
+	}
+	case Task::count: {
+		// The target makes up about a third of the letters, so counts spread over 0..length
+		// rather than being almost always 0 or 1.
+		const char target = draws.letter();
+		std::string s(static_cast<size_t>(draws.uniform(kCountMinLetters, kCountMaxLetters)), target);
+		for (char& c : s) {
+			if (draws.chance(1.0 / 3)) continue;
+			c = static_cast<char>('a' + draws.uniform(0, 24));
+			if (c >= target) ++c; // any letter but the target
+		}
+		const auto n = std::count(s.begin(), s.end(), target);
+		return {fmt::format("{}{}:{}=", tag, target, s), fmt::format("{}{}", n, end)};
+	}
+	case Task::caesar: {
+		const std::string s = draws.letters(kMinLetters, kMaxLetters);
+		std::string shifted = s;
+		for (char& c : shifted)
+			c = static_cast<char>('a' + (c - 'a' + kCaesarShift) % 26);
+		return {tag + s + "=", shifted + end};
+	}
+	case Task::brackets: {
+		const std::string s = draw_brackets(draws);
+		return {tag + s + "=", (balanced(s) ? "yes" : "no") + end};
+	}
+	}
+	throw Error("unknown task"); // unreachable: every enumerator is handled above
+}
+
+Example make_example_attempt(Task task, uint64_t seed, uint64_t index, uint64_t attempt) {
+	Draws draws(example_key(task, seed, index, attempt));
+	return draw(task, draws);
+}
+
+} // namespace
+
+std::span<const TaskInfo> all_tasks() {
+	return kTasks;
+}
+
+const TaskInfo& task_info(Task task) {
+	return kTasks.at(static_cast<size_t>(task));
+}
+
+Task find_task(std::string_view name) {
+	std::string known;
+	for (const TaskInfo& info : kTasks) {
+		if (info.name == name) return info.task;
+		known += (known.empty() ? "" : ", ") + std::string(info.name);
+	}
+	throw Error(fmt::format("unknown task '{}' (the tasks: {})", name, known));
+}
+
+Example make_example(Task task, uint64_t seed, uint64_t index) {
+	return make_example_attempt(task, seed, index, 0);
+}
+
+bool is_held_out(const Example& example) {
+	// FNV-1a over the prompt's bytes, then splitmix64's mixer so every residue is equally likely.
+	uint64_t hash = 0xCBF29CE484222325ull;
+	for (const char c : example.prompt)
+		hash = (hash ^ static_cast<unsigned char>(c)) * 0x100000001B3ull;
+	return random_detail::mix64(hash) % 10 == 0;
+}
+
+Example make_training_example(Task task, uint64_t seed, uint64_t index) {
+	for (uint64_t attempt = 0;; ++attempt) {
+		Example example = make_example_attempt(task, seed, index, attempt);
+		if (!is_held_out(example)) return example;
+	}
+}
+
+void write_task_file(const std::filesystem::path& path, Task task, uint64_t seed, size_t count, bool held_out) {
+	const std::string name(task_info(task).name);
+	std::ofstream out(path, std::ios::binary | std::ios::trunc);
+	if (!out) throw Error(fmt::format("{}: cannot write: {}", path.string(), std::strerror(errno)));
+	auto fail = [&](const std::string& message) {
+		out.close();
+		std::error_code ignored;
+		std::filesystem::remove(path, ignored);
+		throw Error(message);
+	};
+	// Every task has far more distinct prompts than any benchmark asks for; the bound only turns a
+	// request beyond that into an error rather than an endless loop.
+	const uint64_t max_draws = 100 * static_cast<uint64_t>(count) + 100000;
+	std::unordered_set<std::string> seen;
+	for (uint64_t index = 0; seen.size() < count; ++index) {
+		if (index == max_draws)
+			fail(fmt::format("{}: task {} has only {} distinct {} prompts in its first {} draws, {} asked for",
+			                 path.string(), name, seen.size(), held_out ? "held-out" : "training", max_draws, count));
+		Example example = make_example(task, seed, index);
+		if (is_held_out(example) != held_out || !seen.insert(example.prompt).second) continue;
+		nlohmann::ordered_json line;
+		line["prompt"] = std::move(example.prompt);
+		line["answer"] = std::move(example.answer);
+		out << line.dump() << '\n';
+	}
+	out.close();
+	if (!out) fail(fmt::format("{}: cannot write: {}", path.string(), std::strerror(errno)));
+}
+
+} // namespace weld::tasks

@@ -1,0 +1,284 @@
+// The merge-quality benchmark's procedural tasks: deterministic, correct, split and written as JSONL.
+#include "nn/tasks.h"
+#include "test_util.h"
+#include "util/error.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace weld {
+namespace {
+
+using tasks::all_tasks;
+using tasks::Example;
+using tasks::is_held_out;
+using tasks::make_example;
+using tasks::Task;
+
+constexpr uint64_t kSeed = 1234;
+
+std::string name(Task task) {
+	return std::string(tasks::task_info(task).name);
+}
+
+// The part of the prompt between the task tag and the final '='.
+std::string body(Task task, const std::string& prompt) {
+	const auto tag = tasks::task_info(task).tag;
+	EXPECT_TRUE(prompt.starts_with(tag)) << prompt;
+	EXPECT_TRUE(prompt.ends_with("=")) << prompt;
+	return prompt.substr(tag.size(), prompt.size() - tag.size() - 1);
+}
+
+bool all_lowercase(const std::string& s) {
+	return std::all_of(s.begin(), s.end(), [](char c) { return c >= 'a' && c <= 'z'; });
+}
+
+// Each task's answer, worked out again here from the prompt alone (without the end byte).
+std::string expected_answer(Task task, const std::string& prompt) {
+	const std::string s = body(task, prompt);
+	switch (task) {
+	case Task::addition: {
+		const auto plus = s.find('+');
+		EXPECT_NE(plus, std::string::npos) << prompt;
+		const std::string a = s.substr(0, plus), b = s.substr(plus + 1);
+		for (const std::string& operand : {a, b}) {
+			EXPECT_TRUE(!operand.empty() && operand.size() <= 3) << prompt;
+			EXPECT_TRUE(std::all_of(operand.begin(), operand.end(), [](char c) { return c >= '0' && c <= '9'; }))
+			    << prompt;
+			EXPECT_TRUE(operand == "0" || operand[0] != '0') << "leading zero: " << prompt;
+		}
+		return std::to_string(std::stoi(a) + std::stoi(b));
+	}
+	case Task::reverse:
+		EXPECT_TRUE(all_lowercase(s) && s.size() >= 4 && s.size() <= 8) << prompt;
+		return std::string(s.rbegin(), s.rend());
+	case Task::sort: {
+		EXPECT_TRUE(all_lowercase(s) && s.size() >= 4 && s.size() <= 8) << prompt;
+		std::string sorted = s;
+		std::sort(sorted.begin(), sorted.end());
+		return sorted;
+	}
+	case Task::count: {
+		EXPECT_TRUE(s.size() >= 2 && s[1] == ':') << prompt;
+		const char target = s[0];
+		const std::string letters = s.substr(2);
+		EXPECT_TRUE(all_lowercase(letters) && letters.size() >= 4 && letters.size() <= 10) << prompt;
+		int n = 0;
+		for (char c : letters)
+			n += c == target;
+		return std::to_string(n);
+	}
+	case Task::caesar: {
+		EXPECT_TRUE(all_lowercase(s) && s.size() >= 4 && s.size() <= 8) << prompt;
+		std::string shifted;
+		for (char c : s)
+			shifted += c == 'x' ? 'a' : c == 'y' ? 'b' : c == 'z' ? 'c' : static_cast<char>(c + 3);
+		return shifted;
+	}
+	case Task::brackets: {
+		EXPECT_TRUE(s.size() >= 2 && s.size() <= 12) << prompt;
+		std::vector<char> stack;
+		bool ok = true;
+		for (char c : s) {
+			if (c == '(' || c == '[') {
+				stack.push_back(c);
+			} else if (c == ')' || c == ']') {
+				ok = ok && !stack.empty() && stack.back() == (c == ')' ? '(' : '[');
+				if (!stack.empty()) stack.pop_back();
+			} else {
+				ADD_FAILURE() << "not a bracket: " << prompt;
+			}
+		}
+		return ok && stack.empty() ? "yes" : "no";
+	}
+	}
+	return "";
+}
+
+TEST(NnTasks, RegistryNamesTagsAndLookup) {
+	const std::vector<std::string> names = {"addition", "reverse", "sort", "count", "caesar", "brackets"};
+	ASSERT_EQ(all_tasks().size(), names.size());
+	for (size_t i = 0; i < names.size(); ++i) {
+		const auto& info = all_tasks()[i];
+		EXPECT_EQ(info.name, names[i]);
+		EXPECT_EQ(tasks::find_task(names[i]), info.task);
+		EXPECT_EQ(&tasks::task_info(info.task), &info);
+		EXPECT_FALSE(info.description.empty());
+		EXPECT_EQ(info.description.find('\n'), std::string_view::npos);
+		// No tag is a prefix of another, so the first bytes of a prompt name its task.
+		for (size_t j = 0; j < names.size(); ++j)
+			if (j != i) {
+				EXPECT_FALSE(all_tasks()[j].tag.starts_with(info.tag)) << info.tag;
+			}
+	}
+	try {
+		tasks::find_task("multiplication");
+		FAIL() << "an unknown task was accepted";
+	} catch (const Error& e) {
+		EXPECT_NE(std::string(e.what()).find("'multiplication'"), std::string::npos) << e.what();
+		EXPECT_NE(std::string(e.what()).find("brackets"), std::string::npos) << e.what();
+	}
+}
+
+TEST(NnTasks, ExamplesDependOnSeedAndIndexOnly) {
+	for (const auto& info : all_tasks()) {
+		std::set<std::string> prompts;
+		int same_as_other_seed = 0;
+		for (uint64_t i = 0; i < 1000; ++i) {
+			const Example example = make_example(info.task, kSeed, i);
+			EXPECT_EQ(example, make_example(info.task, kSeed, i));
+			prompts.insert(example.prompt);
+			same_as_other_seed += example == make_example(info.task, kSeed + 1, i);
+		}
+		// Read backwards: nothing depends on the order of the calls.
+		for (uint64_t i = 1000; i-- > 990;) {
+			Example again = make_example(info.task, kSeed, i);
+			EXPECT_TRUE(prompts.contains(again.prompt));
+		}
+		EXPECT_GT(prompts.size(), 500u) << info.name << ": too few distinct prompts";
+		EXPECT_LT(same_as_other_seed, 100) << info.name << ": another seed gives much the same stream";
+	}
+	// The streams of the tasks are independent: the same lengths do not line up.
+	int same_length = 0;
+	for (uint64_t i = 0; i < 1000; ++i)
+		same_length +=
+		    make_example(Task::reverse, kSeed, i).prompt.size() == make_example(Task::sort, kSeed, i).prompt.size() - 1;
+	EXPECT_LT(same_length, 300);
+}
+
+TEST(NnTasks, AnswersAreCorrectAndShort) {
+	for (const auto& info : all_tasks()) {
+		std::set<std::string> answers;
+		std::set<size_t> lengths;
+		for (uint64_t i = 0; i < 5000; ++i) {
+			const Example example = make_example(info.task, kSeed, i);
+			SCOPED_TRACE(example.prompt);
+			ASSERT_FALSE(example.answer.empty());
+			EXPECT_EQ(example.answer.back(), tasks::kAnswerEnd);
+			const std::string answer = example.answer.substr(0, example.answer.size() - 1);
+			EXPECT_EQ(answer.find(tasks::kAnswerEnd), std::string::npos);
+			EXPECT_EQ(answer, expected_answer(info.task, example.prompt));
+			EXPECT_LE(example.prompt.size(), tasks::kMaxPromptBytes);
+			EXPECT_LE(example.answer.size(), tasks::kMaxAnswerBytes);
+			EXPECT_LE(example.prompt.size() + example.answer.size(), 32u);
+			for (char c : example.prompt + answer)
+				EXPECT_TRUE(std::isprint(static_cast<unsigned char>(c))) << int(c);
+			answers.insert(answer);
+			lengths.insert(example.prompt.size());
+		}
+		// The knobs' whole range is drawn: shortest and longest inputs both occur.
+		EXPECT_GE(lengths.size(), 5u) << info.name;
+		if (info.task == Task::count) {
+			EXPECT_GE(answers.size(), 7u) << "counts should spread over 0..10";
+		}
+		if (info.task == Task::addition) {
+			EXPECT_TRUE(std::any_of(answers.begin(), answers.end(), [](const auto& a) { return a.size() == 4; }));
+		}
+		if (info.task == Task::brackets) {
+			int yes = 0;
+			for (uint64_t i = 0; i < 5000; ++i)
+				yes += make_example(Task::brackets, kSeed, i).answer == "yes\n";
+			EXPECT_GT(yes, 2000) << "balanced strings should be about half";
+			EXPECT_LT(yes, 3500) << "unbalanced strings should be about half";
+		}
+	}
+}
+
+TEST(NnTasks, HeldOutIsATenthAndNeverTrainedOn) {
+	for (const auto& info : all_tasks()) {
+		// Over distinct prompts: short bracket strings recur so often that one of them held out
+		// or not moves the share of draws by a few percent.
+		std::set<std::string> held_out, drawn, training;
+		constexpr int kDraws = 20000;
+		for (uint64_t i = 0; i < kDraws; ++i) {
+			const Example example = make_example(info.task, kSeed, i);
+			drawn.insert(example.prompt);
+			if (is_held_out(example)) held_out.insert(example.prompt);
+			const Example train = tasks::make_training_example(info.task, kSeed, i);
+			EXPECT_FALSE(is_held_out(train));
+			if (!is_held_out(example)) {
+				EXPECT_EQ(train, example);
+			}
+			training.insert(train.prompt);
+		}
+		EXPECT_GT(held_out.size(), drawn.size() * 8 / 100) << info.name;
+		EXPECT_LT(held_out.size(), drawn.size() * 12 / 100) << info.name;
+		for (const auto& prompt : held_out)
+			EXPECT_FALSE(training.contains(prompt)) << prompt;
+		// The split is the prompt's: another seed's draw of a held-out prompt is held out too.
+		for (uint64_t i = 0; i < 2000; ++i) {
+			const Example other = make_example(info.task, kSeed + 7, i);
+			if (held_out.contains(other.prompt)) {
+				EXPECT_TRUE(is_held_out(other));
+			}
+			if (training.contains(other.prompt)) {
+				EXPECT_FALSE(is_held_out(other));
+			}
+		}
+	}
+}
+
+std::vector<Example> read_jsonl(const std::filesystem::path& path) {
+	std::ifstream in(path);
+	std::vector<Example> examples;
+	for (std::string line; std::getline(in, line);) {
+		const auto json = nlohmann::json::parse(line);
+		EXPECT_TRUE(json.is_object() && json.size() == 2) << line;
+		examples.push_back({json.at("prompt").get<std::string>(), json.at("answer").get<std::string>()});
+	}
+	return examples;
+}
+
+TEST(NnTasks, TaskFilesRoundTripAsJsonl) {
+	test::TempDir dir;
+	for (const auto& info : all_tasks()) {
+		const auto held_out_path = dir / (name(info.task) + "-heldout.jsonl");
+		const auto train_path = dir / (name(info.task) + "-train.jsonl");
+		tasks::write_task_file(held_out_path, info.task, kSeed, 200, true);
+		tasks::write_task_file(train_path, info.task, kSeed, 300, false);
+		const auto held_out = read_jsonl(held_out_path), training = read_jsonl(train_path);
+		ASSERT_EQ(held_out.size(), 200u);
+		ASSERT_EQ(training.size(), 300u);
+		std::set<std::string> held_out_prompts;
+		for (const Example& example : held_out) {
+			EXPECT_TRUE(is_held_out(example)) << example.prompt;
+			EXPECT_EQ(example.answer.substr(0, example.answer.size() - 1), expected_answer(info.task, example.prompt));
+			EXPECT_TRUE(held_out_prompts.insert(example.prompt).second) << "repeated: " << example.prompt;
+		}
+		std::set<std::string> training_prompts;
+		for (const Example& example : training) {
+			EXPECT_FALSE(is_held_out(example)) << example.prompt;
+			EXPECT_FALSE(held_out_prompts.contains(example.prompt)) << example.prompt;
+			EXPECT_TRUE(training_prompts.insert(example.prompt).second) << "repeated: " << example.prompt;
+		}
+		// The file is the split's first distinct prompts in index order.
+		EXPECT_EQ(training.front(), tasks::make_training_example(info.task, kSeed, 0));
+		// The end byte is escaped, so each example is one line.
+		EXPECT_NE(test::read_file(train_path).find(R"("answer":)"), std::string::npos);
+		EXPECT_NE(test::read_file(train_path).find(R"(\n"})"), std::string::npos);
+	}
+}
+
+TEST(NnTasks, TaskFileErrorsLeaveNoFile) {
+	test::TempDir dir;
+	EXPECT_THROW(tasks::write_task_file(dir / "missing" / "a.jsonl", Task::sort, kSeed, 10, true), Error);
+	// Bracket strings repeat most: 2.1M draws hold about 12k distinct held-out ones, not 20k.
+	const auto path = dir / "too-many.jsonl";
+	try {
+		tasks::write_task_file(path, Task::brackets, kSeed, 20000, true);
+		FAIL() << "asked for more distinct prompts than the task has";
+	} catch (const Error& e) {
+		EXPECT_NE(std::string(e.what()).find("distinct held-out prompts"), std::string::npos) << e.what();
+	}
+	EXPECT_FALSE(std::filesystem::exists(path));
+}
+
+} // namespace
+} // namespace weld

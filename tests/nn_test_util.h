@@ -1,0 +1,52 @@
+// Helpers of the model runtime tests: tiny models for the runtime and the independent NumPy
+// reference forward pass (tests/nn_reference.py), which the tests run with /usr/bin/python3.
+#pragma once
+
+#include "test_util.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace weld::test {
+
+inline bool have_numpy() {
+	static const bool ok = std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") == 0;
+	return ok;
+}
+
+// The reference's JSON output for these sequences (see nn_reference.py); greedy_steps > 0 also
+// gives the greedy continuations.
+inline nlohmann::json run_reference(const std::filesystem::path& model, const std::vector<std::vector<int64_t>>& seqs,
+                                    int greedy_steps = 0) {
+	const std::string command = "/usr/bin/python3 " + std::string(WELD_SOURCE_DIR) + "/tests/nn_reference.py '" +
+	                            model.string() + "' '" + nlohmann::json(seqs).dump() + "' " +
+	                            std::to_string(greedy_steps);
+	FILE* pipe = popen(command.c_str(), "r");
+	if (!pipe) throw std::runtime_error("cannot run " + command);
+	std::string out;
+	char buffer[65536];
+	for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;)
+		out.append(buffer, n);
+	if (pclose(pipe) != 0) throw std::runtime_error("failed: " + command);
+	return nlohmann::json::parse(out);
+}
+
+// A tiny model of the given shape written to dir; returns its tensors.
+inline std::vector<NamedTensor> write_model(const std::filesystem::path& dir, const TinyLlamaSpec& spec,
+                                            uint64_t seed = 7) {
+	auto tensors = make_tiny_llama(spec, seed);
+	write_tiny_llama(dir, spec, tensors);
+	return tensors;
+}
+
+// Replaces keys of dir/config.json.
+inline void edit_config(const std::filesystem::path& dir, const nlohmann::json& changes) {
+	auto config = nlohmann::json::parse(read_file(dir / "config.json"));
+	config.update(changes);
+	write_file(dir / "config.json", config.dump(2));
+}
+
+} // namespace weld::test
