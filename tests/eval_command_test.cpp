@@ -10,7 +10,8 @@ namespace {
 TEST(EvalCommand, ExplainsABuildWithoutLibtorch) {
 	std::string err;
 	EXPECT_EQ(test::run_weld("eval some-model --data some.txt", &err), 1);
-	EXPECT_NE(err.find("weld was built without libtorch; install libtorch-dev and rebuild"), std::string::npos) << err;
+	EXPECT_NE(err.find("weld was built without libtorch"), std::string::npos) << err;
+	EXPECT_NE(err.find("install libtorch-dev and rebuild"), std::string::npos) << err;
 }
 #endif
 

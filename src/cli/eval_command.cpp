@@ -1,52 +1,37 @@
+// `weld eval`: parses the options, then replaces this process with weld-eval (built beside weld
+// when libtorch is installed), which runs the model.
 #include "cli/commands.h"
-#include "io/model.h"
+#include "cli/eval_options.h"
 #include "util/error.h"
 
-#ifdef WELD_HAVE_TORCH
-#include "nn/eval.h"
-#endif
-
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <memory>
+#include <vector>
 
 namespace weld::cli {
 namespace {
 
-struct EvalArgs {
-	std::string model;
-	std::string data;
-	std::string dtype = "float32";
-	int threads = 0;
-	bool json = false;
-};
-
-#ifdef WELD_HAVE_TORCH
 int run(const EvalArgs& args) {
-	const auto dir = resolve_model_reference(args.model);
-	const auto report = nn::evaluate(dir, args.data, {args.dtype, args.threads});
-	const bool ppl = report.kind == nn::EvalReport::Kind::Perplexity;
-	if (args.json) {
-		nlohmann::ordered_json out;
-		if (ppl)
-			out = {{"perplexity", report.perplexity}, {"tokens", report.tokens}};
-		else
-			out = {{"accuracy", report.accuracy}, {"n", report.n}};
-		fmt::print("{}\n", out.dump());
-	} else if (ppl) {
-		fmt::print("perplexity {:.4f} (mean negative log-likelihood {:.6f}) over {} tokens in {} sequences\n",
-		           report.perplexity, report.mean_nll, report.tokens, report.sequences);
-	} else {
-		fmt::print("accuracy {:.4f} ({} of {} exact matches)\n", report.accuracy, report.correct, report.n);
-	}
-	return 0;
+	std::error_code ec;
+	const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+	const auto program = (ec ? std::filesystem::path("weld-eval") : self.parent_path() / "weld-eval").string();
+	if (ec || !std::filesystem::exists(program))
+		throw Error("weld was built without libtorch (no weld-eval beside weld); install libtorch-dev and rebuild");
+	std::vector<std::string> words = {program,   args.model, "--data",    args.data,
+	                                  "--dtype", args.dtype, "--threads", std::to_string(args.threads)};
+	if (args.json) words.push_back("--json");
+	std::vector<char*> argv;
+	for (auto& w : words)
+		argv.push_back(w.data());
+	argv.push_back(nullptr);
+	::execv(program.c_str(), argv.data());
+	throw Error(fmt::format("{}: cannot run: {}", program, std::strerror(errno)));
 }
-#else
-int run(const EvalArgs&) {
-	throw Error("weld was built without libtorch; install libtorch-dev and rebuild");
-}
-#endif
 
 } // namespace
 
@@ -54,14 +39,7 @@ std::function<int()> add_eval_command(CLI::App& app) {
 	auto args = std::make_shared<EvalArgs>();
 	auto* cmd = app.add_subcommand("eval", "Perplexity on text or token ids, or exact-match accuracy on "
 	                                       "prompt/answer pairs, of a Llama-family model (libtorch)");
-	cmd->add_option("model", args->model, "model folder or Hugging Face repo id in the local cache")->required();
-	cmd->add_option("--data", args->data,
-	                "text file (one sequence per line, byte tokens), or .jsonl of {\"input_ids\": [...]} or "
-	                "{\"prompt\": ..., \"answer\": ...}")
-	    ->required();
-	cmd->add_option("--dtype", args->dtype, "computation type: float32 or bfloat16")->capture_default_str();
-	cmd->add_option("--threads", args->threads, "CPU threads (default: all cores)");
-	cmd->add_flag("--json", args->json, "print one JSON object: {\"perplexity\", \"tokens\"} or {\"accuracy\", \"n\"}");
+	add_eval_options(*cmd, *args);
 	return [args] { return run(*args); };
 }
 
