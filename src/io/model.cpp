@@ -1,4 +1,5 @@
 #include "io/model.h"
+#include "io/json.h"
 
 #include "util/error.h"
 
@@ -50,13 +51,7 @@ std::optional<int64_t> config_int(const json& j, const char* key, const std::str
 } // namespace
 
 ModelConfig parse_model_config(std::string_view json_text, const std::string& label) {
-	json j;
-	try {
-		j = json::parse(json_text);
-	} catch (const json::exception& e) {
-		throw Error(fmt::format("{}: invalid JSON: {}", show(label), escape_for_message(e.what(), 200)));
-	}
-	if (!j.is_object()) throw Error(fmt::format("{}: config is not a JSON object", show(label)));
+	const json j = parse_json_object(json_text, label);
 	ModelConfig config;
 	config.text = std::string(json_text);
 	if (auto it = j.find("architectures"); it != j.end() && !it->is_null()) {

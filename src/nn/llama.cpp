@@ -1,4 +1,5 @@
 #include "nn/llama.h"
+#include "io/json.h"
 
 #include "io/model.h"
 #include "io/safetensors.h"
@@ -88,13 +89,7 @@ void check_unsupported(const json& j, const std::string& label) {
 } // namespace
 
 LlamaConfig parse_llama_config(std::string_view json_text, const std::string& label) {
-	json j;
-	try {
-		j = json::parse(json_text);
-	} catch (const json::exception& e) {
-		throw Error(fmt::format("{}: invalid JSON: {}", show(label), escape_for_message(e.what(), 200)));
-	}
-	if (!j.is_object()) throw Error(fmt::format("{}: config is not a JSON object", show(label)));
+	const json j = parse_json_object(json_text, label);
 	LlamaConfig c;
 	c.architecture = architecture_of(j, label);
 	check_unsupported(j, label);
