@@ -1,5 +1,7 @@
 // weld eval and its inputs: the byte tokenizer, the JSON-lines readers, and the command's
 // figures against the NumPy reference (tests/nn_reference.py). No torch headers here.
+#include "nn/eval.h"
+#include "nn/tasks.h"
 #include "nn/tokenizer.h"
 #include "nn_test_util.h"
 #include "util/error.h"
@@ -183,6 +185,28 @@ TEST_F(EvalCommand, ClearErrors) {
 
 	EXPECT_EQ(test::run_weld("eval " + model().string() + " --data " + (tmp / "missing.txt").string(), &err), 1);
 	EXPECT_NE(err.find("missing.txt: no such file"), std::string::npos) << err;
+}
+
+// evaluate_tasks scores all answer positions in one forward pass; weld eval --data generates
+// greedily token by token. On a model that gets some prompts right and some wrong (the
+// benchmark's lightly trained base) they must agree prompt for prompt, task by task.
+TEST(TaskAccuracy, OneForwardPassAgreesWithGreedyGeneration) {
+	const auto base = std::filesystem::path(WELD_SOURCE_DIR) / "bench/quality/models/base";
+	ASSERT_TRUE(std::filesystem::exists(base / "config.json")) << base << " missing (bench/quality/train makes it)";
+	test::TempDir tmp;
+	const size_t count = 40;
+	const auto scores = nn::evaluate_tasks(base, {"all"}, count, 0, {});
+	ASSERT_EQ(scores.size(), tasks::all_tasks().size());
+	int mixed = 0;
+	for (const auto& score : scores) {
+		const auto file = tmp / (score.task + ".jsonl");
+		tasks::write_task_file(file, tasks::find_task(score.task), 0, count, true);
+		const auto greedy = nn::evaluate(base, file, {});
+		EXPECT_EQ(score.n, count);
+		EXPECT_EQ(score.correct, greedy.correct) << score.task;
+		mixed += score.correct > 0 && score.correct < count;
+	}
+	EXPECT_GE(mixed, 2) << "the base model should get some prompts of several tasks right and some wrong";
 }
 
 } // namespace

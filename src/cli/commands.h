@@ -14,5 +14,6 @@ std::function<int()> add_methods_command(CLI::App& app);
 std::function<int()> add_example_command(CLI::App& app);
 std::function<int()> add_tall_command(CLI::App& app);
 std::function<int()> add_eval_command(CLI::App& app);
+std::function<int()> add_train_command(CLI::App& app);
 
 } // namespace weld::cli

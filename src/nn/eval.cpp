@@ -2,6 +2,7 @@
 
 #include "io/safetensors.h"
 #include "nn/llama.h"
+#include "nn/tasks.h"
 #include "nn/tokenizer.h"
 #include "util/error.h"
 
@@ -110,7 +111,61 @@ EvalReport accuracy(const LlamaModel& model, const ByteTokenizer& tokenizer, con
 	return report;
 }
 
+// Examples of one task scored in batches of kScoreBatch sequences.
+constexpr size_t kScoreBatch = 256;
+
+uint64_t count_exact_matches(const LlamaModel& model, const ByteTokenizer& tokenizer,
+                             const std::vector<tasks::Example>& examples) {
+	uint64_t correct = 0;
+	for (size_t first = 0; first < examples.size(); first += kScoreBatch) {
+		const size_t n = std::min(kScoreBatch, examples.size() - first);
+		std::vector<std::vector<int64_t>> seqs;
+		size_t longest = 0;
+		for (size_t i = 0; i < n; ++i) {
+			const auto& e = examples[first + i];
+			seqs.push_back(tokenizer.encode(e.prompt + e.answer));
+			longest = std::max(longest, seqs.back().size());
+		}
+		auto ids = at::zeros({static_cast<int64_t>(n), static_cast<int64_t>(longest)}, at::kLong);
+		for (size_t i = 0; i < n; ++i)
+			ids[static_cast<int64_t>(i)]
+			    .slice(0, 0, static_cast<int64_t>(seqs[i].size()))
+			    .copy_(at::tensor(at::ArrayRef<int64_t>(seqs[i]), at::kLong));
+		const auto predicted = model.forward(ids).argmax(-1); // [n, longest]: the token after each position
+		const auto p = predicted.accessor<int64_t, 2>();
+		for (size_t i = 0; i < n; ++i) {
+			const auto& seq = seqs[i];
+			const size_t answer_from = seq.size() - examples[first + i].answer.size();
+			bool all = true;
+			for (size_t t = answer_from; t < seq.size() && all; ++t)
+				all = p[static_cast<int64_t>(i)][static_cast<int64_t>(t) - 1] == seq[t];
+			correct += all;
+		}
+	}
+	return correct;
+}
+
 } // namespace
+
+std::vector<TaskScore> evaluate_tasks(const fs::path& model_dir, const std::vector<std::string>& names, size_t count,
+                                      uint64_t seed, const EvalOptions& options) {
+	const auto dtype = parse_dtype(options.dtype);
+	if (options.threads > 0) at::set_num_threads(options.threads);
+	if (count == 0) throw Error("--held-out must be positive");
+	const auto chosen = tasks::find_tasks(names);
+	const auto model = LlamaModel::load(model_dir, dtype);
+	const auto tokenizer = byte_tokenizer(model_dir, model.config());
+	const at::NoGradGuard no_grad;
+	std::vector<TaskScore> scores;
+	for (const auto task : chosen) {
+		const auto examples = tasks::split_examples(task, seed, count, true);
+		TaskScore score{std::string(tasks::task_info(task).name), count_exact_matches(model, tokenizer, examples),
+		                examples.size(), 0};
+		score.accuracy = static_cast<double>(score.correct) / static_cast<double>(score.n);
+		scores.push_back(std::move(score));
+	}
+	return scores;
+}
 
 EvalReport evaluate(const fs::path& model_dir, const fs::path& data, const EvalOptions& options) {
 	const auto dtype = parse_dtype(options.dtype);

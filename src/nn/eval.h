@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace weld::nn {
 
@@ -38,6 +39,20 @@ struct EvalReport {
 	uint64_t correct = 0;
 	uint64_t n = 0; // prompt/answer records
 };
+
+// Exact match of the procedural tasks (src/nn/tasks.h) on the first `count` held-out prompts
+// of each task at seed: a prompt counts when, fed BOS + prompt + answer, the model's most
+// likely next token at every answer position is the answer's token. That is the same as greedy
+// generation reproducing the answer up to and including its final newline (each greedy step
+// sees the right prefix exactly when all steps before it were right), computed in one batched
+// forward pass instead of one pass per generated token.
+struct TaskScore {
+	std::string task;
+	uint64_t correct = 0, n = 0;
+	double accuracy = 0;
+};
+std::vector<TaskScore> evaluate_tasks(const std::filesystem::path& model_dir, const std::vector<std::string>& tasks,
+                                      size_t count, uint64_t seed, const EvalOptions& options);
 
 EvalReport evaluate(const std::filesystem::path& model_dir, const std::filesystem::path& data,
                     const EvalOptions& options);

@@ -5,6 +5,7 @@
 #include "io/safetensors.h"
 #include "util/error.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
@@ -12,8 +13,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <set>
+#include <tuple>
 
 namespace weld::nn {
 namespace fs = std::filesystem;
@@ -175,6 +178,50 @@ LlamaModel LlamaModel::load(const fs::path& dir, at::ScalarType dtype) {
 	// Shards in name order (model-00001-of-0000N first), so that save() splits them the same way.
 	std::stable_sort(m.source_tensors_.begin(), m.source_tensors_.end(),
 	                 [](const auto& a, const auto& b) { return a.file < b.file; });
+	m.bind_parameters();
+	return m;
+}
+
+LlamaModel LlamaModel::create(const std::string& config_json, const std::string& label, uint64_t seed) {
+	LlamaModel m;
+	m.config_ = parse_llama_config(config_json, label);
+	const json j = parse_json_object(config_json, label);
+	const double std_dev = opt_double(j, "initializer_range", 0.02, label);
+	// Qwen2 always has q/k/v biases; Llama has them (and an o bias) with attention_bias.
+	const bool qkv_bias = m.config_.architecture == "Qwen2ForCausalLM" || opt_bool(j, "attention_bias", false, label);
+	const bool o_bias = m.config_.architecture != "Qwen2ForCausalLM" && qkv_bias;
+	if (opt_bool(j, "mlp_bias", false, label)) throw Error(fmt::format("{}: mlp_bias is not supported", show(label)));
+	m.created_config_ = config_json;
+	m.dtype_ = at::kFloat;
+	auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+	const auto opts = at::TensorOptions().dtype(at::kFloat);
+	auto add = [&](const std::string& name, at::Tensor t) {
+		m.source_tensors_.push_back({name, "model.safetensors", "F32"});
+		m.params_[name] = std::move(t);
+	};
+	auto weight = [&](const std::string& name, int64_t out, int64_t in) {
+		add(name, at::normal(0.0, std_dev, {out, in}, gen, opts));
+	};
+	const auto& c = m.config_;
+	const int64_t h = c.hidden_size, q_out = c.num_attention_heads * c.head_dim,
+	              kv_out = c.num_key_value_heads * c.head_dim;
+	weight("model.embed_tokens.weight", c.vocab_size, h);
+	for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+		const std::string p = fmt::format("model.layers.{}.", i);
+		add(p + "input_layernorm.weight", at::ones({h}, opts));
+		for (const auto& [proj, out, in, bias] :
+		     {std::tuple{"q_proj", q_out, h, qkv_bias}, std::tuple{"k_proj", kv_out, h, qkv_bias},
+		      std::tuple{"v_proj", kv_out, h, qkv_bias}, std::tuple{"o_proj", h, q_out, o_bias}}) {
+			weight(p + "self_attn." + proj + ".weight", out, in);
+			if (bias) add(p + "self_attn." + proj + ".bias", at::zeros({out}, opts));
+		}
+		weight(p + "mlp.gate_proj.weight", c.intermediate_size, h);
+		weight(p + "mlp.up_proj.weight", c.intermediate_size, h);
+		weight(p + "mlp.down_proj.weight", h, c.intermediate_size);
+		add(p + "post_attention_layernorm.weight", at::ones({h}, opts));
+	}
+	add("model.norm.weight", at::ones({h}, opts));
+	if (!c.tie_word_embeddings) weight("lm_head.weight", c.vocab_size, h);
 	m.bind_parameters();
 	return m;
 }
@@ -372,7 +419,13 @@ void LlamaModel::save(const fs::path& dir) const {
 	if (fs::exists(dir) && !fs::is_empty(dir))
 		throw Error(fmt::format("{}: already exists and is not empty", show(dir)));
 	fs::create_directories(dir);
-	copy_metadata_files(source_dir_, dir);
+	if (source_dir_.empty()) {
+		std::ofstream out(dir / "config.json", std::ios::binary);
+		out << created_config_;
+		if (!out.flush()) throw Error(fmt::format("{}: cannot write config.json", show(dir)));
+	} else {
+		copy_metadata_files(source_dir_, dir);
+	}
 
 	std::vector<OutputTensorSpec> specs;
 	std::map<std::string, uint64_t> file_bytes; // per source file, to split the shards the same way

@@ -49,6 +49,12 @@ public:
 	// are errors naming the folder and the tensor.
 	static LlamaModel load(const std::filesystem::path& dir, at::ScalarType dtype = at::kFloat);
 
+	// A new model for the config.json text (label names it in errors), in float32: weights drawn
+	// from N(0, initializer_range²) (initializer_range from the config, default 0.02), biases 0 and
+	// norms 1, as transformers initializes Llama; a function of (config, seed) alone. save() writes
+	// the config text and one model.safetensors in float32.
+	static LlamaModel create(const std::string& config_json, const std::string& label, uint64_t seed);
+
 	const LlamaConfig& config() const { return config_; }
 	at::ScalarType dtype() const { return dtype_; }
 
@@ -85,7 +91,8 @@ private:
 
 	LlamaConfig config_;
 	at::ScalarType dtype_ = at::kFloat;
-	std::filesystem::path source_dir_;
+	std::filesystem::path source_dir_; // empty for a created model
+	std::string created_config_;       // config.json of a created model
 	std::vector<SourceTensor> source_tensors_;
 	std::map<std::string, at::Tensor> params_;
 	at::Tensor embed_, final_norm_, lm_head_;

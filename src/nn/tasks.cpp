@@ -178,6 +178,19 @@ Task find_task(std::string_view name) {
 	throw Error(fmt::format("unknown task '{}' (the tasks: {})", name, known));
 }
 
+std::vector<Task> find_tasks(const std::vector<std::string>& names) {
+	std::vector<Task> out;
+	for (const auto& name : names) {
+		if (name == "all")
+			for (const TaskInfo& info : kTasks)
+				out.push_back(info.task);
+		else
+			out.push_back(find_task(name));
+	}
+	if (out.empty()) throw Error("no task named (the tasks: all, or a list of task names)");
+	return out;
+}
+
 Example make_example(Task task, uint64_t seed, uint64_t index) {
 	return make_example_attempt(task, seed, index, 0);
 }
@@ -197,33 +210,45 @@ Example make_training_example(Task task, uint64_t seed, uint64_t index) {
 	}
 }
 
-void write_task_file(const std::filesystem::path& path, Task task, uint64_t seed, size_t count, bool held_out) {
-	const std::string name(task_info(task).name);
-	std::ofstream out(path, std::ios::binary | std::ios::trunc);
-	if (!out) throw Error(fmt::format("{}: cannot write: {}", path.string(), std::strerror(errno)));
-	auto fail = [&](const std::string& message) {
-		out.close();
-		std::error_code ignored;
-		std::filesystem::remove(path, ignored);
-		throw Error(message);
-	};
+std::vector<Example> split_examples(Task task, uint64_t seed, size_t count, bool held_out) {
 	// Every task has far more distinct prompts than any benchmark asks for; the bound only turns a
 	// request beyond that into an error rather than an endless loop.
 	const uint64_t max_draws = 100 * static_cast<uint64_t>(count) + 100000;
 	std::unordered_set<std::string> seen;
-	for (uint64_t index = 0; seen.size() < count; ++index) {
+	std::vector<Example> out;
+	for (uint64_t index = 0; out.size() < count; ++index) {
 		if (index == max_draws)
-			fail(fmt::format("{}: task {} has only {} distinct {} prompts in its first {} draws, {} asked for",
-			                 path.string(), name, seen.size(), held_out ? "held-out" : "training", max_draws, count));
+			throw Error(fmt::format("task {} has only {} distinct {} prompts in its first {} draws, {} asked for",
+			                        task_info(task).name, seen.size(), held_out ? "held-out" : "training", max_draws,
+			                        count));
 		Example example = make_example(task, seed, index);
 		if (is_held_out(example) != held_out || !seen.insert(example.prompt).second) continue;
+		out.push_back(std::move(example));
+	}
+	return out;
+}
+
+void write_task_file(const std::filesystem::path& path, Task task, uint64_t seed, size_t count, bool held_out) {
+	std::vector<Example> examples;
+	try {
+		examples = split_examples(task, seed, count, held_out);
+	} catch (const Error& e) {
+		throw Error(fmt::format("{}: {}", path.string(), e.what()));
+	}
+	std::ofstream out(path, std::ios::binary | std::ios::trunc);
+	if (!out) throw Error(fmt::format("{}: cannot write: {}", path.string(), std::strerror(errno)));
+	for (auto& example : examples) {
 		nlohmann::ordered_json line;
 		line["prompt"] = std::move(example.prompt);
 		line["answer"] = std::move(example.answer);
 		out << line.dump() << '\n';
 	}
 	out.close();
-	if (!out) fail(fmt::format("{}: cannot write: {}", path.string(), std::strerror(errno)));
+	if (!out) {
+		std::error_code ignored;
+		std::filesystem::remove(path, ignored);
+		throw Error(fmt::format("{}: cannot write: {}", path.string(), std::strerror(errno)));
+	}
 }
 
 } // namespace weld::tasks

@@ -1,0 +1,95 @@
+// weld-torch: the libtorch side of `weld eval` and `weld train` (cli/torch_program.h).
+#include "cli/eval_options.h"
+#include "cli/train_options.h"
+#include "io/model.h"
+#include "nn/eval.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <exception>
+
+namespace {
+
+namespace nn = weld::nn;
+
+int evaluate_tasks(const weld::cli::EvalArgs& args, const std::filesystem::path& dir) {
+	const auto scores = nn::evaluate_tasks(dir, args.tasks, args.held_out, args.task_seed, {args.dtype, args.threads});
+	double sum = 0;
+	uint64_t n = 0;
+	nlohmann::ordered_json per_task = nlohmann::ordered_json::object();
+	for (const auto& s : scores) {
+		sum += s.accuracy;
+		n += s.n;
+		per_task[s.task] = {{"accuracy", s.accuracy}, {"n", s.n}};
+	}
+	const double mean = sum / static_cast<double>(scores.size());
+	if (args.json) {
+		nlohmann::ordered_json out = {{"accuracy", mean}, {"n", n}, {"tasks", per_task}};
+		fmt::print("{}\n", out.dump());
+		return 0;
+	}
+	for (const auto& s : scores)
+		fmt::print("{:<10} accuracy {:.4f} ({} of {} exact matches)\n", s.task, s.accuracy, s.correct, s.n);
+	fmt::print("mean       accuracy {:.4f} over {} tasks\n", mean, scores.size());
+	return 0;
+}
+
+int evaluate(const weld::cli::EvalArgs& args) {
+	const auto dir = weld::resolve_model_reference(args.model);
+	if (!args.tasks.empty()) return evaluate_tasks(args, dir);
+	const auto report = nn::evaluate(dir, args.data, {args.dtype, args.threads});
+	const bool perplexity = report.kind == nn::EvalReport::Kind::Perplexity;
+	if (args.json) {
+		nlohmann::ordered_json out;
+		if (perplexity)
+			out = {{"perplexity", report.perplexity}, {"tokens", report.tokens}};
+		else
+			out = {{"accuracy", report.accuracy}, {"n", report.n}};
+		fmt::print("{}\n", out.dump());
+	} else if (perplexity) {
+		fmt::print("perplexity {:.4f} (mean negative log-likelihood {:.6f}) over {} tokens in {} sequences\n",
+		           report.perplexity, report.mean_nll, report.tokens, report.sequences);
+	} else {
+		fmt::print("accuracy {:.4f} ({} of {} exact matches)\n", report.accuracy, report.correct, report.n);
+	}
+	return 0;
+}
+
+int train(const weld::cli::TrainArgs& args) {
+	const auto steps = args.options.steps;
+	nn::train(args.job, args.options, [&](const nn::StepReport& r) {
+		if (args.log_every > 0 && ((r.step + 1) % args.log_every == 0 || r.step + 1 == steps)) {
+			fmt::print("step {}/{} loss {:.4f} lr {:.2e} grad-norm {:.3f}\n", r.step + 1, steps, r.loss, r.lr,
+			           r.grad_norm);
+			std::fflush(stdout);
+		}
+	});
+	fmt::print("wrote {}\n", args.job.out.string());
+	return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+	CLI::App app{"weld-torch: the libtorch commands of weld (run as `weld eval` and `weld train`)"};
+	app.require_subcommand(1);
+	weld::cli::EvalArgs eval_args;
+	weld::cli::TrainArgs train_args;
+	auto* eval = app.add_subcommand("eval", "evaluate a Llama-family model");
+	weld::cli::add_eval_options(*eval, eval_args);
+	auto* train_cmd = app.add_subcommand("train", "train or fine-tune a Llama-family model");
+	weld::cli::add_train_options(*train_cmd, train_args);
+	try {
+		app.parse(argc, argv);
+	} catch (const CLI::ParseError& e) {
+		return app.exit(e);
+	}
+	try {
+		return eval->parsed() ? evaluate(eval_args) : train(train_args);
+	} catch (const std::exception& e) {
+		std::fprintf(stderr, "weld: error: %s\n", e.what());
+		return 1;
+	}
+}

@@ -1,0 +1,276 @@
+#include "nn/train.h"
+
+#include "io/safetensors.h"
+#include "nn/llama.h"
+#include "nn/tasks.h"
+#include "nn/tokenizer.h"
+#include "tensor/kernels.h"
+#include "util/error.h"
+
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+#include <torch/types.h> // before clip_grad.h, which does not include what it uses
+
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <sstream>
+#include <type_traits>
+
+namespace weld::nn {
+namespace fs = std::filesystem;
+
+double learning_rate(const TrainOptions& o, int64_t step) {
+	if (step < o.warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
+	const int64_t decay_steps = o.steps - o.warmup - 1;
+	if (decay_steps <= 0) return o.lr;
+	const double t = std::min(1.0, static_cast<double>(step - o.warmup) / static_cast<double>(decay_steps));
+	return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1.0 + std::cos(M_PI * t));
+}
+
+namespace {
+
+std::string show(const fs::path& path) {
+	return escape_for_message(path.string(), 400);
+}
+
+ByteTokenizer tokenizer_for(int64_t vocab_size, const std::string& model) {
+	if (!model.empty())
+		if (const auto own = own_tokenizer_file(model); !own.empty())
+			throw Error(fmt::format("{}: the model has its own tokenizer ({}); weld trains on byte tokens only",
+			                        show(model), own));
+	return ByteTokenizer(vocab_size, model);
+}
+
+TrainingSequence prompt_answer_sequence(const ByteTokenizer& tokenizer, const std::string& prompt,
+                                        const std::string& answer) {
+	TrainingSequence s{tokenizer.encode(prompt + answer), 0};
+	s.loss_from = std::max<size_t>(1, s.ids.size() - answer.size());
+	return s;
+}
+
+} // namespace
+
+SequenceStream task_stream(const std::vector<std::string>& names, uint64_t seed, int64_t vocab_size,
+                           const std::string& model) {
+	const auto chosen = tasks::find_tasks(names);
+	const auto tokenizer = tokenizer_for(vocab_size, model);
+	return [chosen, seed, tokenizer](uint64_t index) {
+		const auto example = tasks::make_training_example(chosen[index % chosen.size()], seed, index / chosen.size());
+		return prompt_answer_sequence(tokenizer, example.prompt, example.answer);
+	};
+}
+
+SequenceStream file_stream(const fs::path& file, uint64_t seed, int64_t vocab_size, int64_t max_positions,
+                           const std::string& model) {
+	if (!fs::is_regular_file(file)) throw Error(fmt::format("{}: no such file", show(file)));
+	auto sequences = std::make_shared<std::vector<TrainingSequence>>();
+	const size_t room = max_positions > 0 ? static_cast<size_t>(max_positions) : SIZE_MAX;
+	switch (detect_data_kind(file)) {
+	case DataKind::TokenIds:
+		for (auto& ids : read_token_id_lines(file, vocab_size))
+			if (ids.size() >= 2)
+				sequences->push_back({std::vector<int64_t>(ids.begin(), ids.begin() + std::min(room, ids.size())), 1});
+		break;
+	case DataKind::PromptAnswer: {
+		const auto tokenizer = tokenizer_for(vocab_size, model);
+		for (const auto& r : read_prompt_answer_lines(file)) {
+			auto s = prompt_answer_sequence(tokenizer, r.prompt, r.answer);
+			if (s.ids.size() > room)
+				throw Error(fmt::format("{}: a prompt and answer of {} tokens exceed max_position_embeddings {}",
+				                        show(file), s.ids.size(), max_positions));
+			sequences->push_back(std::move(s));
+		}
+		break;
+	}
+	case DataKind::Text: {
+		const auto tokenizer = tokenizer_for(vocab_size, model);
+		for (const auto& line : read_text_lines(file)) {
+			auto ids = tokenizer.encode(line);
+			ids.resize(std::min(ids.size(), room));
+			if (ids.size() >= 2) sequences->push_back({std::move(ids), 1});
+		}
+		break;
+	}
+	}
+	if (sequences->empty()) throw Error(fmt::format("{}: no sequence of two or more tokens to train on", show(file)));
+	// Each epoch a Fisher-Yates shuffle with counter-based draws, made when first needed.
+	auto order = std::make_shared<std::vector<uint32_t>>();
+	auto order_epoch = std::make_shared<uint64_t>(UINT64_MAX);
+	return [sequences, order, order_epoch, seed](uint64_t index) {
+		const uint64_t n = sequences->size(), epoch = index / n;
+		if (*order_epoch != epoch) {
+			order->resize(n);
+			std::iota(order->begin(), order->end(), 0u);
+			const uint64_t key = random_stream_key(seed, "epoch", epoch);
+			for (uint64_t i = n - 1; i > 0; --i) {
+				const auto j = static_cast<uint64_t>(random_uniform(key, i) * static_cast<double>(i + 1));
+				std::swap((*order)[i], (*order)[std::min(j, i)]);
+			}
+			*order_epoch = epoch;
+		}
+		return (*sequences)[(*order)[index % n]];
+	};
+}
+
+namespace {
+
+// ids [batch, longest] right-padded with 0, and targets [batch, longest - 1] with -100 (ignored)
+// wherever no loss is taken.
+std::pair<at::Tensor, at::Tensor> make_batch(const SequenceStream& stream, uint64_t first, int64_t batch) {
+	std::vector<TrainingSequence> seqs;
+	size_t longest = 2;
+	for (int64_t b = 0; b < batch; ++b) {
+		seqs.push_back(stream(first + static_cast<uint64_t>(b)));
+		longest = std::max(longest, seqs.back().ids.size());
+	}
+	const auto L = static_cast<int64_t>(longest);
+	auto ids = at::zeros({batch, L}, at::TensorOptions().dtype(at::kLong));
+	auto targets = at::full({batch, L - 1}, -100, at::TensorOptions().dtype(at::kLong));
+	auto id = ids.accessor<int64_t, 2>();
+	auto target = targets.accessor<int64_t, 2>();
+	for (int64_t b = 0; b < batch; ++b) {
+		const auto& s = seqs[static_cast<size_t>(b)];
+		for (size_t t = 0; t < s.ids.size(); ++t) {
+			id[b][static_cast<int64_t>(t)] = s.ids[t];
+			if (t >= s.loss_from) target[b][static_cast<int64_t>(t) - 1] = s.ids[t];
+		}
+	}
+	return {ids, targets};
+}
+
+// libtorch keys optimizer state by the parameter's TensorImpl: as a string in 1.x, a pointer in 2.x.
+template <class StateMap> const torch::optim::AdamWParamState* adamw_state(StateMap& state, const at::Tensor& p) {
+	using Key = typename std::decay_t<StateMap>::key_type;
+	Key key;
+	if constexpr (std::is_same_v<Key, std::string>)
+		key = c10::guts::to_string(p.unsafeGetTensorImpl());
+	else
+		key = p.unsafeGetTensorImpl();
+	const auto it = state.find(key);
+	return it == state.end() ? nullptr : static_cast<const torch::optim::AdamWParamState*>(it->second.get());
+}
+
+void save_second_moments(torch::optim::AdamW& optimizer, const LlamaModel& model, const TrainOptions& o, int64_t steps,
+                         const fs::path& dir) {
+	std::vector<OutputTensorSpec> specs;
+	std::vector<at::Tensor> values;
+	for (const auto& [name, p] : model.parameters()) {
+		const auto* state = adamw_state(optimizer.state(), p);
+		values.push_back(state ? state->exp_avg_sq().contiguous() : at::zeros_like(p));
+		specs.push_back({name, DType::F32, std::vector<uint64_t>(p.sizes().begin(), p.sizes().end())});
+	}
+	fs::create_directories(dir);
+	SafetensorsWriter writer(dir, specs, UINT64_MAX);
+	for (size_t i = 0; i < values.size(); ++i)
+		writer.write(i, {static_cast<const uint8_t*>(values[i].data_ptr()), values[i].nbytes()});
+	writer.finish();
+	nlohmann::ordered_json info = {{"optimizer", "adamw"},
+	                               {"state", "exp_avg_sq"},
+	                               {"step", steps},
+	                               {"beta1", o.beta1},
+	                               {"beta2", o.beta2},
+	                               {"eps", o.eps},
+	                               {"weight_decay", o.weight_decay}};
+	std::ofstream out(dir / "optimizer.json", std::ios::binary);
+	out << info.dump(2) << '\n';
+	if (!out.flush()) throw Error(fmt::format("{}: cannot write optimizer.json", show(dir)));
+}
+
+void check_options(const TrainOptions& o) {
+	if (o.steps <= 0 || o.batch <= 0) throw Error("--steps and --batch must be positive");
+	if (!(o.lr > 0) || !(o.min_lr >= 0) || o.min_lr > o.lr) throw Error("need 0 <= --min-lr <= --lr and --lr > 0");
+	if (o.warmup < 0 || o.warmup >= o.steps) throw Error("--warmup must be at least 0 and less than --steps");
+	if (!(o.clip >= 0) || !(o.weight_decay >= 0)) throw Error("--clip and --weight-decay must not be negative");
+	if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1 && o.eps > 0))
+		throw Error("AdamW needs 0 <= beta < 1 and eps > 0");
+}
+
+std::string read_text(const fs::path& file) {
+	std::ifstream in(file, std::ios::binary);
+	if (!in) throw Error(fmt::format("{}: cannot read", show(file)));
+	std::ostringstream s;
+	s << in.rdbuf();
+	return s.str();
+}
+
+} // namespace
+
+void train(const TrainJob& job, const TrainOptions& o, const std::function<void(const StepReport&)>& on_step) {
+	check_options(o);
+	if (job.tasks.empty() == job.data.empty()) throw Error("give either tasks or a data file to train on");
+	if (fs::exists(job.out) && !job.force)
+		throw Error(fmt::format("{}: already exists (use --force to replace it)", show(job.out)));
+	if (o.threads > 0) at::set_num_threads(o.threads);
+
+	auto model = job.init.empty() ? LlamaModel::create(read_text(job.config_file), job.config_file.string(), job.seed)
+	                              : LlamaModel::load(job.init, at::kFloat);
+	const auto& config = model.config();
+	const std::string model_name = job.init.string();
+	const auto stream = job.tasks.empty() ? file_stream(job.data, job.seed, config.vocab_size,
+	                                                    config.max_position_embeddings, model_name)
+	                                      : task_stream(job.tasks, job.seed, config.vocab_size, model_name);
+
+	model.set_requires_grad(true);
+	std::vector<at::Tensor> all, decay, no_decay;
+	for (auto& [name, p] : model.parameters()) {
+		all.push_back(p);
+		(p.dim() >= 2 ? decay : no_decay).push_back(p);
+	}
+	torch::optim::AdamWOptions defaults(o.lr);
+	defaults.betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weight_decay);
+	std::vector<torch::optim::OptimizerParamGroup> groups;
+	groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(defaults));
+	if (!no_decay.empty()) {
+		auto plain = defaults;
+		plain.weight_decay(0.0);
+		groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(plain));
+	}
+	torch::optim::AdamW optimizer(std::move(groups), defaults);
+
+	for (int64_t step = 0; step < o.steps; ++step) {
+		StepReport report{step, 0, learning_rate(o, step), 0};
+		for (auto& group : optimizer.param_groups())
+			static_cast<torch::optim::AdamWOptions&>(group.options()).lr(report.lr);
+		const auto [ids, targets] = make_batch(stream, static_cast<uint64_t>(step * o.batch), o.batch);
+		const auto logits = model.forward(ids);
+		const int64_t L = ids.size(1);
+		const auto loss = at::cross_entropy_loss(logits.slice(1, 0, L - 1).reshape({-1, config.vocab_size}),
+		                                         targets.reshape({-1}), {}, at::Reduction::Mean, -100);
+		optimizer.zero_grad();
+		loss.backward();
+		report.grad_norm =
+		    torch::nn::utils::clip_grad_norm_(all, o.clip > 0 ? o.clip : std::numeric_limits<double>::infinity());
+		optimizer.step();
+		report.loss = loss.item<double>();
+		if (!std::isfinite(report.loss))
+			throw Error(fmt::format("training diverged at step {} (loss {}); lower --lr", step, report.loss));
+		if (on_step) on_step(report);
+	}
+
+	// Written beside the output, then moved into place: an interrupted run leaves no output.
+	fs::path out = job.out.lexically_normal();
+	if (!out.has_filename()) out = out.parent_path(); // "dir/"
+	const fs::path tmp = (out.has_parent_path() ? out.parent_path() : fs::path(".")) /
+	                     fmt::format(".{}.weld-tmp-{}", out.filename().string(), ::getpid());
+	fs::remove_all(tmp);
+	try {
+		model.save(tmp);
+		if (job.save_optimizer) save_second_moments(optimizer, model, o, o.steps, tmp / "optimizer");
+		if (fs::exists(out)) fs::remove_all(out);
+		fs::rename(tmp, out);
+	} catch (...) {
+		std::error_code ignored;
+		fs::remove_all(tmp, ignored);
+		throw;
+	}
+}
+
+} // namespace weld::nn
