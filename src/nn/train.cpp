@@ -10,9 +10,11 @@
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
-#include <torch/types.h> // before clip_grad.h, which does not include what it uses
+// clip_grad.h uses torch::Tensor without including its declaration.
+#include <torch/types.h>
+
+#include <torch/nn/utils/clip_grad.h>
 
 #include <unistd.h>
 
