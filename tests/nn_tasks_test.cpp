@@ -76,10 +76,13 @@ std::string expected_answer(Task task, const std::string& prompt) {
 		return std::to_string(n);
 	}
 	case Task::caesar: {
-		EXPECT_TRUE(all_lowercase(s) && s.size() >= 4 && s.size() <= 8) << prompt;
+		EXPECT_TRUE(s.size() >= 3 && s[0] >= '1' && s[0] <= '9' && s[1] == ':') << prompt;
+		const int shift = s[0] - '0';
+		const std::string letters = s.substr(2);
+		EXPECT_TRUE(all_lowercase(letters) && letters.size() >= 4 && letters.size() <= 8) << prompt;
 		std::string shifted;
-		for (char c : s)
-			shifted += c == 'x' ? 'a' : c == 'y' ? 'b' : c == 'z' ? 'c' : static_cast<char>(c + 3);
+		for (char c : letters)
+			shifted += c + shift > 'z' ? static_cast<char>(c + shift - 26) : static_cast<char>(c + shift);
 		return shifted;
 	}
 	case Task::brackets: {

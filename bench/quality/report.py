@@ -51,8 +51,8 @@ class Spec:
 
 
 def della_epsilon(p):
-    # weld (as mergekit) requires density - epsilon > 0; keep the default 0.15 where allowed.
-    return {"epsilon": min(0.15, round(p["density"] / 2, 4))}
+    # weld (as mergekit) requires density - epsilon > 0: below density 0.3 halve the default 0.15.
+    return {"epsilon": round(p["density"] / 2, 4)} if p["density"] < 0.3 else {}
 
 
 # Methods that merge all six experts. Defaults follow each paper's data-free setting where it
@@ -62,7 +62,7 @@ METHODS = {
     "linear": Spec("experts", {"weight": 1}),  # model soup: the plain mean of the experts
     # Ilharco et al. pick lambda on validation data, usually 0.3-0.4 for 8 tasks.
     "task_arithmetic": Spec("base", {"weight": 1, "lambda": 0.3}, {"lambda": [0.3, 0.5, 0.7, 1.0]}),
-    # Yadav et al.: "without validation data, k = 20% and lambda = 1" (disjoint mean).
+    # Yadav et al. use k = 20% and lambda = 1 (on the disjoint mean) when there is no validation data.
     "ties": Spec("base", {"weight": 1, "density": 0.2, "lambda": 1},
                  {"density": DENSITIES, "lambda": [0.5, 1.0]}),
     # DARE (Yu et al.) rescales the kept deltas, then TA/TIES with lambda from [0.5, 1.0]; tiny
@@ -352,7 +352,8 @@ def execute(args, runs, scopes, work):
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
         if run.error:
-            print(f"\n!!!! [{i}/{total}] {tag} ({run.label()}) FAILED: {run.error}\n!!!! recipe: {recipe}\n",
+            print(f"\n!!!! [{i}/{total}] {tag} ({run.label()}) FAILED: {run.error}\n!!!! recipe: {recipe}"
+                  f"{'' if args.keep else ' (removed at the end: rerun with --keep DIR to keep it)'}\n",
                   file=sys.stderr, flush=True)
             continue
         mean = statistics.mean(run.acc[t] for t in TASKS)
@@ -407,8 +408,8 @@ def write_report(args, runs, refs, expert_acc, wall, chart_name, command):
     commit = git_commit()
     L += ["# Merge-quality benchmark: results", "",
           f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}"
-          f" with weld {commit}, in {wall / 60:.1f} min ({len(runs)} merges, "
-          f"{'defaults only (--quick)' if args.quick else 'defaults and sweeps'}).",
+          f" with weld {commit}, in {wall / 60:.1f} min: {len(runs)} merges, "
+          f"{'default parameters only (--quick)' if args.quick else 'default parameters and sweeps'}.",
           f"Models: `{args.models}`. Accuracy: exact match on {args.held_out} held-out prompts per task "
           "(`weld eval --tasks all`), in %.",
           "Normalized accuracy (as in the TIES paper): a model's accuracy on a task divided by that task's "
@@ -416,8 +417,11 @@ def write_report(args, runs, refs, expert_acc, wall, chart_name, command):
           "Every expert is merged with weight 1; λ is the recipe's `lambda`. The six-model methods merge "
           "the experts addition … brackets, with `base_model` the base where the method uses one.", ""]
     if undefined:
-        L += [f"**Note:** the {', '.join(undefined)} expert scores 0 on its own task, so normalized accuracy "
-              "leaves that task out.", ""]
+        many = len(undefined) > 1
+        names = ", ".join(undefined[:-1]) + " and " + undefined[-1] if many else undefined[0]
+        L += [f"**Note:** the {names} expert{'s score' if many else ' scores'} 0 on {'their' if many else 'its'} "
+              f"own task{'s' if many else ''}, so normalized accuracy leaves {'those tasks' if many else 'that task'} "
+              "out.", ""]
 
     L += ["## All six experts merged", "",
           "Reference rows first (**bold**), then each method with its default parameters and, where a sweep "
@@ -517,6 +521,8 @@ def write_chart(path, runs, refs, expert_acc):
         n = normalized(refs[key], expert_acc, TASKS)[1]
         if n is not None:
             ax.axvline(100 * n, color=color, linestyle="--", label=f"{key} ({100 * n:.1f})")
+    ax.set_xlim(0, 1.1 * max(values + [100 * (normalized(refs[k], expert_acc, TASKS)[1] or 0)
+                                       for k in ("base", "multitask")] + [1]))
     ax.set_xlabel("normalized mean accuracy, % of each task's expert (best setting per method)")
     ax.set_title("weld merge methods: six experts merged")
     ax.legend(loc="lower right")
@@ -547,7 +553,9 @@ def parse_args():
     p.add_argument("--held-out", type=int, default=200, help="held-out prompts per task (default 200)")
     p.add_argument("--quick", action="store_true", help="default parameters only, no sweeps")
     p.add_argument("--keep", type=Path, help="keep recipes and merged models in this folder")
-    p.add_argument("--threads", type=int, default=2, help="threads for weld merge and eval (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for weld merge and eval (default 1: on a busy 2-core machine libtorch with 2 threads "
+                        "was 5x slower)")
     p.add_argument("--no-build", action="store_true", help="use build/weld as it is (handled by bench/quality/run)")
     p.add_argument("--weld", default=str(ROOT / "build/weld"), help=argparse.SUPPRESS)
     return p.parse_args()

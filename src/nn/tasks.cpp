@@ -21,10 +21,9 @@ constexpr std::array<TaskInfo, 6> kTasks = {{
     {Task::reverse, "reverse", "rev:", "4 to 8 letters backwards: rev:abcde= -> edcba"},
     {Task::sort, "sort", "sort:", "4 to 8 letters in alphabetical order: sort:dbca= -> abcd"},
     {Task::count, "count", "cnt:", "how often a letter occurs in 4 to 10 letters: cnt:a:banana= -> 3"},
-    {Task::caesar, "caesar", "rot3:", "4 to 8 letters shifted 3 on in the alphabet: rot3:abz= -> dec"},
+    {Task::caesar, "caesar", "rot:", "4 to 8 letters shifted k = 1..9 (given) on in the alphabet: rot:3:abz= -> dec"},
     {Task::brackets, "brackets", "brk:", "whether 2 to 12 of ()[] are balanced: brk:([])= -> yes, brk:(]= -> no"},
 }};
-static_assert(kCaesarShift == 3, "the caesar task's tag and description say rot3");
 
 // Draws for one example: the i-th is random_uniform(key, i), so an example depends on its key only.
 class Draws {
@@ -140,11 +139,12 @@ Example draw(Task task, Draws& draws) {
 		return {fmt::format("{}{}:{}=", tag, target, s), fmt::format("{}{}", n, end)};
 	}
 	case Task::caesar: {
+		const int shift = draws.uniform(1, kCaesarMaxShift);
 		const std::string s = draws.letters(kMinLetters, kMaxLetters);
 		std::string shifted = s;
 		for (char& c : shifted)
-			c = static_cast<char>('a' + (c - 'a' + kCaesarShift) % 26);
-		return {tag + s + "=", shifted + end};
+			c = static_cast<char>('a' + (c - 'a' + shift) % 26);
+		return {fmt::format("{}{}:{}=", tag, shift, s), shifted + end};
 	}
 	case Task::brackets: {
 		const std::string s = draw_brackets(draws);

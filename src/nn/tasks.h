@@ -39,7 +39,7 @@ inline constexpr char kAnswerEnd = '\n';
 inline constexpr int kAdditionMaxDigits = 3;           // operands 0..999
 inline constexpr int kMinLetters = 4, kMaxLetters = 8; // reverse, sort, caesar
 inline constexpr int kCountMinLetters = 4, kCountMaxLetters = 10;
-inline constexpr int kCaesarShift = 3;      // the tag says it: "rot3:"
+inline constexpr int kCaesarMaxShift = 9;   // shifts 1..9, given in the prompt: "rot:3:"
 inline constexpr int kBracketsMaxPairs = 6; // strings of 2..12 of ()[]
 
 // Bounds on every task's prompt and answer (kAnswerEnd included): the context a model needs and
