@@ -17,7 +17,7 @@ namespace weld::tasks {
 namespace {
 
 constexpr std::array<TaskInfo, 6> kTasks = {{
-    {Task::addition, "addition", "add:", "sum of two numbers of up to 3 digits: add:123+45= -> 168"},
+    {Task::addition, "addition", "add:", "sum of two numbers of up to 2 digits: add:73+45= -> 118"},
     {Task::reverse, "reverse", "rev:", "4 to 8 letters backwards: rev:abcde= -> edcba"},
     {Task::sort, "sort", "sort:", "4 to 8 letters in alphabetical order: sort:dbca= -> abcd"},
     {Task::count, "count", "cnt:", "how often a letter occurs in 4 to 10 letters: cnt:a:banana= -> 3"},

@@ -36,7 +36,7 @@ std::vector<Task> find_tasks(const std::vector<std::string>& names);
 inline constexpr char kAnswerEnd = '\n';
 
 // Difficulty knobs, sized so that a model of at most 2M parameters can reach 90% exact match.
-inline constexpr int kAdditionMaxDigits = 3;           // operands 0..999
+inline constexpr int kAdditionMaxDigits = 2;           // operands 0..99
 inline constexpr int kMinLetters = 4, kMaxLetters = 8; // reverse, sort, caesar
 inline constexpr int kCountMinLetters = 4, kCountMaxLetters = 10;
 inline constexpr int kCaesarMaxShift = 9;   // shifts 1..9, given in the prompt: "rot:3:"
