@@ -49,14 +49,7 @@ void write_file(const fs::path& path, const std::string& text) {
 	out << text;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-	try {
-		fn();
-	} catch (const Error& e) {
-		return e.what();
-	}
-	return "<no error>";
-}
+using test::error_of;
 
 #define EXPECT_ERROR_HAS(expr, phrase)                                                                                 \
 	do {                                                                                                               \

@@ -54,14 +54,7 @@ std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
 	return v;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-	try {
-		fn();
-	} catch (const Error& e) {
-		return e.what();
-	}
-	return "<no error>";
-}
+using test::error_of;
 
 // --- corrupt-file catalogue: each kind must be a one-line weld::Error naming the file ---
 

@@ -16,14 +16,7 @@ namespace {
 
 using nlohmann::json;
 
-std::string error_of(const std::function<void()>& f) {
-	try {
-		f();
-	} catch (const Error& e) {
-		return e.what();
-	}
-	return "(no error)";
-}
+using test::error_of;
 
 TEST(ByteTokenizer, BytesWithSpecialsWhenTheVocabularyHasRoom) {
 	const nn::ByteTokenizer with(258, "m"), without(256, "m");

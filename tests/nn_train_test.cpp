@@ -24,14 +24,7 @@ const char* kTinyConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size
   "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
   "max_position_embeddings": 32, "rms_norm_eps": 1e-5, "tie_word_embeddings": false})";
 
-std::string error_of(const std::function<void()>& f) {
-	try {
-		f();
-	} catch (const Error& e) {
-		return e.what();
-	}
-	return "(no error)";
-}
+using test::error_of;
 
 // The tensors of a safetensors file as float64, by name.
 std::map<std::string, at::Tensor> read_f32_file(const fs::path& file) {
@@ -200,7 +193,7 @@ TEST_F(Train, ErrorsNameTheProblem) {
 	          std::string::npos);
 	auto forced = job("exists");
 	forced.force = true;
-	EXPECT_EQ(error_of([&] { nn::train(forced, o, {}); }), "(no error)");
+	EXPECT_EQ(error_of([&] { nn::train(forced, o, {}); }), "<no error>");
 	auto bad_task = job("x");
 	bad_task.tasks = {"multiplication"};
 	EXPECT_NE(error_of([&] { nn::train(bad_task, o, {}); }).find("unknown task 'multiplication'"), std::string::npos);

@@ -5,11 +5,13 @@
 #include "io/model.h"
 #include "tensor/convert.h"
 #include "testing/tiny_llama.h"
+#include "util/error.h"
 
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <sstream>
@@ -18,6 +20,16 @@
 #include <vector>
 
 namespace weld::test {
+
+// The message of the weld::Error that fn throws, or "<no error>".
+inline std::string error_of(const std::function<void()>& fn) {
+	try {
+		fn();
+	} catch (const Error& e) {
+		return e.what();
+	}
+	return "<no error>";
+}
 
 class TempDir {
 public:

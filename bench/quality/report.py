@@ -440,7 +440,7 @@ def write_report(args, runs, refs, expert_acc, wall, chart_name, command):
           f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}"
           f" with weld {commit}, in {wall / 60:.1f} min: {len(runs)} merges, "
           f"{'default parameters only (--quick)' if args.quick else 'default parameters and sweeps'}.",
-          f"Models: `{args.models}`. Accuracy: exact match on {args.held_out} held-out prompts per task "
+          f"Models: `{shown_path(args.models)}`. Accuracy: exact match on {args.held_out} held-out prompts per task "
           "(`weld eval --tasks all`), in %.",
           "Normalized accuracy (as in the TIES paper): a model's accuracy on a task divided by that task's "
           "expert's accuracy on it; *norm. mean* is its mean over the tasks.",
@@ -554,6 +554,14 @@ def write_chart(path, runs, refs, expert_acc, quick):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def shown_path(path):
+    """path relative to the repository when inside it, so results.md does not name this machine."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def git_commit():
