@@ -182,7 +182,9 @@ TEST(NnTasks, AnswersAreCorrectAndShort) {
 			EXPECT_GE(answers.size(), 7u) << "counts should spread over 0..10";
 		}
 		if (info.task == Task::addition) {
-			EXPECT_TRUE(std::any_of(answers.begin(), answers.end(), [](const auto& a) { return a.size() == tasks::kAdditionMaxDigits + 1; })); // a carry out
+			EXPECT_TRUE(std::any_of(answers.begin(), answers.end(), [](const auto& a) {
+				return a.size() == tasks::kAdditionMaxDigits + 1;
+			})); // a carry out
 		}
 		if (info.task == Task::brackets) {
 			int yes = 0;
