@@ -206,6 +206,13 @@ TEST_F(Train, ErrorsNameTheProblem) {
 	EXPECT_NE(error_of([&] { nn::train(job("z"), o, {}); }).find("--warmup"), std::string::npos);
 	EXPECT_FALSE(fs::exists(tmp / "x"));
 	EXPECT_FALSE(fs::exists(tmp / "y"));
+	for (const auto& entry : fs::directory_iterator(tmp.path())) // no temporary folder left behind
+		EXPECT_NE(entry.path().filename().string()[0], '.') << entry.path();
+	EXPECT_NE(error_of([&] {
+		          o.warmup = 0;
+		          nn::train(job("no-such-parent/model"), o, {});
+	          }).find("parent folder does not exist"),
+	          std::string::npos);
 }
 
 } // namespace

@@ -1,6 +1,6 @@
 #include "exec/merge.h"
 
-#include "exec/output_folder.h"
+#include "io/output_folder.h"
 #include "io/safetensors.h"
 #include "util/error.h"
 #include "util/size.h"

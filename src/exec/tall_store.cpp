@@ -1,7 +1,7 @@
 #include "exec/tall_store.h"
 
-#include "exec/output_folder.h"
 #include "io/model.h"
+#include "io/output_folder.h"
 #include "tensor/convert.h"
 #include "tensor/tall.h"
 #include "util/error.h"

@@ -2,6 +2,7 @@
 #include "io/json.h"
 
 #include "io/model.h"
+#include "io/output_folder.h"
 #include "io/safetensors.h"
 #include "util/error.h"
 
@@ -13,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <set>
 #include <tuple>
@@ -420,9 +420,7 @@ void LlamaModel::save(const fs::path& dir) const {
 		throw Error(fmt::format("{}: already exists and is not empty", show(dir)));
 	fs::create_directories(dir);
 	if (source_dir_.empty()) {
-		std::ofstream out(dir / "config.json", std::ios::binary);
-		out << created_config_;
-		if (!out.flush()) throw Error(fmt::format("{}: cannot write config.json", show(dir)));
+		write_text_file(dir / "config.json", created_config_);
 	} else {
 		copy_metadata_files(source_dir_, dir);
 	}

@@ -1,5 +1,6 @@
 #include "nn/train.h"
 
+#include "io/output_folder.h"
 #include "io/safetensors.h"
 #include "nn/llama.h"
 #include "nn/tasks.h"
@@ -16,14 +17,10 @@
 
 #include <torch/nn/utils/clip_grad.h>
 
-#include <unistd.h>
-
 #include <cmath>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <numeric>
-#include <sstream>
 #include <type_traits>
 
 namespace weld::nn {
@@ -181,9 +178,7 @@ void save_second_moments(torch::optim::AdamW& optimizer, const LlamaModel& model
 	                               {"beta2", o.beta2},
 	                               {"eps", o.eps},
 	                               {"weight_decay", o.weight_decay}};
-	std::ofstream out(dir / "optimizer.json", std::ios::binary);
-	out << info.dump(2) << '\n';
-	if (!out.flush()) throw Error(fmt::format("{}: cannot write optimizer.json", show(dir)));
+	write_text_file(dir / "optimizer.json", info.dump(2) + "\n");
 }
 
 void check_options(const TrainOptions& o) {
@@ -195,25 +190,18 @@ void check_options(const TrainOptions& o) {
 		throw Error("AdamW needs 0 <= beta < 1 and eps > 0");
 }
 
-std::string read_text(const fs::path& file) {
-	std::ifstream in(file, std::ios::binary);
-	if (!in) throw Error(fmt::format("{}: cannot read", show(file)));
-	std::ostringstream s;
-	s << in.rdbuf();
-	return s.str();
-}
-
 } // namespace
 
 void train(const TrainJob& job, const TrainOptions& o, const std::function<void(const StepReport&)>& on_step) {
 	check_options(o);
 	if (job.tasks.empty() == job.data.empty()) throw Error("give either tasks or a data file to train on");
-	if (fs::exists(job.out) && !job.force)
-		throw Error(fmt::format("{}: already exists (use --force to replace it)", show(job.out)));
+	// Taken before training, so that a refused output costs nothing; published only when complete.
+	OutputFolder out(job.out, job.force);
 	if (o.threads > 0) at::set_num_threads(o.threads);
 
-	auto model = job.init.empty() ? LlamaModel::create(read_text(job.config_file), job.config_file.string(), job.seed)
-	                              : LlamaModel::load(job.init, at::kFloat);
+	auto model = job.init.empty()
+	                 ? LlamaModel::create(read_text_file(job.config_file), job.config_file.string(), job.seed)
+	                 : LlamaModel::load(job.init, at::kFloat);
 	const auto& config = model.config();
 	const std::string model_name = job.init.string();
 	const auto stream = job.tasks.empty() ? file_stream(job.data, job.seed, config.vocab_size,
@@ -257,22 +245,9 @@ void train(const TrainJob& job, const TrainOptions& o, const std::function<void(
 		if (on_step) on_step(report);
 	}
 
-	// Written beside the output, then moved into place: an interrupted run leaves no output.
-	fs::path out = job.out.lexically_normal();
-	if (!out.has_filename()) out = out.parent_path(); // "dir/"
-	const fs::path tmp = (out.has_parent_path() ? out.parent_path() : fs::path(".")) /
-	                     fmt::format(".{}.weld-tmp-{}", out.filename().string(), ::getpid());
-	fs::remove_all(tmp);
-	try {
-		model.save(tmp);
-		if (job.save_optimizer) save_second_moments(optimizer, model, o, o.steps, tmp / "optimizer");
-		if (fs::exists(out)) fs::remove_all(out);
-		fs::rename(tmp, out);
-	} catch (...) {
-		std::error_code ignored;
-		fs::remove_all(tmp, ignored);
-		throw;
-	}
+	model.save(out.path());
+	if (job.save_optimizer) save_second_moments(optimizer, model, o, o.steps, out.path() / "optimizer");
+	out.publish();
 }
 
 } // namespace weld::nn

@@ -1,4 +1,4 @@
-#include "exec/output_folder.h"
+#include "io/output_folder.h"
 
 #include "util/error.h"
 
