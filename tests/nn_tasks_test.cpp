@@ -101,12 +101,70 @@ std::string expected_answer(Task task, const std::string& prompt) {
 		}
 		return ok && stack.empty() ? "yes" : "no";
 	}
+	case Task::multiply: {
+		const auto times = s.find('*');
+		EXPECT_TRUE(times != std::string::npos && times + 2 == s.size()) << prompt;
+		const std::string a = s.substr(0, times);
+		const char digit = s.back();
+		EXPECT_TRUE(!a.empty() && a.size() <= 3 && (a == "0" || a[0] != '0')) << prompt;
+		EXPECT_TRUE(digit >= '2' && digit <= '9') << prompt;
+		return std::to_string(std::stoi(a) * (digit - '0'));
+	}
+	case Task::maximum: {
+		std::vector<int> numbers;
+		for (size_t start = 0; start <= s.size();) {
+			const size_t comma = std::min(s.find(',', start), s.size());
+			numbers.push_back(std::stoi(s.substr(start, comma - start)));
+			EXPECT_TRUE(comma > start && comma - start <= 2) << prompt;
+			start = comma + 1;
+		}
+		EXPECT_TRUE(numbers.size() >= 2 && numbers.size() <= 6) << prompt;
+		return std::to_string(*std::max_element(numbers.begin(), numbers.end()));
+	}
+	case Task::swap: {
+		EXPECT_TRUE(all_lowercase(s) && s.size() >= 4 && s.size() <= 8) << prompt;
+		std::string swapped;
+		for (size_t i = 0; i < s.size(); i += 2)
+			swapped += i + 1 < s.size() ? std::string{s[i + 1], s[i]} : std::string{s[i]};
+		return swapped;
+	}
 	}
 	return "";
 }
 
+// Whether the example lies in its task's easy slice, worked out again from the prompt: the
+// slices are documented in tasks.h (no carries; at most 5 letters, 6 for count; multipliers up to
+// 4; at most 3 numbers; at most 3 pairs of brackets).
+bool expected_easy(Task task, const std::string& prompt) {
+	const std::string s = body(task, prompt);
+	switch (task) {
+	case Task::addition: {
+		int a = std::stoi(s.substr(0, s.find('+'))), b = std::stoi(s.substr(s.find('+') + 1));
+		for (; a > 0 || b > 0; a /= 10, b /= 10)
+			if (a % 10 + b % 10 > 9) return false;
+		return true;
+	}
+	case Task::reverse:
+	case Task::sort:
+	case Task::swap:
+		return s.size() <= 5;
+	case Task::caesar:
+		return s.size() - 2 <= 5;
+	case Task::count:
+		return s.size() - 2 <= 6;
+	case Task::brackets:
+		return s.size() <= 6;
+	case Task::multiply:
+		return s.back() <= '4';
+	case Task::maximum:
+		return std::count(s.begin(), s.end(), ',') <= 2;
+	}
+	return false;
+}
+
 TEST(NnTasks, RegistryNamesTagsAndLookup) {
-	const std::vector<std::string> names = {"addition", "reverse", "sort", "count", "caesar", "brackets"};
+	const std::vector<std::string> names = {"addition", "reverse",  "sort",    "count", "caesar",
+	                                        "brackets", "multiply", "maximum", "swap"};
 	ASSERT_EQ(all_tasks().size(), names.size());
 	for (size_t i = 0; i < names.size(); ++i) {
 		const auto& info = all_tasks()[i];
@@ -177,7 +235,9 @@ TEST(NnTasks, AnswersAreCorrectAndShort) {
 			lengths.insert(example.prompt.size());
 		}
 		// The knobs' whole range is drawn: shortest and longest inputs both occur.
-		EXPECT_GE(lengths.size(), info.task == Task::addition ? 3u : 5u) << info.name; // add: 1-2 digits each
+		// addition: 1-2 digits each; multiply: 1-3 digits times one digit.
+		const bool few_lengths = info.task == Task::addition || info.task == Task::multiply;
+		EXPECT_GE(lengths.size(), few_lengths ? 3u : 5u) << info.name;
 		if (info.task == Task::count) {
 			EXPECT_GE(answers.size(), 7u) << "counts should spread over 0..10";
 		}
@@ -193,6 +253,25 @@ TEST(NnTasks, AnswersAreCorrectAndShort) {
 			EXPECT_GT(yes, 2000) << "balanced strings should be about half";
 			EXPECT_LT(yes, 3500) << "unbalanced strings should be about half";
 		}
+	}
+}
+
+TEST(NnTasks, EasySliceIsAPartOfEachTaskAndTrainsAlone) {
+	for (const auto& info : all_tasks()) {
+		SCOPED_TRACE(info.name);
+		int easy = 0;
+		constexpr int kDraws = 4000;
+		for (uint64_t i = 0; i < kDraws; ++i) {
+			easy += expected_easy(info.task, make_example(info.task, kSeed, i).prompt);
+			const Example trained = tasks::make_training_example(info.task, kSeed, i, true);
+			EXPECT_TRUE(expected_easy(info.task, trained.prompt)) << trained.prompt;
+			EXPECT_FALSE(is_held_out(trained)) << trained.prompt;
+			EXPECT_EQ(trained, tasks::make_training_example(info.task, kSeed, i, true)); // deterministic
+		}
+		// A real part: neither (almost) all nor (almost) none of the task, so a base trained on
+		// the slice partly solves the task and leaves the rest to its expert.
+		EXPECT_GT(easy, kDraws * 3 / 10);
+		EXPECT_LT(easy, kDraws * 6 / 10);
 	}
 }
 
@@ -264,7 +343,10 @@ TEST(NnTasks, TaskFilesRoundTripAsJsonl) {
 			EXPECT_TRUE(training_prompts.insert(example.prompt).second) << "repeated: " << example.prompt;
 		}
 		// The file is the split's first distinct prompts in index order.
-		EXPECT_EQ(training.front(), tasks::make_training_example(info.task, kSeed, 0));
+		uint64_t first = 0;
+		while (is_held_out(make_example(info.task, kSeed, first)))
+			++first;
+		EXPECT_EQ(training.front(), make_example(info.task, kSeed, first));
 		// The end byte is escaped, so each example is one line.
 		EXPECT_NE(test::read_file(train_path).find(R"("answer":)"), std::string::npos);
 		EXPECT_NE(test::read_file(train_path).find(R"(\n"})"), std::string::npos);

@@ -1,12 +1,14 @@
 #!/usr/bin/python3
-"""Merge-quality benchmark: merges the six experts with every method of `weld methods`, scores
-each merge on the held-out prompts of every task and writes results.md and results.png.
+"""Merge-quality benchmark: merges the eight experts with every method of `weld methods`, scores
+each merge on the held-out prompts of every task and writes results.md, results.json and
+results.png (all methods) and results-scaling.png (normalized accuracy vs experts merged).
 
 Run through bench/quality/run (which builds weld first); see `bench/quality/run --help`.
 Standard library and matplotlib only (Debian: python3-matplotlib).
 """
 import argparse
 import array
+import concurrent.futures
 import datetime
 import itertools
 import json
@@ -22,8 +24,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TASKS = ["addition", "reverse", "sort", "count", "caesar", "brackets"]
-PAIRS = [("addition", "reverse"), ("sort", "count"), ("caesar", "brackets")]
+import task_vectors
+
+# The family's tasks, in the fixed order in which the scaling table adds experts.
+TASKS = ["addition", "reverse", "sort", "count", "caesar", "multiply", "maximum", "swap"]
+PAIRS = [("addition", "reverse"), ("sort", "count"), ("caesar", "multiply"), ("maximum", "swap")]
+# The scaling table merges the first k experts of TASKS for each k (8 is the main table) with
+# these methods and the best SCALING_OTHERS others of the main table.
+SCALING_COUNTS = [2, 4, 6]
+SCALING_METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "tsv", "consensus_ta", "model_stock"]
+SCALING_OTHERS = 3
 DENSITIES = [0.1, 0.3, 0.5]
 # Sweep points are chosen on held-out prompts drawn with this seed (`weld eval --task-seed`), then
 # reported on the test prompts (seed 0), as the papers tune lambda and density on validation data.
@@ -37,8 +47,8 @@ class Spec:
     """How one method is run.
 
     form: which models the recipe lists.
-      experts      the six experts, no base_model (the method averages models, not task vectors)
-      base         base_model: base, models: the six experts (task-vector methods)
+      experts      the experts, no base_model (the method averages models, not task vectors)
+      base         base_model: base, models: the experts (task-vector methods)
       base_listed  base_model: base, and the base also listed first in models (nuslerp and
                    multislerp use a base only when it is listed; then they work on task vectors)
       endpoints    pair methods only: base_model: expert A, models: expert B (the method
@@ -60,8 +70,8 @@ def della_epsilon(p):
     return {"epsilon": round(p["density"] / 2, 4)} if p["density"] < 0.3 else {}
 
 
-# Methods that merge all six experts. Defaults follow each paper's data-free setting where it
-# gives one; "sum" methods (normalize false) add six task vectors, so lambda < 1, while the
+# Methods that merge all the experts. Defaults follow each paper's data-free setting where it
+# gives one; "sum" methods (normalize false) add the task vectors, so lambda < 1, while the
 # "mean" ones (ties, della, pcb: normalize or a weighted mean) use lambda 1.
 METHODS = {
     "linear": Spec("experts", {"weight": 1}),  # model soup: the plain mean of the experts
@@ -182,7 +192,7 @@ def tail(text, limit=300):
 
 def evaluate(args, model_dir, task_seed=0):
     """Per-task accuracy of a model folder, or raises RuntimeError with weld's message."""
-    cmd = [args.weld, "eval", str(model_dir), "--tasks", "all", "--held-out", str(args.held_out),
+    cmd = [args.weld, "eval", str(model_dir), "--tasks", ",".join(TASKS), "--held-out", str(args.held_out),
            "--task-seed", str(task_seed), "--threads", str(args.threads), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -198,7 +208,7 @@ class Run:
     method: str
     params: dict        # as given to the recipe (weight included)
     members: list       # the experts merged
-    kind: str           # "main", "pair" or "pair_ref"
+    kind: str           # "main", "scale" (fewer experts), "pair" or "pair_ref"
     is_default: bool = True
     acc: dict = None
     val_acc: dict = None  # on the validation prompts, for sweep points
@@ -313,12 +323,28 @@ def nearswap_t(models_dir, a, b):
 
 # ---- running --------------------------------------------------------------------------------
 
+def method_runs(method, members, kind, quick):
+    points = sweep_points(METHODS[method])
+    return [Run(method, p, list(members), kind, is_default=(i == 0))
+            for i, p in enumerate(points[:1] if quick else points)]
+
+
+def scaling_methods(runs, expert_acc, quick):
+    """SCALING_METHODS and the SCALING_OTHERS other methods with the best normalized mean at 8."""
+    best = {m: run_norm(pairs[-1][0], expert_acc) for m, pairs in shown_runs(runs, quick).items()}
+    others = sorted((m for m in best if m not in SCALING_METHODS and best[m] is not None),
+                    key=lambda m: best[m], reverse=True)
+    return SCALING_METHODS + others[:SCALING_OTHERS]
+
+
+def plan_scaling(methods, quick):
+    return [r for k in SCALING_COUNTS for m in methods for r in method_runs(m, TASKS[:k], "scale", quick)]
+
+
 def plan(args, quick):
     runs = []
-    for method, spec in METHODS.items():
-        points = sweep_points(spec)
-        for i, p in enumerate(points[:1] if quick else points):
-            runs.append(Run(method, p, list(TASKS), "main", is_default=(i == 0)))
+    for method in METHODS:
+        runs += method_runs(method, TASKS, "main", quick)
     for a, b in PAIRS:
         for method, spec in PAIR_REFERENCES.items():
             runs.append(Run(method, dict(spec.params), [a, b], "pair_ref"))
@@ -331,42 +357,47 @@ def plan(args, quick):
 
 
 def spec_of(run):
-    table = {"main": METHODS, "pair": PAIR_METHODS, "pair_ref": PAIR_REFERENCES}[run.kind]
+    table = {"main": METHODS, "scale": METHODS, "pair": PAIR_METHODS, "pair_ref": PAIR_REFERENCES}[run.kind]
     return table[run.method]
 
 
-def execute(args, runs, scopes, work):
-    total = len(runs)
-    for i, run in enumerate(runs, 1):
-        tag = f"{run.method}" + (f" [{'+'.join(run.members)}]" if run.kind != "main" else "")
-        name = f"{i:03d}-{run.method}"
-        recipe = work / f"{name}.yml"
-        out = work / name
-        recipe.write_text(recipe_text(run.method, spec_of(run), run.params, run.members, args.models,
-                                      scopes[run.method]))
-        start = time.monotonic()
-        merge = subprocess.run([args.weld, "merge", str(recipe), str(out), "--force", "--quiet",
-                                "--threads", str(args.threads)], capture_output=True, text=True)
-        merged = time.monotonic()
-        try:
-            if merge.returncode != 0:
-                raise RuntimeError(tail(merge.stderr or merge.stdout))
-            run.acc = evaluate(args, out)
-            if run.kind == "main" and METHODS[run.method].sweep and not args.quick:
-                run.val_acc = evaluate(args, out, VALIDATION_SEED)
-        except RuntimeError as e:
-            run.error = str(e)
-        run.seconds = time.monotonic() - start
-        if not args.keep:
-            shutil.rmtree(out, ignore_errors=True)
-        if run.error:
-            print(f"\n!!!! [{i}/{total}] {tag} ({run.label()}) FAILED: {run.error}\n!!!! recipe: {recipe}"
-                  f"{'' if args.keep else ' (removed at the end: rerun with --keep DIR to keep it)'}\n",
-                  file=sys.stderr, flush=True)
-            continue
-        mean = statistics.mean(run.acc[t] for t in TASKS)
-        print(f"[{i:2d}/{total}] {tag:<34} {run.label():<38} merge {merged - start:5.1f}s  "
-              f"eval {run.seconds - (merged - start):4.1f}s  mean {mean:.3f}", flush=True)
+def execute(args, runs, scopes, work, first=1):
+    """Merges and scores runs, args.jobs at a time (each merge and eval on args.threads threads)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(lambda ir: execute_one(args, ir[1], ir[0], first + len(runs) - 1, scopes, work),
+                      enumerate(runs, first)))
+
+
+def execute_one(args, run, i, total, scopes, work):
+    tag = run.method + {"main": "", "scale": f" [{len(run.members)} experts]"}.get(run.kind, f" [{'+'.join(run.members)}]")
+    name = f"{i:03d}-{run.method}"
+    recipe = work / f"{name}.yml"
+    out = work / name
+    recipe.write_text(recipe_text(run.method, spec_of(run), run.params, run.members, args.models,
+                                  scopes[run.method]))
+    start = time.monotonic()
+    merge = subprocess.run([args.weld, "merge", str(recipe), str(out), "--force", "--quiet",
+                            "--threads", str(args.threads)], capture_output=True, text=True)
+    merged = time.monotonic()
+    try:
+        if merge.returncode != 0:
+            raise RuntimeError(tail(merge.stderr or merge.stdout))
+        run.acc = evaluate(args, out)
+        if run.kind in ("main", "scale") and METHODS[run.method].sweep and not args.quick:
+            run.val_acc = evaluate(args, out, VALIDATION_SEED)
+    except RuntimeError as e:
+        run.error = str(e)
+    run.seconds = time.monotonic() - start
+    if not args.keep:
+        shutil.rmtree(out, ignore_errors=True)
+    if run.error:
+        print(f"\n!!!! [{i}/{total}] {tag} ({run.label()}) FAILED: {run.error}\n!!!! recipe: {recipe}"
+              f"{'' if args.keep else ' (removed at the end: rerun with --keep DIR to keep it)'}\n",
+              file=sys.stderr, flush=True)
+        return
+    mean = statistics.mean(run.acc[t] for t in run.members)
+    print(f"[{i:3d}/{total}] {tag:<34} {run.label():<38} merge {merged - start:5.1f}s  "
+          f"eval {run.seconds - (merged - start):4.1f}s  mean {mean:.3f}", flush=True)
 
 
 def normalized(acc, expert_acc, tasks):
@@ -401,21 +432,31 @@ def md_escape(text):
 
 
 def run_norm(run, expert_acc):
-    return normalized(run.acc, expert_acc, TASKS)[1] if run.acc else None
+    """Normalized mean over the tasks of the experts merged."""
+    return normalized(run.acc, expert_acc, run.members)[1] if run.acc else None
+
+
+def val_mean(run):
+    """Mean validation accuracy over the tasks of the experts merged: what chooses a sweep point."""
+    return statistics.mean(run.val_acc[t] for t in run.members)
 
 
 def chosen(rows):
     """The sweep point with the best mean validation accuracy (the first such on ties), or None."""
     ok = [r for r in rows if r.acc and r.val_acc]
-    return max(ok, key=lambda r: statistics.mean(r.val_acc.values())) if ok else None
+    return max(ok, key=val_mean) if ok else None
 
 
-def shown_runs(runs, quick):
-    """Per six-model method: [(run, note)], the default and, if the sweep chose another, that one."""
+def shown_runs(runs, quick, kind="main", members=None):
+    """Per method merging these members (all experts by default): [(run, note)], the default and,
+    if the sweep chose another, that one."""
+    members = list(TASKS) if members is None else list(members)
     swept = {m for m, s in METHODS.items() if s.sweep}
     shown = {}
     for method in METHODS:
-        rows = [r for r in runs if r.kind == "main" and r.method == method]
+        rows = [r for r in runs if r.kind == kind and r.method == method and r.members == members]
+        if not rows:
+            continue
         default = rows[0]
         shown[method] = [(default, "" if method not in swept or quick else " (default)")]
         best = chosen(rows) if len(rows) > 1 else None
@@ -430,7 +471,7 @@ def sort_key(norm):
     return -1 if norm is None else norm
 
 
-def write_report(args, runs, refs, expert_acc, wall, chart_name, command):
+def write_report(args, runs, refs, expert_acc, family, wall, chart_names, command):
     L = []
     main = [r for r in runs if r.kind == "main"]
     swept = {m for m, s in METHODS.items() if s.sweep}
@@ -441,11 +482,11 @@ def write_report(args, runs, refs, expert_acc, wall, chart_name, command):
           f" with weld {commit}, in {wall / 60:.1f} min: {len(runs)} merges, "
           f"{'default parameters only (--quick)' if args.quick else 'default parameters and sweeps'}.",
           f"Models: `{shown_path(args.models)}`. Accuracy: exact match on {args.held_out} held-out prompts per task "
-          "(`weld eval --tasks all`), in %.",
+          f"(`weld eval --tasks {','.join(TASKS)}`), in %.",
           "Normalized accuracy (as in the TIES paper): a model's accuracy on a task divided by that task's "
           "expert's accuracy on it; *norm. mean* is its mean over the tasks.",
-          "Every expert is merged with weight 1; λ is the recipe's `lambda`. The six-model methods merge "
-          "the experts addition … brackets, with `base_model` the base where the method uses one.", ""]
+          f"Every expert is merged with weight 1; λ is the recipe's `lambda`. The main table merges all "
+          f"{len(TASKS)} experts, with `base_model` the base where the method uses one.", ""]
     if undefined:
         many = len(undefined) > 1
         names = ", ".join(undefined[:-1]) + " and " + undefined[-1] if many else undefined[0]
@@ -453,7 +494,9 @@ def write_report(args, runs, refs, expert_acc, wall, chart_name, command):
               f"own task{'s' if many else ''}, so normalized accuracy leaves {'those tasks' if many else 'that task'} "
               "out.", ""]
 
-    L += ["## All six experts merged", "",
+    L += family_section(refs, family)
+    L += orderings_section(runs, expert_acc, args.quick)
+    L += [f"## All {len(TASKS)} experts merged", "",
           "Reference rows first (**bold**), then each method with its default parameters and, where a sweep "
           "chose other parameters, the chosen point: the one with the best mean accuracy on validation prompts "
           f"(held-out prompts drawn with task seed {VALIDATION_SEED}; the table's prompts are seed 0's); "
@@ -483,6 +526,7 @@ def write_report(args, runs, refs, expert_acc, wall, chart_name, command):
                 L.append(row + f" {val} |")
         L.append("")
 
+    L += scaling_section(runs, expert_acc, args.quick, chart_names[1])
     L += ["## Two-model methods, on pairs of experts", "",
           "These methods take exactly two models (or a base and one other), so they merge pairs of experts: "
           "`slerp`, `nearswap` and `arcee_fusion` with `base_model` expert A and `models` expert B; `nuslerp` "
@@ -517,9 +561,162 @@ def write_report(args, runs, refs, expert_acc, wall, chart_name, command):
         L += [f"- `{r.method}` ({r.label()}{', ' + '+'.join(r.members) if r.kind != 'main' else ''}): "
               f"{md_escape(r.error)}" for r in failed]
     L += ["", "## Chart", "",
-          "Normalized mean accuracy of each six-model method at its chosen setting, between the base and the "
-          "multitask model.", "", f"![]({chart_name})", ""]
+          f"Normalized mean accuracy of each method merging all {len(TASKS)} experts at its chosen setting, "
+          "between the base and the multitask model.", "", f"![]({chart_names[0]})", ""]
     args.out.write_text("\n".join(L))
+
+
+def family_section(refs, family):
+    L = ["## The family", "",
+         "Each model's accuracy on every task (test prompts) and, for the experts, the length of its task "
+         "vector τ = θ_expert − θ_base relative to the base's weights (`bench/quality/task_vectors.py`).", "",
+         table_row(["model"] + TASKS + ["mean", "‖τ‖ / ‖θ_base‖"]),
+         table_row(["---"] + ["---:"] * (len(TASKS) + 2))]
+    for name in ["base", *TASKS, "multitask"]:
+        acc = refs[name]
+        tau = family["tau_ratio"].get(name)
+        L.append(table_row([name] + [pct(acc[t]) for t in TASKS] + [pct(statistics.mean(acc[t] for t in TASKS)),
+                                                                      "" if tau is None else f"{100 * tau:.1f}%"]))
+    gaps = {t: refs[t][t] - refs["base"][t] for t in TASKS}
+    L += ["", f"Experts on their own task: {pct(min(refs[t][t] for t in TASKS))} to "
+          f"{pct(max(refs[t][t] for t in TASKS))}; the base is {pct(min(gaps.values()))} to "
+          f"{pct(max(gaps.values()))} points below each expert on that expert's task.", "",
+          "Pairwise cosines between task vectors, then sign conflicts: of the weights both experts changed, the "
+          "fraction changed in opposite directions (in parentheses: among the weights in both experts' top "
+          f"{task_vectors.TOP_FRACTION:.0%} by |τ|).", "", task_vectors.markdown(family, TASKS), ""]
+    return L
+
+
+def chosen_run(runs, method, members, quick, kind):
+    """The run of method merging members at its chosen setting (the default when not swept)."""
+    pairs = shown_runs(runs, quick, kind, members).get(method)
+    return pairs[-1][0] if pairs else None
+
+
+def scaling_table(runs, expert_acc, quick):
+    """{method: {k: run at its chosen setting}} for every method merged at every k."""
+    table = {}
+    for k in SCALING_COUNTS + [len(TASKS)]:
+        kind = "main" if k == len(TASKS) else "scale"
+        for method in METHODS:
+            r = chosen_run(runs, method, TASKS[:k], quick, kind)
+            if r is not None:
+                table.setdefault(method, {})[k] = r
+    return {m: ks for m, ks in table.items() if len(ks) == len(SCALING_COUNTS) + 1}
+
+
+def verdict(holds):
+    return "**holds**" if holds else "**does not hold**"
+
+
+def orderings_section(runs, expert_acc, quick):
+    """The literature's orderings and this issue's targets, each checked against the numbers."""
+    norm = {m: run_norm(chosen_run(runs, m, TASKS, quick, "main"), expert_acc) for m in METHODS}
+    norm = {m: v for m, v in norm.items() if v is not None}
+    if not {"ties", "task_arithmetic", "linear"} <= set(norm):
+        return []
+    best = max(norm, key=norm.get)
+    L = ["## What the numbers say", "",
+         f"At {len(TASKS)} experts, each method at its chosen setting (normalized mean, test prompts):", "",
+         f"- best data-free method: `{best}` {pct(norm[best])} (target ≥ 80: "
+         f"{'met' if norm[best] >= 0.8 else 'not met'}); task arithmetic {pct(norm['task_arithmetic'])} "
+         f"(target ≥ 60: {'met' if norm['task_arithmetic'] >= 0.6 else 'not met'}).",
+         f"- TIES ≥ task arithmetic ≥ averaging: ties {pct(norm['ties'])}, task_arithmetic "
+         f"{pct(norm['task_arithmetic'])}, linear {pct(norm['linear'])}: "
+         f"{verdict(norm['ties'] >= norm['task_arithmetic'] >= norm['linear'])}."]
+    if not quick:
+        for dare, plain, same_lambda in (("dare_ties", "ties", False), ("dare_linear", "task_arithmetic", True)):
+            ref = norm[plain]
+            for density in (0.1, 0.3):
+                rows = [r for r in runs if r.kind == "main" and r.method == dare and r.params.get("density") == density]
+                if same_lambda:  # dare_linear is not swept over λ: compare with TA at its λ
+                    lam = rows[0].params.get("lambda") if rows else None
+                    tas = [r for r in runs if r.kind == "main" and r.method == plain and r.params.get("lambda") == lam]
+                    ref = run_norm(tas[0], expert_acc) if tas else None
+                r = chosen(rows)
+                if r is None or ref is None:
+                    continue
+                d = run_norm(r, expert_acc)
+                L.append(f"- DARE within a few (≤ 3) points of the method it sparsifies: `{dare}` density {density:g} "
+                         f"({r.label()}) {pct(d)} vs `{plain}`{' λ=' + fmt_num(lam) if same_lambda else ''} {pct(ref)} "
+                         f"({100 * (d - ref):+.1f}): {verdict(abs(d - ref) <= 0.03)}.")
+    table = scaling_table(runs, expert_acc, quick)
+    falling = {m: [run_norm(ks[k], expert_acc) for k in sorted(ks)] for m, ks in table.items()}
+    down = [m for m, v in falling.items() if all(a >= b for a, b in zip(v, v[1:]))]
+    if falling:
+        L.append(f"- normalized accuracy falling as experts are added (every step of 2 → 4 → 6 → 8 no higher than "
+                 f"the one before): {len(down)} of {len(falling)} methods ({', '.join(f'`{m}`' for m in down) or 'none'}); "
+                 "the scaling table below has every value.")
+    return L + [""]
+
+
+def scaling_section(runs, expert_acc, quick, chart_name):
+    table = scaling_table(runs, expert_acc, quick)
+    if not table:
+        return []
+    counts = SCALING_COUNTS + [len(TASKS)]
+    L = ["## Scaling: more experts merged", "",
+         f"The first k experts of {', '.join(TASKS)} merged, for each k; each method at the setting its sweep "
+         "chose on validation prompts for that k. Normalized mean over the k merged tasks (test prompts).", "",
+         table_row(["method"] + [f"{k} experts" for k in counts] + ["settings chosen"]),
+         table_row(["---"] + ["---:"] * len(counts) + ["---"])]
+    for method, ks in sorted(table.items(), key=lambda kv: -sort_key(run_norm(kv[1][len(TASKS)], expert_acc))):
+        L.append(table_row([method] + [pct(run_norm(ks[k], expert_acc)) for k in counts] +
+                           ["; ".join(ks[k].label() for k in counts)]))
+    return L + ["", f"![]({chart_name})", ""]
+
+
+def write_scaling_chart(path, runs, expert_acc, quick):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = scaling_table(runs, expert_acc, quick)
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=100)
+    for method, ks in sorted(table.items()):
+        counts = sorted(ks)
+        ax.plot(counts, [100 * (run_norm(ks[k], expert_acc) or 0) for k in counts], marker="o", label=method)
+    ax.set_xticks(SCALING_COUNTS + [len(TASKS)])
+    ax.set_xlabel("experts merged (the first k of the family's fixed order)")
+    ax.set_ylabel("normalized mean accuracy, % (chosen setting)")
+    ax.set_title("weld merge methods: normalized accuracy vs experts merged")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_json(path, args, runs, refs, expert_acc, family, wall, command):
+    """Every number of results.md, for other tools: the family, then one row per merge."""
+    chosen_ids = set()
+    for kind in ("main", "scale"):
+        for k in ([len(TASKS)] if kind == "main" else SCALING_COUNTS):
+            for pairs in shown_runs(runs, args.quick, kind, TASKS[:k]).values():
+                chosen_ids.add(id(pairs[-1][0]))
+    rows = []
+    for r in runs:
+        row = {"table": r.kind, "method": r.method, "params": r.params, "experts": r.members,
+               "accuracy": r.acc, "normalized_mean": run_norm(r, expert_acc) if r.acc else None,
+               "mean": statistics.mean(r.acc[t] for t in r.members) if r.acc else None,
+               "default": r.is_default}
+        if r.val_acc:
+            row["validation_accuracy"] = r.val_acc
+            row["validation_mean"] = val_mean(r)
+        if r.kind in ("main", "scale"):
+            row["chosen"] = id(r) in chosen_ids
+        if r.error:
+            row["error"] = r.error
+        rows.append(row)
+    models = {name: {"accuracy": refs[name], "tau_ratio": family["tau_ratio"].get(name)}
+              for name in ["base", *TASKS, "multitask"]}
+    doc = {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "weld_commit": git_commit().strip("`"), "minutes": round(wall / 60, 2), "tasks": TASKS,
+           "held_out": args.held_out, "validation_seed": VALIDATION_SEED, "test_seed": 0,
+           "models": models, "expert_accuracy": expert_acc,
+           "family": {k: family[k] for k in ("cosine", "sign_conflict", "sign_conflict_top", "sign_conflict_all")},
+           "rows": rows}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def write_chart(path, runs, refs, expert_acc, quick):
@@ -548,7 +745,7 @@ def write_chart(path, runs, refs, expert_acc, quick):
     ax.set_xlim(0, 1.1 * max(values + [100 * (normalized(refs[k], expert_acc, TASKS)[1] or 0)
                                        for k in ("base", "multitask")] + [1]))
     ax.set_xlabel("normalized mean accuracy, % of each task's expert (chosen setting per method)")
-    ax.set_title("weld merge methods: six experts merged")
+    ax.set_title(f"weld merge methods: {len(TASKS)} experts merged")
     ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -579,12 +776,13 @@ def parse_args():
     p = argparse.ArgumentParser(prog="bench/quality/run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=ROOT / "bench/quality/models",
-                   help="folder with base, the six experts and multitask (default: bench/quality/models)")
+                   help="folder with base, the eight experts and multitask (default: bench/quality/models)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/quality/results.md",
                    help="results file (default: bench/quality/results.md); the chart goes beside it as .png")
     p.add_argument("--held-out", type=int, default=200, help="held-out prompts per task (default 200)")
     p.add_argument("--quick", action="store_true", help="default parameters only, no sweeps")
     p.add_argument("--keep", type=Path, help="keep recipes and merged models in this folder")
+    p.add_argument("--jobs", type=int, default=2, help="merges and evals run at a time (default 2)")
     p.add_argument("--threads", type=int, default=1,
                    help="threads for weld merge and eval (default 1: on a busy 2-core machine libtorch with 2 threads "
                         "was 5x slower)")
@@ -631,18 +829,26 @@ def main():
             print(f"[ref] {name:<30} eval {time.monotonic() - t0:4.1f}s  mean "
                   f"{statistics.mean(refs[name].values()):.3f}", flush=True)
         expert_acc = {t: refs[t][t] for t in TASKS}
+        family = task_vectors.measure(args.models, TASKS)
         execute(args, runs, scopes, work)
+        scaling = plan_scaling(scaling_methods(runs, expert_acc, args.quick), args.quick)
+        execute(args, scaling, scopes, work, first=len(runs) + 1)
+        runs += scaling
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     wall = time.monotonic() - start
     chart = args.out.with_suffix(".png")
+    scaling_chart = args.out.with_name(args.out.stem + "-scaling.png")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_report(args, runs, refs, expert_acc, wall, chart.name, command)
+    write_report(args, runs, refs, expert_acc, family, wall, (chart.name, scaling_chart.name), command)
+    write_json(args.out.with_suffix(".json"), args, runs, refs, expert_acc, family, wall, command)
     write_chart(chart, runs, refs, expert_acc, args.quick)
+    write_scaling_chart(scaling_chart, runs, expert_acc, args.quick)
     failed = [r for r in runs if r.error]
-    print(f"bench/quality: wrote {args.out} and {chart} in {wall / 60:.1f} min ({len(runs)} merges)")
+    print(f"bench/quality: wrote {args.out}, {args.out.with_suffix('.json').name}, {chart.name} and "
+          f"{scaling_chart.name} in {wall / 60:.1f} min ({len(runs)} merges)")
     if failed:
         print("\n" + "!" * 78 + f"\n!!!! {len(failed)} of {len(runs)} merges FAILED (listed in {args.out}):",
               file=sys.stderr)

@@ -25,10 +25,12 @@ inline void add_eval_options(CLI::App& cmd, EvalArgs& args) {
 	auto* data = cmd.add_option("--data", args.data,
 	                            "text file (one sequence per line, byte tokens), or .jsonl of {\"input_ids\": [...]} "
 	                            "or {\"prompt\": ..., \"answer\": ...}");
-	auto* tasks = cmd.add_option("--tasks", args.tasks,
-	                             "weld's procedural tasks (addition, reverse, sort, count, caesar, brackets, or all): "
-	                             "exact match on held-out prompts")
-	                  ->delimiter(',');
+	auto* tasks =
+	    cmd.add_option("--tasks", args.tasks,
+	                   "weld's procedural tasks (addition, reverse, sort, count, caesar, brackets, multiply, maximum, "
+	                   "swap, or all): "
+	                   "exact match on held-out prompts")
+	        ->delimiter(',');
 	data->excludes(tasks);
 	tasks->excludes(data);
 	cmd.add_option("--held-out", args.held_out, "with --tasks: prompts per task")->capture_default_str();

@@ -24,13 +24,18 @@ inline void add_train_options(CLI::App& cmd, TrainArgs& a) {
 	config->excludes(init);
 	auto* tasks = cmd.add_option("--tasks", a.job.tasks,
 	                             "weld's procedural tasks to train on, in turn (addition, reverse, sort, count, "
-	                             "caesar, brackets, or all); held-out prompts are never trained on")
+	                             "caesar, brackets, multiply, maximum, swap, or all); held-out prompts are "
+	                             "never trained on")
 	                  ->delimiter(',');
 	auto* data = cmd.add_option("--data", a.data,
 	                            "data file: .jsonl of {\"prompt\", \"answer\"} (loss on the answer) or "
 	                            "{\"input_ids\"}, or text lines (byte tokens)");
 	tasks->excludes(data);
 	data->excludes(tasks);
+	cmd.add_flag("--easy-only", a.job.easy_only,
+	             "with --tasks: train on each task's easy slice only (no carries, shorter strings and lists, "
+	             "smaller multipliers: the base of bench/quality)")
+	    ->needs(tasks);
 	auto& o = a.options;
 	cmd.add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
 	cmd.add_option("--batch", o.batch, "sequences per step")->capture_default_str();

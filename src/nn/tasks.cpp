@@ -16,13 +16,16 @@
 namespace weld::tasks {
 namespace {
 
-constexpr std::array<TaskInfo, 6> kTasks = {{
+constexpr std::array<TaskInfo, 9> kTasks = {{
     {Task::addition, "addition", "add:", "sum of two numbers of up to 2 digits: add:73+45= -> 118"},
     {Task::reverse, "reverse", "rev:", "4 to 8 letters backwards: rev:abcde= -> edcba"},
     {Task::sort, "sort", "sort:", "4 to 8 letters in alphabetical order: sort:dbca= -> abcd"},
     {Task::count, "count", "cnt:", "how often a letter occurs in 4 to 10 letters: cnt:a:banana= -> 3"},
     {Task::caesar, "caesar", "rot:", "4 to 8 letters shifted k = 1..9 (given) on in the alphabet: rot:3:abz= -> dec"},
     {Task::brackets, "brackets", "brk:", "whether 2 to 12 of ()[] are balanced: brk:([])= -> yes, brk:(]= -> no"},
+    {Task::multiply, "multiply", "mul:", "a number of up to 3 digits times one digit 2..9: mul:247*6= -> 1482"},
+    {Task::maximum, "maximum", "max:", "the largest of 2 to 6 numbers 0..99: max:38,17,92= -> 92"},
+    {Task::swap, "swap", "swp:", "4 to 8 letters with each pair of neighbours swapped: swp:abcde= -> badce"},
 }};
 
 // Draws for one example: the i-th is random_uniform(key, i), so an example depends on its key only.
@@ -56,8 +59,8 @@ uint64_t example_key(Task task, uint64_t seed, uint64_t index, uint64_t attempt)
 	return mix64(mix64(stream ^ index) + kGolden * attempt);
 }
 
-int draw_operand(Draws& draws) {
-	const int digits = draws.uniform(1, kAdditionMaxDigits);
+int draw_operand(Draws& draws, int max_digits = kAdditionMaxDigits) {
+	const int digits = draws.uniform(1, max_digits);
 	int low = 1, high = 9;
 	for (int d = 1; d < digits; ++d)
 		low *= 10, high = high * 10 + 9;
@@ -107,23 +110,38 @@ std::string draw_brackets(Draws& draws) {
 	return s;
 }
 
-Example draw(Task task, Draws& draws) {
+// An example and whether it lies in its task's easy slice.
+struct Drawn {
+	Example example;
+	bool easy;
+};
+
+bool carries(int a, int b) {
+	for (; a > 0 || b > 0; a /= 10, b /= 10)
+		if (a % 10 + b % 10 >= 10) return true;
+	return false;
+}
+
+Drawn draw(Task task, Draws& draws) {
 	const std::string tag(task_info(task).tag);
 	const std::string end(1, kAnswerEnd);
+	const auto short_enough = [](const std::string& s, int max_letters) {
+		return s.size() <= static_cast<size_t>(max_letters);
+	};
 	switch (task) {
 	case Task::addition: {
 		const int a = draw_operand(draws), b = draw_operand(draws);
-		return {fmt::format("{}{}+{}=", tag, a, b), fmt::format("{}{}", a + b, end)};
+		return {{fmt::format("{}{}+{}=", tag, a, b), fmt::format("{}{}", a + b, end)}, !carries(a, b)};
 	}
 	case Task::reverse: {
 		const std::string s = draws.letters(kMinLetters, kMaxLetters);
-		return {tag + s + "=", std::string(s.rbegin(), s.rend()) + end};
+		return {{tag + s + "=", std::string(s.rbegin(), s.rend()) + end}, short_enough(s, kEasyMaxLetters)};
 	}
 	case Task::sort: {
 		const std::string s = draws.letters(kMinLetters, kMaxLetters);
 		std::string sorted = s;
 		std::sort(sorted.begin(), sorted.end());
-		return {tag + s + "=", sorted + end};
+		return {{tag + s + "=", sorted + end}, short_enough(s, kEasyMaxLetters)};
 	}
 	case Task::count: {
 		// The target makes up about a third of the letters, so counts spread over 0..length
@@ -136,7 +154,8 @@ Example draw(Task task, Draws& draws) {
 			if (c >= target) ++c; // any letter but the target
 		}
 		const auto n = std::count(s.begin(), s.end(), target);
-		return {fmt::format("{}{}:{}=", tag, target, s), fmt::format("{}{}", n, end)};
+		return {{fmt::format("{}{}:{}=", tag, target, s), fmt::format("{}{}", n, end)},
+		        short_enough(s, kEasyCountMaxLetters)};
 	}
 	case Task::caesar: {
 		const int shift = draws.uniform(1, kCaesarMaxShift);
@@ -144,17 +163,43 @@ Example draw(Task task, Draws& draws) {
 		std::string shifted = s;
 		for (char& c : shifted)
 			c = static_cast<char>('a' + (c - 'a' + shift) % 26);
-		return {fmt::format("{}{}:{}=", tag, shift, s), shifted + end};
+		return {{fmt::format("{}{}:{}=", tag, shift, s), shifted + end}, short_enough(s, kEasyMaxLetters)};
 	}
 	case Task::brackets: {
 		const std::string s = draw_brackets(draws);
-		return {tag + s + "=", (balanced(s) ? "yes" : "no") + end};
+		return {{tag + s + "=", (balanced(s) ? "yes" : "no") + end}, short_enough(s, 2 * kEasyMaxPairs)};
+	}
+	case Task::multiply: {
+		const int a = draw_operand(draws, kMultiplyMaxDigits),
+		          digit = draws.uniform(kMultiplyMinDigit, kMultiplyMaxDigit);
+		return {{fmt::format("{}{}*{}=", tag, a, digit), fmt::format("{}{}", a * digit, end)},
+		        digit <= kEasyMaxMultiplier};
+	}
+	case Task::maximum: {
+		const int n = draws.uniform(kMaximumMinNumbers, kMaximumMaxNumbers);
+		std::string list;
+		int largest = 0;
+		for (int i = 0; i < n; ++i) {
+			const int x = draws.uniform(0, 99);
+			largest = std::max(largest, x);
+			if (i > 0) list.push_back(',');
+			list += std::to_string(x);
+		}
+		return {{tag + list + "=", fmt::format("{}{}", largest, end)}, n <= kEasyMaxNumbers};
+	}
+	case Task::swap: {
+		std::string s = draws.letters(kMinLetters, kMaxLetters);
+		const bool easy = short_enough(s, kEasyMaxLetters);
+		const std::string prompt = tag + s + "=";
+		for (size_t i = 0; i + 1 < s.size(); i += 2)
+			std::swap(s[i], s[i + 1]);
+		return {{prompt, s + end}, easy};
 	}
 	}
 	throw Error("unknown task"); // unreachable: every enumerator is handled above
 }
 
-Example make_example_attempt(Task task, uint64_t seed, uint64_t index, uint64_t attempt) {
+Drawn make_example_attempt(Task task, uint64_t seed, uint64_t index, uint64_t attempt) {
 	Draws draws(example_key(task, seed, index, attempt));
 	return draw(task, draws);
 }
@@ -192,7 +237,7 @@ std::vector<Task> find_tasks(const std::vector<std::string>& names) {
 }
 
 Example make_example(Task task, uint64_t seed, uint64_t index) {
-	return make_example_attempt(task, seed, index, 0);
+	return make_example_attempt(task, seed, index, 0).example;
 }
 
 bool is_held_out(const Example& example) {
@@ -203,10 +248,11 @@ bool is_held_out(const Example& example) {
 	return random_detail::mix64(hash) % 10 == 0;
 }
 
-Example make_training_example(Task task, uint64_t seed, uint64_t index) {
+Example make_training_example(Task task, uint64_t seed, uint64_t index, bool easy_only) {
+	// Every task's easy slice is over a third of its draws, so few redraws are needed.
 	for (uint64_t attempt = 0;; ++attempt) {
-		Example example = make_example_attempt(task, seed, index, attempt);
-		if (!is_held_out(example)) return example;
+		Drawn drawn = make_example_attempt(task, seed, index, attempt);
+		if (!is_held_out(drawn.example) && (drawn.easy || !easy_only)) return std::move(drawn.example);
 	}
 }
 

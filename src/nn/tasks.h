@@ -13,7 +13,8 @@
 
 namespace weld::tasks {
 
-enum class Task { addition, reverse, sort, count, caesar, brackets };
+// New tasks go at the end: a task's position seeds its example stream.
+enum class Task { addition, reverse, sort, count, caesar, brackets, multiply, maximum, swap };
 
 struct TaskInfo {
 	Task task;
@@ -39,12 +40,25 @@ inline constexpr char kAnswerEnd = '\n';
 inline constexpr int kAdditionMaxDigits = 2;           // operands 0..99
 inline constexpr int kMinLetters = 4, kMaxLetters = 8; // reverse, sort, caesar
 inline constexpr int kCountMinLetters = 4, kCountMaxLetters = 10;
-inline constexpr int kCaesarMaxShift = 9;   // shifts 1..9, given in the prompt: "rot:3:"
-inline constexpr int kBracketsMaxPairs = 6; // strings of 2..12 of ()[]
+inline constexpr int kCaesarMaxShift = 9;    // shifts 1..9, given in the prompt: "rot:3:"
+inline constexpr int kBracketsMaxPairs = 6;  // strings of 2..12 of ()[]
+inline constexpr int kMultiplyMaxDigits = 3; // a 0..999 operand (digit count uniform) times one digit
+inline constexpr int kMultiplyMinDigit = 2, kMultiplyMaxDigit = 9;
+inline constexpr int kMaximumMinNumbers = 2, kMaximumMaxNumbers = 6; // numbers 0..99
+
+// The easy slice of each task (make_training_example with easy_only): the instances a general base
+// model learns so that it knows every task's format and partly solves it, leaving the rest (carries,
+// longer strings, larger multipliers, longer lists) to experts. Bounds are inclusive.
+inline constexpr int kEasyMaxLetters = 5;      // reverse, sort, caesar, swap
+inline constexpr int kEasyCountMaxLetters = 6; // count
+inline constexpr int kEasyMaxMultiplier = 4;   // multiply
+inline constexpr int kEasyMaxNumbers = 3;      // maximum
+inline constexpr int kEasyMaxPairs = 3;        // brackets
+// addition: no carry in any digit (73+25, not 73+45)
 
 // Bounds on every task's prompt and answer (kAnswerEnd included): the context a model needs and
 // the most tokens to generate.
-inline constexpr size_t kMaxPromptBytes = 17; // "cnt:a:" + 10 letters + "="
+inline constexpr size_t kMaxPromptBytes = 22; // "max:" + 6 numbers of 2 digits, 5 commas, "="
 inline constexpr size_t kMaxAnswerBytes = 9;  // 8 letters + kAnswerEnd
 
 struct Example {
@@ -64,8 +78,9 @@ Example make_example(Task task, uint64_t seed, uint64_t index);
 bool is_held_out(const Example& example);
 
 // Like make_example but never held out: make_example(task, seed, index) when that is not held
-// out, else a fresh draw for the same (task, seed, index) until one is not.
-Example make_training_example(Task task, uint64_t seed, uint64_t index);
+// out, else a fresh draw for the same (task, seed, index) until one is not. With easy_only, the
+// redraws also skip every instance outside the task's easy slice (the kEasy bounds above).
+Example make_training_example(Task task, uint64_t seed, uint64_t index, bool easy_only = false);
 
 // The first count distinct prompts of the split (held out, or training) of the task's stream for
 // seed, in index order. Throws weld::Error when the split has too few distinct prompts.

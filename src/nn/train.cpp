@@ -58,11 +58,12 @@ TrainingSequence prompt_answer_sequence(const ByteTokenizer& tokenizer, const st
 } // namespace
 
 SequenceStream task_stream(const std::vector<std::string>& names, uint64_t seed, int64_t vocab_size,
-                           const std::string& model) {
+                           const std::string& model, bool easy_only) {
 	const auto chosen = tasks::find_tasks(names);
 	const auto tokenizer = tokenizer_for(vocab_size, model);
-	return [chosen, seed, tokenizer](uint64_t index) {
-		const auto example = tasks::make_training_example(chosen[index % chosen.size()], seed, index / chosen.size());
+	return [chosen, seed, tokenizer, easy_only](uint64_t index) {
+		const auto example =
+		    tasks::make_training_example(chosen[index % chosen.size()], seed, index / chosen.size(), easy_only);
 		return prompt_answer_sequence(tokenizer, example.prompt, example.answer);
 	};
 }
@@ -204,9 +205,10 @@ void train(const TrainJob& job, const TrainOptions& o, const std::function<void(
 	                 : LlamaModel::load(job.init, at::kFloat);
 	const auto& config = model.config();
 	const std::string model_name = job.init.string();
-	const auto stream = job.tasks.empty() ? file_stream(job.data, job.seed, config.vocab_size,
-	                                                    config.max_position_embeddings, model_name)
-	                                      : task_stream(job.tasks, job.seed, config.vocab_size, model_name);
+	const auto stream =
+	    job.tasks.empty()
+	        ? file_stream(job.data, job.seed, config.vocab_size, config.max_position_embeddings, model_name)
+	        : task_stream(job.tasks, job.seed, config.vocab_size, model_name, job.easy_only);
 
 	model.set_requires_grad(true);
 	std::vector<at::Tensor> all, decay, no_decay;

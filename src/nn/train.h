@@ -42,9 +42,10 @@ struct TrainingSequence {
 using SequenceStream = std::function<TrainingSequence(uint64_t index)>;
 
 // Procedural tasks (src/nn/tasks.h) in turn: index i is task tasks[i % n]'s training example
-// i / n for seed, as BOS + prompt + answer with the loss on the answer.
+// i / n for seed (from their easy slices only with easy_only), as BOS + prompt + answer with the
+// loss on the answer.
 SequenceStream task_stream(const std::vector<std::string>& tasks, uint64_t seed, int64_t vocab_size,
-                           const std::string& model);
+                           const std::string& model, bool easy_only = false);
 
 // A data file, in an order shuffled anew each epoch from seed: prompt/answer JSONL (loss on the
 // answer), or text lines (loss on every token after the first), byte tokens; lines longer than
@@ -67,7 +68,8 @@ struct TrainJob {
 	std::filesystem::path init, config_file, out;
 	std::vector<std::string> tasks;
 	std::filesystem::path data;
-	uint64_t seed = 0; // initialization and the order of examples
+	uint64_t seed = 0;      // initialization and the order of examples
+	bool easy_only = false; // with tasks: only their easy slices (tasks::make_training_example)
 	bool save_optimizer = false;
 	bool force = false; // replace an existing out
 };
