@@ -128,13 +128,20 @@ std::string expected_answer(Task task, const std::string& prompt) {
 			swapped += i + 1 < s.size() ? std::string{s[i + 1], s[i]} : std::string{s[i]};
 		return swapped;
 	}
+	case Task::subtraction: {
+		const auto minus = s.find('-');
+		EXPECT_TRUE(minus != std::string::npos && minus > 0 && minus <= 3 && s.size() - minus - 1 <= 3) << prompt;
+		const int a = std::stoi(s.substr(0, minus)), b = std::stoi(s.substr(minus + 1));
+		EXPECT_GE(a, b) << prompt;
+		return std::to_string(a - b);
+	}
 	}
 	return "";
 }
 
 // Whether the example lies in its task's easy slice, worked out again from the prompt: the
-// slices are documented in tasks.h (no carries; at most 5 letters, 6 for count; multipliers up to
-// 4; at most 3 numbers; at most 3 pairs of brackets).
+// slices are documented in tasks.h (no carries or borrows; at most 5 letters, 6 for count;
+// shifts up to 5; multipliers up to 4; at most 3 numbers; at most 3 pairs of brackets).
 bool expected_easy(Task task, const std::string& prompt) {
 	const std::string s = body(task, prompt);
 	switch (task) {
@@ -149,7 +156,7 @@ bool expected_easy(Task task, const std::string& prompt) {
 	case Task::swap:
 		return s.size() <= 5;
 	case Task::caesar:
-		return s.size() - 2 <= 5;
+		return s[0] <= '5';
 	case Task::count:
 		return s.size() - 2 <= 6;
 	case Task::brackets:
@@ -158,13 +165,19 @@ bool expected_easy(Task task, const std::string& prompt) {
 		return s.back() <= '4';
 	case Task::maximum:
 		return std::count(s.begin(), s.end(), ',') <= 2;
+	case Task::subtraction: { // no digit of the second number larger than the first's
+		const std::string a = s.substr(0, s.find('-')), b = s.substr(s.find('-') + 1);
+		for (size_t i = 1; i <= b.size(); ++i)
+			if (b[b.size() - i] > a[a.size() - i]) return false;
+		return true;
+	}
 	}
 	return false;
 }
 
 TEST(NnTasks, RegistryNamesTagsAndLookup) {
 	const std::vector<std::string> names = {"addition", "reverse",  "sort",    "count", "caesar",
-	                                        "brackets", "multiply", "maximum", "swap"};
+	                                        "brackets", "multiply", "maximum", "swap",  "subtraction"};
 	ASSERT_EQ(all_tasks().size(), names.size());
 	for (size_t i = 0; i < names.size(); ++i) {
 		const auto& info = all_tasks()[i];
@@ -235,8 +248,9 @@ TEST(NnTasks, AnswersAreCorrectAndShort) {
 			lengths.insert(example.prompt.size());
 		}
 		// The knobs' whole range is drawn: shortest and longest inputs both occur.
-		// addition: 1-2 digits each; multiply: 1-3 digits times one digit.
-		const bool few_lengths = info.task == Task::addition || info.task == Task::multiply;
+		// addition: 1-2 digits each; subtraction: 1-3; multiply: 1-3 digits times one digit.
+		const bool few_lengths =
+		    info.task == Task::addition || info.task == Task::subtraction || info.task == Task::multiply;
 		EXPECT_GE(lengths.size(), few_lengths ? 3u : 5u) << info.name;
 		if (info.task == Task::count) {
 			EXPECT_GE(answers.size(), 7u) << "counts should spread over 0..10";

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-TASKS = ["addition", "reverse", "sort", "count", "caesar", "multiply", "maximum", "swap"]
+TASKS = ["addition", "reverse", "sort", "count", "caesar", "subtraction", "maximum", "swap"]
 TOP_FRACTION = 0.2
 
 

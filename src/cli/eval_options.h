@@ -2,6 +2,8 @@
 // weld-torch, cli/torch_program.h) and weld-torch itself (which links libtorch).
 #pragma once
 
+#include "nn/tasks.h"
+
 #include <CLI/CLI.hpp>
 
 #include <string>
@@ -27,9 +29,7 @@ inline void add_eval_options(CLI::App& cmd, EvalArgs& args) {
 	                            "or {\"prompt\": ..., \"answer\": ...}");
 	auto* tasks =
 	    cmd.add_option("--tasks", args.tasks,
-	                   "weld's procedural tasks (addition, reverse, sort, count, caesar, brackets, multiply, maximum, "
-	                   "swap, or all): "
-	                   "exact match on held-out prompts")
+	                   "weld's procedural tasks (" + tasks::task_names() + ", or all): exact match on held-out prompts")
 	        ->delimiter(',');
 	data->excludes(tasks);
 	tasks->excludes(data);

@@ -1,6 +1,7 @@
 // The options of `weld train` (parsed by weld-torch; weld forwards them as given).
 #pragma once
 
+#include "nn/tasks.h"
 #include "nn/train.h"
 
 #include <CLI/CLI.hpp>
@@ -23,9 +24,8 @@ inline void add_train_options(CLI::App& cmd, TrainArgs& a) {
 	init->excludes(config);
 	config->excludes(init);
 	auto* tasks = cmd.add_option("--tasks", a.job.tasks,
-	                             "weld's procedural tasks to train on, in turn (addition, reverse, sort, count, "
-	                             "caesar, brackets, multiply, maximum, swap, or all); held-out prompts are "
-	                             "never trained on")
+	                             "weld's procedural tasks to train on, in turn (" + tasks::task_names() +
+	                                 ", or all); held-out prompts are never trained on")
 	                  ->delimiter(',');
 	auto* data = cmd.add_option("--data", a.data,
 	                            "data file: .jsonl of {\"prompt\", \"answer\"} (loss on the answer) or "
@@ -33,8 +33,8 @@ inline void add_train_options(CLI::App& cmd, TrainArgs& a) {
 	tasks->excludes(data);
 	data->excludes(tasks);
 	cmd.add_flag("--easy-only", a.job.easy_only,
-	             "with --tasks: train on each task's easy slice only (no carries, shorter strings and lists, "
-	             "smaller multipliers: the base of bench/quality)")
+	             "with --tasks: train on each task's easy slice only (no carries or borrows, shorter strings and "
+	             "lists, smaller shifts and multipliers: the base of bench/quality)")
 	    ->needs(tasks);
 	auto& o = a.options;
 	cmd.add_option("--steps", o.steps, "optimizer steps")->capture_default_str();

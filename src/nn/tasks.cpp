@@ -16,7 +16,7 @@
 namespace weld::tasks {
 namespace {
 
-constexpr std::array<TaskInfo, 9> kTasks = {{
+constexpr std::array<TaskInfo, 10> kTasks = {{
     {Task::addition, "addition", "add:", "sum of two numbers of up to 2 digits: add:73+45= -> 118"},
     {Task::reverse, "reverse", "rev:", "4 to 8 letters backwards: rev:abcde= -> edcba"},
     {Task::sort, "sort", "sort:", "4 to 8 letters in alphabetical order: sort:dbca= -> abcd"},
@@ -26,6 +26,8 @@ constexpr std::array<TaskInfo, 9> kTasks = {{
     {Task::multiply, "multiply", "mul:", "a number of up to 3 digits times one digit 2..9: mul:247*6= -> 1482"},
     {Task::maximum, "maximum", "max:", "the largest of 2 to 6 numbers 0..99: max:38,17,92= -> 92"},
     {Task::swap, "swap", "swp:", "4 to 8 letters with each pair of neighbours swapped: swp:abcde= -> badce"},
+    {Task::subtraction, "subtraction",
+     "sub:", "difference of two numbers of up to 3 digits, larger first: sub:273-45= -> 228"},
 }};
 
 // Draws for one example: the i-th is random_uniform(key, i), so an example depends on its key only.
@@ -122,6 +124,12 @@ bool carries(int a, int b) {
 	return false;
 }
 
+bool borrows(int a, int b) { // a >= b
+	for (; b > 0; a /= 10, b /= 10)
+		if (a % 10 < b % 10) return true;
+	return false;
+}
+
 Drawn draw(Task task, Draws& draws) {
 	const std::string tag(task_info(task).tag);
 	const std::string end(1, kAnswerEnd);
@@ -163,7 +171,7 @@ Drawn draw(Task task, Draws& draws) {
 		std::string shifted = s;
 		for (char& c : shifted)
 			c = static_cast<char>('a' + (c - 'a' + shift) % 26);
-		return {{fmt::format("{}{}:{}=", tag, shift, s), shifted + end}, short_enough(s, kEasyMaxLetters)};
+		return {{fmt::format("{}{}:{}=", tag, shift, s), shifted + end}, shift <= kEasyMaxShift};
 	}
 	case Task::brackets: {
 		const std::string s = draw_brackets(draws);
@@ -195,6 +203,11 @@ Drawn draw(Task task, Draws& draws) {
 			std::swap(s[i], s[i + 1]);
 		return {{prompt, s + end}, easy};
 	}
+	case Task::subtraction: {
+		const int x = draw_operand(draws, kSubtractionMaxDigits), y = draw_operand(draws, kSubtractionMaxDigits);
+		const int a = std::max(x, y), b = std::min(x, y);
+		return {{fmt::format("{}{}-{}=", tag, a, b), fmt::format("{}{}", a - b, end)}, !borrows(a, b)};
+	}
 	}
 	throw Error("unknown task"); // unreachable: every enumerator is handled above
 }
@@ -214,13 +227,17 @@ const TaskInfo& task_info(Task task) {
 	return kTasks.at(static_cast<size_t>(task));
 }
 
+std::string task_names() {
+	std::string names;
+	for (const TaskInfo& info : kTasks)
+		names += (names.empty() ? "" : ", ") + std::string(info.name);
+	return names;
+}
+
 Task find_task(std::string_view name) {
-	std::string known;
-	for (const TaskInfo& info : kTasks) {
+	for (const TaskInfo& info : kTasks)
 		if (info.name == name) return info.task;
-		known += (known.empty() ? "" : ", ") + std::string(info.name);
-	}
-	throw Error(fmt::format("unknown task '{}' (the tasks: {})", name, known));
+	throw Error(fmt::format("unknown task '{}' (the tasks: {})", name, task_names()));
 }
 
 std::vector<Task> find_tasks(const std::vector<std::string>& names) {

@@ -14,7 +14,7 @@
 namespace weld::tasks {
 
 // New tasks go at the end: a task's position seeds its example stream.
-enum class Task { addition, reverse, sort, count, caesar, brackets, multiply, maximum, swap };
+enum class Task { addition, reverse, sort, count, caesar, brackets, multiply, maximum, swap, subtraction };
 
 struct TaskInfo {
 	Task task;
@@ -26,6 +26,8 @@ struct TaskInfo {
 // Every task, in a fixed order (the order of Task).
 std::span<const TaskInfo> all_tasks();
 const TaskInfo& task_info(Task task);
+// Every task's name, comma-separated, in order ("addition, reverse, ..."): for help and errors.
+std::string task_names();
 // The task called name; throws weld::Error listing the known names.
 Task find_task(std::string_view name);
 // Tasks by name, in the order given; "all" stands for every task. Throws on an unknown name or
@@ -38,6 +40,7 @@ inline constexpr char kAnswerEnd = '\n';
 
 // Difficulty knobs, sized so that a model of at most 2M parameters can reach 90% exact match.
 inline constexpr int kAdditionMaxDigits = 2;           // operands 0..99
+inline constexpr int kSubtractionMaxDigits = 3;        // operands 0..999, the larger first
 inline constexpr int kMinLetters = 4, kMaxLetters = 8; // reverse, sort, caesar
 inline constexpr int kCountMinLetters = 4, kCountMaxLetters = 10;
 inline constexpr int kCaesarMaxShift = 9;    // shifts 1..9, given in the prompt: "rot:3:"
@@ -48,13 +51,14 @@ inline constexpr int kMaximumMinNumbers = 2, kMaximumMaxNumbers = 6; // numbers 
 
 // The easy slice of each task (make_training_example with easy_only): the instances a general base
 // model learns so that it knows every task's format and partly solves it, leaving the rest (carries,
-// longer strings, larger multipliers, longer lists) to experts. Bounds are inclusive.
-inline constexpr int kEasyMaxLetters = 5;      // reverse, sort, caesar, swap
+// longer strings, larger shifts and multipliers, longer lists) to experts. Bounds are inclusive.
+inline constexpr int kEasyMaxLetters = 5;      // reverse, sort, swap
 inline constexpr int kEasyCountMaxLetters = 6; // count
+inline constexpr int kEasyMaxShift = 5;        // caesar (any length): the expert learns shifts 6..9
 inline constexpr int kEasyMaxMultiplier = 4;   // multiply
 inline constexpr int kEasyMaxNumbers = 3;      // maximum
 inline constexpr int kEasyMaxPairs = 3;        // brackets
-// addition: no carry in any digit (73+25, not 73+45)
+// addition: no carry in any digit (73+25, not 73+45); subtraction: no borrow (73-21, not 73-45)
 
 // Bounds on every task's prompt and answer (kAnswerEnd included): the context a model needs and
 // the most tokens to generate.
