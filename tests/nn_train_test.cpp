@@ -146,6 +146,39 @@ TEST_F(Train, SameSeedSameBytesOtherSeedOtherBytes) {
 	EXPECT_FALSE(fs::exists(tmp / "a" / "optimizer"));
 }
 
+// LoRA: the saved model differs from the start only in the attention and MLP projections, each
+// by a matrix of rank at most lora_rank, and the loss falls.
+TEST_F(Train, LoraChangesOnlyProjectionsByLowRank) {
+	nn::TrainOptions o;
+	o.steps = 20;
+	o.batch = 8;
+	o.lr = 0.02;
+	o.lora_rank = 2;
+	o.lora_alpha = 4;
+	std::vector<double> losses;
+	nn::train(job("lora"), o, [&](const nn::StepReport& r) { losses.push_back(r.loss); });
+	EXPECT_LT(losses.back(), losses.front());
+	const auto start = LlamaModel::create(kTinyConfig, "config", 5);
+	const auto trained = read_f32_file(tmp / "lora" / "model.safetensors");
+	int projections = 0;
+	for (const auto& [name, p] : start.parameters()) {
+		const auto tau = trained.at(name) - p.to(at::kDouble);
+		if (name.find("_proj.weight") == std::string::npos) {
+			EXPECT_EQ(tau.abs().max().item<double>(), 0.0) << name;
+			continue;
+		}
+		++projections;
+		const auto sv = at::linalg_svdvals(tau);
+		EXPECT_GT(sv[0].item<double>(), 1e-4) << name;
+		EXPECT_LT(sv[2].item<double>(), 1e-5 * sv[0].item<double>()) << name; // float32 folding noise
+	}
+	EXPECT_EQ(projections, 7);
+
+	auto with_optimizer = job("lora-optimizer");
+	with_optimizer.save_optimizer = true;
+	EXPECT_NE(error_of([&] { nn::train(with_optimizer, o, {}); }).find("--lora-rank"), std::string::npos);
+}
+
 // A text memorized: perplexity on it falls from about the vocabulary's size to near 1.
 TEST_F(Train, LearnsText) {
 	test::write_file(tmp / "text.txt", "abcabcabcabcabcabc\nabcabcabcabc\n");

@@ -46,6 +46,12 @@ inline void add_train_options(CLI::App& cmd, TrainArgs& a) {
 	cmd.add_option("--beta1", o.beta1, "AdamW beta1")->capture_default_str();
 	cmd.add_option("--beta2", o.beta2, "AdamW beta2")->capture_default_str();
 	cmd.add_option("--clip", o.clip, "gradient clipping: largest global norm (0: none)")->capture_default_str();
+	cmd.add_option("--lora-rank", o.lora_rank,
+	               "train a LoRA update of this rank on every attention and MLP projection (embeddings, lm_head "
+	               "and norms frozen) and save the model with it folded in (0: full fine-tuning)")
+	    ->capture_default_str();
+	cmd.add_option("--lora-alpha", o.lora_alpha, "LoRA scale numerator: the update is alpha / rank * B A (0: rank)")
+	    ->capture_default_str();
 	cmd.add_option("--seed", a.job.seed, "seed of the initialization and the order of examples")->capture_default_str();
 	cmd.add_option("--threads", o.threads, "CPU threads (default: all cores; results can depend on it)");
 	cmd.add_flag("--save-optimizer", a.job.save_optimizer,

@@ -8,6 +8,7 @@
 #include "tensor/kernels.h"
 #include "util/error.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -182,6 +183,52 @@ void save_second_moments(torch::optim::AdamW& optimizer, const LlamaModel& model
 	write_text_file(dir / "optimizer.json", info.dump(2) + "\n");
 }
 
+// A LoRA-trained projection: the model's weight W (its gradient is taken as usual) is rewritten
+// as frozen + scale * b a after each step; a and b are what the optimizer updates.
+struct LoraWeight {
+	at::Tensor weight, frozen, a, b;
+};
+
+bool is_projection(const std::string& name) {
+	for (const char* proj : {".q_proj.weight", ".k_proj.weight", ".v_proj.weight", ".o_proj.weight",
+	                         ".gate_proj.weight", ".up_proj.weight", ".down_proj.weight"})
+		if (name.ends_with(proj)) return true;
+	return false;
+}
+
+std::vector<LoraWeight> make_lora(LlamaModel& model, int64_t rank, uint64_t seed) {
+	auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+	std::vector<LoraWeight> out;
+	for (auto& [name, p] : model.parameters()) {
+		if (!is_projection(name)) {
+			p.requires_grad_(false);
+			continue;
+		}
+		const int64_t rows = p.size(0), cols = p.size(1), r = std::min({rank, rows, cols});
+		const double bound = 1.0 / std::sqrt(static_cast<double>(cols));
+		auto a = at::empty({r, cols}, p.options().requires_grad(false)).uniform_(-bound, bound, gen);
+		out.push_back(
+		    {p, p.detach().clone(), a.requires_grad_(true), at::zeros({rows, r}, p.options()).requires_grad_(true)});
+	}
+	return out;
+}
+
+// The chain rule from dL/dW to the factors, then W's gradient is dropped.
+void lora_gradients(std::vector<LoraWeight>& lora, double scale) {
+	for (auto& l : lora) {
+		const auto g = l.weight.grad();
+		l.a.mutable_grad() = scale * at::matmul(l.b.detach().t(), g);
+		l.b.mutable_grad() = scale * at::matmul(g, l.a.detach().t());
+		l.weight.mutable_grad() = at::Tensor();
+	}
+}
+
+void fold_lora(std::vector<LoraWeight>& lora, double scale) {
+	const at::NoGradGuard no_grad;
+	for (auto& l : lora)
+		l.weight.copy_(l.frozen + scale * at::matmul(l.b, l.a));
+}
+
 void check_options(const TrainOptions& o) {
 	if (o.steps <= 0 || o.batch <= 0) throw Error("--steps and --batch must be positive");
 	if (!(o.lr > 0) || !(o.min_lr >= 0) || o.min_lr > o.lr) throw Error("need 0 <= --min-lr <= --lr and --lr > 0");
@@ -189,6 +236,7 @@ void check_options(const TrainOptions& o) {
 	if (!(o.clip >= 0) || !(o.weight_decay >= 0)) throw Error("--clip and --weight-decay must not be negative");
 	if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1 && o.eps > 0))
 		throw Error("AdamW needs 0 <= beta < 1 and eps > 0");
+	if (o.lora_rank < 0 || !(o.lora_alpha >= 0)) throw Error("--lora-rank and --lora-alpha must not be negative");
 }
 
 } // namespace
@@ -210,11 +258,23 @@ void train(const TrainJob& job, const TrainOptions& o, const std::function<void(
 	        ? file_stream(job.data, job.seed, config.vocab_size, config.max_position_embeddings, model_name)
 	        : task_stream(job.tasks, job.seed, config.vocab_size, model_name, job.easy_only);
 
+	if (job.save_optimizer && o.lora_rank > 0)
+		throw Error("--save-optimizer and --lora-rank cannot be combined (the optimizer sees the LoRA factors, not the "
+		            "weights)");
 	model.set_requires_grad(true);
+	auto lora = o.lora_rank > 0 ? make_lora(model, o.lora_rank, job.seed) : std::vector<LoraWeight>{};
+	const double lora_scale =
+	    o.lora_rank > 0 ? (o.lora_alpha > 0 ? o.lora_alpha : double(o.lora_rank)) / double(o.lora_rank) : 0;
 	std::vector<at::Tensor> all, decay, no_decay;
-	for (auto& [name, p] : model.parameters()) {
-		all.push_back(p);
-		(p.dim() >= 2 ? decay : no_decay).push_back(p);
+	if (lora.empty()) {
+		for (auto& [name, p] : model.parameters()) {
+			all.push_back(p);
+			(p.dim() >= 2 ? decay : no_decay).push_back(p);
+		}
+	} else {
+		for (const auto& l : lora)
+			all.insert(all.end(), {l.a, l.b});
+		decay = all;
 	}
 	torch::optim::AdamWOptions defaults(o.lr);
 	defaults.betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weight_decay);
@@ -238,9 +298,11 @@ void train(const TrainJob& job, const TrainOptions& o, const std::function<void(
 		                                         targets.reshape({-1}), {}, at::Reduction::Mean, -100);
 		optimizer.zero_grad();
 		loss.backward();
+		if (!lora.empty()) lora_gradients(lora, lora_scale);
 		report.grad_norm =
 		    torch::nn::utils::clip_grad_norm_(all, o.clip > 0 ? o.clip : std::numeric_limits<double>::infinity());
 		optimizer.step();
+		if (!lora.empty()) fold_lora(lora, lora_scale);
 		report.loss = loss.item<double>();
 		if (!std::isfinite(report.loss))
 			throw Error(fmt::format("training diverged at step {} (loss {}); lower --lr", step, report.loss));

@@ -22,6 +22,12 @@ struct TrainOptions {
 	double beta1 = 0.9, beta2 = 0.99, eps = 1e-8;
 	double clip = 1.0; // global gradient norm limit; 0: none
 	int threads = 0;   // 0: libtorch's default (all cores)
+	// LoRA (Hu et al. 2022): with lora_rank > 0, every attention and MLP projection W trains as
+	// W0 + (lora_alpha / lora_rank) * B A with A [rank, in] drawn from U(-1/sqrt(in), 1/sqrt(in)),
+	// B [out, rank] zero, W0 frozen, as PEFT does; embeddings, lm_head and norms stay frozen. The
+	// saved model has the update folded in. lora_alpha 0 means lora_rank (a scale of 1).
+	int64_t lora_rank = 0;
+	double lora_alpha = 0;
 };
 
 // Learning rate for step (0-based): lr * (step + 1) / warmup during the warm-up, then
