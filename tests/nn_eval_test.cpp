@@ -182,10 +182,11 @@ TEST_F(EvalCommand, ClearErrors) {
 
 // evaluate_tasks scores all answer positions in one forward pass; weld eval --data generates
 // greedily token by token. On a model that gets some prompts right and some wrong (the
-// benchmark's lightly trained base) they must agree prompt for prompt, task by task.
+// first quality-benchmark family's lightly trained base, kept in tests/data) they must agree
+// prompt for prompt, task by task.
 TEST(TaskAccuracy, OneForwardPassAgreesWithGreedyGeneration) {
-	const auto base = std::filesystem::path(WELD_SOURCE_DIR) / "bench/quality/models/base";
-	ASSERT_TRUE(std::filesystem::exists(base / "config.json")) << base << " missing (bench/quality/train makes it)";
+	const auto base = std::filesystem::path(WELD_SOURCE_DIR) / "tests/data/transformers/base";
+	ASSERT_TRUE(std::filesystem::exists(base / "config.json")) << base << " missing";
 	test::TempDir tmp;
 	const size_t count = 40;
 	const auto scores = nn::evaluate_tasks(base, {"all"}, count, 0, {});

@@ -15,12 +15,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A recording's model folder: beside it (tiny test models) or among the benchmark's models.
+// A recording's model folder, beside it.
 fs::path model_folder(const std::string& name) {
-	const fs::path source(WELD_SOURCE_DIR);
-	for (const auto& dir : {source / "tests/data/transformers" / name, source / "bench/quality/models" / name})
-		if (fs::exists(dir / "config.json")) return dir;
-	return {};
+	const auto dir = fs::path(WELD_SOURCE_DIR) / "tests/data/transformers" / name;
+	return fs::exists(dir / "config.json") ? dir : fs::path();
 }
 
 TEST(Transformers, LogitsOfWeldWrittenModelsMatch) {
