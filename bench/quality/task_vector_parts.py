@@ -5,7 +5,7 @@ restricted to that part, scored on every task with `weld eval`.
 
     bench/quality/task_vector_parts.py BASE EXPERT [--weld build/weld] [--held-out 200]
 
-Float32 models only (the benchmark's). Standard library and NumPy (Debian: python3-numpy).
+F32 or BF16 models (written back as F32). Standard library and NumPy (Debian: python3-numpy).
 """
 import argparse
 import json
@@ -19,22 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from task_vectors import load_tensors as load
+
 TASKS = "addition,reverse,sort,count,caesar,subtraction,maximum,swap"
-
-
-def load(folder):
-    data = (Path(folder) / "model.safetensors").read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] != "F32":
-            sys.exit(f"{folder}: tensor {name} is {info['dtype']}; this script reads float32 models")
-        begin, end = (8 + n + o for o in info["data_offsets"])
-        out[name] = np.frombuffer(data[begin:end], dtype="<f4").reshape(info["shape"])
-    return out
 
 
 def save(folder, tensors, config_from):

@@ -24,8 +24,8 @@ TASKS = ["addition", "reverse", "sort", "count", "caesar", "subtraction", "maxim
 TOP_FRACTION = 0.2
 
 
-def load(folder):
-    """Every weight of folder/model.safetensors, flattened in tensor-name order, as float64."""
+def load_tensors(folder):
+    """{name: float64 array of its shape} of folder/model.safetensors (F32 or BF16)."""
     path = Path(folder) / "model.safetensors"
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
@@ -41,8 +41,14 @@ def load(folder):
             values = (np.frombuffer(data[begin:end], dtype="<u2").astype(np.uint32) << 16).view(np.float32)
         else:
             sys.exit(f"{path}: tensor {name} is {info['dtype']}; this script reads F32 and BF16 models")
-        out[name] = values.astype(np.float64)
-    return np.concatenate([out[k] for k in sorted(out)])
+        out[name] = values.astype(np.float64).reshape(info["shape"])
+    return out
+
+
+def load(folder):
+    """Every weight of folder/model.safetensors, flattened in tensor-name order, as float64."""
+    tensors = load_tensors(folder)
+    return np.concatenate([tensors[k].ravel() for k in sorted(tensors)])
 
 
 def opposite_fraction(a, b, mask):
