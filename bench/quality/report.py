@@ -476,7 +476,7 @@ def write_report(args, runs, refs, expert_acc, family, wall, chart_names, comman
     main = [r for r in runs if r.kind == "main"]
     swept = {m for m, s in METHODS.items() if s.sweep}
     undefined = [t for t in TASKS if expert_acc[t] <= 0]
-    commit = git_commit()
+    commit = commit_text(args.commit)
     L += ["# Merge-quality benchmark: results", "",
           f"Produced by `{command}` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}"
           f" with weld {commit}, in {wall / 60:.1f} min: {len(runs)} merges, "
@@ -711,7 +711,8 @@ def write_json(path, args, runs, refs, expert_acc, family, wall, command):
     models = {name: {"accuracy": refs[name], "tau_ratio": family["tau_ratio"].get(name)}
               for name in ["base", *TASKS, "multitask"]}
     doc = {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "weld_commit": git_commit().strip("`"), "minutes": round(wall / 60, 2), "tasks": TASKS,
+           "weld_commit": args.commit[0], "uncommitted_changes": args.commit[1],
+           "minutes": round(wall / 60, 2), "tasks": TASKS,
            "held_out": args.held_out, "validation_seed": VALIDATION_SEED, "test_seed": 0,
            "models": models, "expert_accuracy": expert_acc,
            "family": {k: family[k] for k in ("cosine", "sign_conflict", "sign_conflict_top", "sign_conflict_all")},
@@ -762,14 +763,22 @@ def shown_path(path):
 
 
 def git_commit():
+    """(short commit, whether tracked files differ from it), or (None, None) outside a checkout."""
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True).stdout.strip()
-        return f"`{commit}`" + (" (with uncommitted changes)" if dirty else "")
+        return commit, bool(dirty)
     except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def commit_text(commit):
+    hash_, dirty = commit
+    if hash_ is None:
         return "(commit unknown)"
+    return f"`{hash_}`" + (" (with uncommitted changes)" if dirty else "")
 
 
 def parse_args():
@@ -793,6 +802,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    args.commit = git_commit()  # before anything is written: the code this run used
     command = "bench/quality/run" + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
     args.models = args.models.resolve()
     args.out = args.out.resolve()
