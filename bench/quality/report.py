@@ -495,7 +495,7 @@ def write_report(args, runs, refs, expert_acc, family, wall, chart_names, comman
               "out.", ""]
 
     L += family_section(refs, family)
-    L += orderings_section(runs, expert_acc, args.quick)
+    L += orderings_section(runs, refs, expert_acc, args.quick)
     L += [f"## All {len(TASKS)} experts merged", "",
           "Reference rows first (**bold**), then each method with its default parameters and, where a sweep "
           "chose other parameters, the chosen point: the one with the best mean accuracy on validation prompts "
@@ -526,7 +526,7 @@ def write_report(args, runs, refs, expert_acc, family, wall, chart_names, comman
                 L.append(row + f" {val} |")
         L.append("")
 
-    L += scaling_section(runs, expert_acc, args.quick, chart_names[1])
+    L += scaling_section(runs, refs, expert_acc, args.quick, chart_names[1])
     L += ["## Two-model methods, on pairs of experts", "",
           "These methods take exactly two models (or a base and one other), so they merge pairs of experts: "
           "`slerp`, `nearswap` and `arcee_fusion` with `base_model` expert A and `models` expert B; `nuslerp` "
@@ -609,7 +609,7 @@ def verdict(holds):
     return "**holds**" if holds else "**does not hold**"
 
 
-def orderings_section(runs, expert_acc, quick):
+def orderings_section(runs, refs, expert_acc, quick):
     """The literature's orderings and this issue's targets, each checked against the numbers."""
     norm = {m: run_norm(chosen_run(runs, m, TASKS, quick, "main"), expert_acc) for m in METHODS}
     norm = {m: v for m, v in norm.items() if v is not None}
@@ -624,6 +624,10 @@ def orderings_section(runs, expert_acc, quick):
          f"- TIES ≥ task arithmetic ≥ averaging: ties {pct(norm['ties'])}, task_arithmetic "
          f"{pct(norm['task_arithmetic'])}, linear {pct(norm['linear'])}: "
          f"{verdict(norm['ties'] >= norm['task_arithmetic'] >= norm['linear'])}."]
+    base = base_at(refs, expert_acc, len(TASKS))
+    above = sorted((m for m in norm if norm[m] > base), key=norm.get, reverse=True)
+    L.append(f"- above the base ({pct(base)}, the merge that changes nothing): {len(above)} of {len(norm)} methods"
+             f"{': ' + ', '.join(f'`{m}` {pct(norm[m])}' for m in above) if above else ''}.")
     if not quick:
         for dare, plain, same_lambda in (("dare_ties", "ties", False), ("dare_linear", "task_arithmetic", True)):
             ref = norm[plain]
@@ -650,7 +654,12 @@ def orderings_section(runs, expert_acc, quick):
     return L + [""]
 
 
-def scaling_section(runs, expert_acc, quick, chart_name):
+def base_at(refs, expert_acc, k):
+    """The base's normalized mean over the first k tasks: what a merge that changes nothing scores."""
+    return normalized(refs["base"], expert_acc, TASKS[:k])[1]
+
+
+def scaling_section(runs, refs, expert_acc, quick, chart_name):
     table = scaling_table(runs, expert_acc, quick)
     if not table:
         return []
@@ -659,14 +668,15 @@ def scaling_section(runs, expert_acc, quick, chart_name):
          f"The first k experts of {', '.join(TASKS)} merged, for each k; each method at the setting its sweep "
          "chose on validation prompts for that k. Normalized mean over the k merged tasks (test prompts).", "",
          table_row(["method"] + [f"{k} experts" for k in counts] + ["settings chosen"]),
-         table_row(["---"] + ["---:"] * len(counts) + ["---"])]
+         table_row(["---"] + ["---:"] * len(counts) + ["---"]),
+         table_row(["**base** (reference)"] + [pct(base_at(refs, expert_acc, k)) for k in counts] + [""])]
     for method, ks in sorted(table.items(), key=lambda kv: -sort_key(run_norm(kv[1][len(TASKS)], expert_acc))):
         L.append(table_row([method] + [pct(run_norm(ks[k], expert_acc)) for k in counts] +
                            ["; ".join(ks[k].label() for k in counts)]))
     return L + ["", f"![]({chart_name})", ""]
 
 
-def write_scaling_chart(path, runs, expert_acc, quick):
+def write_scaling_chart(path, runs, refs, expert_acc, quick):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -676,7 +686,10 @@ def write_scaling_chart(path, runs, expert_acc, quick):
     for method, ks in sorted(table.items()):
         counts = sorted(ks)
         ax.plot(counts, [100 * (run_norm(ks[k], expert_acc) or 0) for k in counts], marker="o", label=method)
-    ax.set_xticks(SCALING_COUNTS + [len(TASKS)])
+    counts = SCALING_COUNTS + [len(TASKS)]
+    ax.plot(counts, [100 * (base_at(refs, expert_acc, k) or 0) for k in counts], color="black", linestyle="--",
+            label="base (reference)")
+    ax.set_xticks(counts)
     ax.set_xlabel("experts merged (the first k of the family's fixed order)")
     ax.set_ylabel("normalized mean accuracy, % (chosen setting)")
     ax.set_title("weld merge methods: normalized accuracy vs experts merged")
@@ -855,7 +868,7 @@ def main():
     write_report(args, runs, refs, expert_acc, family, wall, (chart.name, scaling_chart.name), command)
     write_json(args.out.with_suffix(".json"), args, runs, refs, expert_acc, family, wall, command)
     write_chart(chart, runs, refs, expert_acc, args.quick)
-    write_scaling_chart(scaling_chart, runs, expert_acc, args.quick)
+    write_scaling_chart(scaling_chart, runs, refs, expert_acc, args.quick)
     failed = [r for r in runs if r.error]
     print(f"bench/quality: wrote {args.out}, {args.out.with_suffix('.json').name}, {chart.name} and "
           f"{scaling_chart.name} in {wall / 60:.1f} min ({len(runs)} merges)")
