@@ -177,6 +177,10 @@ TEST_F(Train, LoraChangesOnlyProjectionsByLowRank) {
 	auto with_optimizer = job("lora-optimizer");
 	with_optimizer.save_optimizer = true;
 	EXPECT_NE(error_of([&] { nn::train(with_optimizer, o, {}); }).find("--lora-rank"), std::string::npos);
+	EXPECT_FALSE(fs::exists(with_optimizer.out));
+	o.lora_rank = -1;
+	EXPECT_NE(error_of([&] { nn::train(job("negative"), o, {}); }).find("--lora-rank"), std::string::npos);
+	EXPECT_FALSE(fs::exists(tmp / "negative"));
 }
 
 // A text memorized: perplexity on it falls from about the vocabulary's size to near 1.

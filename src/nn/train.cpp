@@ -244,6 +244,9 @@ void check_options(const TrainOptions& o) {
 void train(const TrainJob& job, const TrainOptions& o, const std::function<void(const StepReport&)>& on_step) {
 	check_options(o);
 	if (job.tasks.empty() == job.data.empty()) throw Error("give either tasks or a data file to train on");
+	if (job.save_optimizer && o.lora_rank > 0)
+		throw Error("--save-optimizer and --lora-rank cannot be combined (the optimizer sees the LoRA factors, not the "
+		            "weights)");
 	// Taken before training, so that a refused output costs nothing; published only when complete.
 	OutputFolder out(job.out, job.force);
 	if (o.threads > 0) at::set_num_threads(o.threads);
@@ -258,13 +261,9 @@ void train(const TrainJob& job, const TrainOptions& o, const std::function<void(
 	        ? file_stream(job.data, job.seed, config.vocab_size, config.max_position_embeddings, model_name)
 	        : task_stream(job.tasks, job.seed, config.vocab_size, model_name, job.easy_only);
 
-	if (job.save_optimizer && o.lora_rank > 0)
-		throw Error("--save-optimizer and --lora-rank cannot be combined (the optimizer sees the LoRA factors, not the "
-		            "weights)");
 	model.set_requires_grad(true);
 	auto lora = o.lora_rank > 0 ? make_lora(model, o.lora_rank, job.seed) : std::vector<LoraWeight>{};
-	const double lora_scale =
-	    o.lora_rank > 0 ? (o.lora_alpha > 0 ? o.lora_alpha : double(o.lora_rank)) / double(o.lora_rank) : 0;
+	const double lora_scale = o.lora_alpha > 0 ? o.lora_alpha / static_cast<double>(o.lora_rank) : 1.0;
 	std::vector<at::Tensor> all, decay, no_decay;
 	if (lora.empty()) {
 		for (auto& [name, p] : model.parameters()) {
