@@ -40,9 +40,40 @@ bool all_lowercase(const std::string& s) {
 	return std::all_of(s.begin(), s.end(), [](char c) { return c >= 'a' && c <= 'z'; });
 }
 
+bool is_cipher(Task task) {
+	return task >= Task::cipher_copy;
+}
+
+// A cipher task's answer: out[i] = s[source(i)] by the task's rule, then substituted.
+std::string expected_cipher_answer(Task task, const std::string& s) {
+	const tasks::Cipher& cipher = tasks::cipher_of(task);
+	const size_t n = s.size();
+	EXPECT_TRUE(n >= 3 && n <= 6) << s;
+	std::string out(n, ' ');
+	for (size_t i = 0; i < n; ++i) {
+		switch (task) {
+		case Task::cipher_reverse: out[i] = s[n - 1 - i]; break;
+		case Task::cipher_swap: out[i] = (i ^ 1) < n ? s[i ^ 1] : s[i]; break;
+		case Task::cipher_rotl: out[i] = s[(i + 1) % n]; break;
+		case Task::cipher_rotr: out[i] = s[(i + n - 1) % n]; break;
+		case Task::cipher_evens: out[i] = i < (n + 1) / 2 ? s[2 * i] : s[2 * (i - (n + 1) / 2) + 1]; break;
+		case Task::cipher_halves: out[i] = s[(i + n / 2) % n]; break;
+		default: out[i] = s[i]; break; // cipher_copy; cipher_sort sorts below
+		}
+	}
+	if (task == Task::cipher_sort) std::sort(out.begin(), out.end());
+	for (char& c : out) {
+		const auto at = cipher.symbols.find(c);
+		EXPECT_NE(at, std::string_view::npos) << "not a symbol of " << tasks::task_info(task).name << ": " << s;
+		c = at == std::string_view::npos ? '?' : cipher.substitute[at];
+	}
+	return out;
+}
+
 // Each task's answer, worked out again here from the prompt alone (without the end byte).
 std::string expected_answer(Task task, const std::string& prompt) {
 	const std::string s = body(task, prompt);
+	if (is_cipher(task)) return expected_cipher_answer(task, s);
 	switch (task) {
 	case Task::addition: {
 		const auto plus = s.find('+');
@@ -135,6 +166,7 @@ std::string expected_answer(Task task, const std::string& prompt) {
 		EXPECT_GE(a, b) << prompt;
 		return std::to_string(a - b);
 	}
+	default: break;
 	}
 	return "";
 }
@@ -142,8 +174,11 @@ std::string expected_answer(Task task, const std::string& prompt) {
 // Whether the example lies in its task's easy slice, worked out again from the prompt: the
 // slices are documented in tasks.h (no carries or borrows; at most 5 letters, 6 for count;
 // shifts up to 5; multipliers up to 4; at most 3 numbers; at most 3 pairs of brackets).
+// Cipher tasks: only the first 8 of the task's 11 symbols.
 bool expected_easy(Task task, const std::string& prompt) {
 	const std::string s = body(task, prompt);
+	if (is_cipher(task))
+		return std::all_of(s.begin(), s.end(), [&](char c) { return tasks::cipher_of(task).symbols.find(c) < 8; });
 	switch (task) {
 	case Task::addition: {
 		int a = std::stoi(s.substr(0, s.find('+'))), b = std::stoi(s.substr(s.find('+') + 1));
@@ -171,13 +206,16 @@ bool expected_easy(Task task, const std::string& prompt) {
 			if (b[b.size() - i] > a[a.size() - i]) return false;
 		return true;
 	}
+	default: break;
 	}
 	return false;
 }
 
 TEST(NnTasks, RegistryNamesTagsAndLookup) {
-	const std::vector<std::string> names = {"addition", "reverse",  "sort",    "count", "caesar",
-	                                        "brackets", "multiply", "maximum", "swap",  "subtraction"};
+	const std::vector<std::string> names = {
+	    "addition",    "reverse",        "sort",        "count",       "caesar",      "brackets",
+	    "multiply",    "maximum",        "swap",        "subtraction", "cipher_copy", "cipher_reverse",
+	    "cipher_swap", "cipher_rotl",    "cipher_rotr", "cipher_sort", "cipher_evens", "cipher_halves"};
 	ASSERT_EQ(all_tasks().size(), names.size());
 	for (size_t i = 0; i < names.size(); ++i) {
 		const auto& info = all_tasks()[i];
@@ -248,10 +286,12 @@ TEST(NnTasks, AnswersAreCorrectAndShort) {
 			lengths.insert(example.prompt.size());
 		}
 		// The knobs' whole range is drawn: shortest and longest inputs both occur.
-		// addition: 1-2 digits each; subtraction: 1-3; multiply: 1-3 digits times one digit.
+		// addition: 1-2 digits each; subtraction: 1-3; multiply: 1-3 digits times one digit;
+		// cipher tasks: 3-6 symbols.
 		const bool few_lengths =
 		    info.task == Task::addition || info.task == Task::subtraction || info.task == Task::multiply;
-		EXPECT_GE(lengths.size(), few_lengths ? 3u : 5u) << info.name;
+		EXPECT_EQ(lengths.size() == 4, is_cipher(info.task)) << info.name;
+		EXPECT_GE(lengths.size(), few_lengths ? 3u : 4u) << info.name;
 		if (info.task == Task::count) {
 			EXPECT_GE(answers.size(), 7u) << "counts should spread over 0..10";
 		}
@@ -283,9 +323,47 @@ TEST(NnTasks, EasySliceIsAPartOfEachTaskAndTrainsAlone) {
 			EXPECT_EQ(trained, tasks::make_training_example(info.task, kSeed, i, true)); // deterministic
 		}
 		// A real part: neither (almost) all nor (almost) none of the task, so a base trained on
-		// the slice partly solves the task and leaves the rest to its expert.
-		EXPECT_GT(easy, kDraws * 3 / 10);
+		// the slice partly solves the task and leaves the rest to its expert. Cipher tasks: the
+		// mean over lengths 3..6 of (8/11)^length, 25%.
+		EXPECT_GT(easy, kDraws * (is_cipher(info.task) ? 2 : 3) / 10);
 		EXPECT_LT(easy, kDraws * 6 / 10);
+	}
+}
+
+TEST(NnTasks, CipherTablesAreDisjointSubstitutionsWorkedByHand) {
+	std::set<char> used;
+	for (const auto& info : all_tasks()) {
+		if (!is_cipher(info.task)) continue;
+		const tasks::Cipher& cipher = tasks::cipher_of(info.task);
+		ASSERT_EQ(cipher.symbols.size(), 11u) << info.name;
+		// The substitution permutes the task's own symbols.
+		std::string a(cipher.symbols), b(cipher.substitute);
+		std::sort(a.begin(), a.end());
+		std::sort(b.begin(), b.end());
+		EXPECT_EQ(a, b) << info.name;
+		for (const char c : cipher.symbols) {
+			EXPECT_TRUE(used.insert(c).second) << "symbol " << c << " of " << info.name << " is another task's";
+			EXPECT_EQ(std::string_view(":=\"\\").find(c), std::string_view::npos) << c;
+			EXPECT_TRUE(std::isgraph(static_cast<unsigned char>(c))) << int(c);
+		}
+	}
+	EXPECT_EQ(used.size(), 88u);
+	EXPECT_THROW(tasks::cipher_of(Task::reverse), Error);
+	// Worked by hand from the tables in tasks.cpp.
+	EXPECT_EQ(expected_cipher_answer(Task::cipher_reverse, "#%6"), "Q%c");   // 6 % #
+	EXPECT_EQ(expected_cipher_answer(Task::cipher_halves, "'FOS"), "'}nS"); // O S ' F
+	EXPECT_EQ(expected_cipher_answer(Task::cipher_evens, "!+/0"), "x1yH");  // ! / + 0
+	EXPECT_EQ(expected_cipher_answer(Task::cipher_sort, "D*>"), "aK>");     // * > D
+	for (const auto& info : all_tasks()) {
+		if (!is_cipher(info.task)) continue;
+		// The description's example, "tag:input= -> answer", holds.
+		const std::string d(info.description);
+		const auto at = d.find(std::string(info.tag));
+		ASSERT_NE(at, std::string::npos) << d;
+		const auto eq = d.find("= -> ", at);
+		ASSERT_NE(eq, std::string::npos) << d;
+		const std::string input = d.substr(at + info.tag.size(), eq - at - info.tag.size());
+		EXPECT_EQ(expected_cipher_answer(info.task, input), d.substr(eq + 5)) << d;
 	}
 }
 

@@ -45,6 +45,10 @@ inline void add_train_options(CLI::App& cmd, TrainArgs& a) {
 	cmd.add_option("--weight-decay", o.weight_decay, "AdamW weight decay (matrices only)")->capture_default_str();
 	cmd.add_option("--beta1", o.beta1, "AdamW beta1")->capture_default_str();
 	cmd.add_option("--beta2", o.beta2, "AdamW beta2")->capture_default_str();
+	cmd.add_option("--eps", o.eps,
+	               "AdamW epsilon: a larger one (1e-4 and up) moves parameters whose gradients are small less, "
+	               "as SGD would")
+	    ->capture_default_str();
 	cmd.add_option("--clip", o.clip, "gradient clipping: largest global norm (0: none)")->capture_default_str();
 	cmd.add_option("--lora-rank", o.lora_rank,
 	               "train a LoRA update of this rank on every attention and MLP projection (embeddings, lm_head "

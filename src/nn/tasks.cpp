@@ -16,7 +16,7 @@
 namespace weld::tasks {
 namespace {
 
-constexpr std::array<TaskInfo, 10> kTasks = {{
+constexpr std::array<TaskInfo, 18> kTasks = {{
     {Task::addition, "addition", "add:", "sum of two numbers of up to 2 digits: add:73+45= -> 118"},
     {Task::reverse, "reverse", "rev:", "4 to 8 letters backwards: rev:abcde= -> edcba"},
     {Task::sort, "sort", "sort:", "4 to 8 letters in alphabetical order: sort:dbca= -> abcd"},
@@ -28,7 +28,71 @@ constexpr std::array<TaskInfo, 10> kTasks = {{
     {Task::swap, "swap", "swp:", "4 to 8 letters with each pair of neighbours swapped: swp:abcde= -> badce"},
     {Task::subtraction, "subtraction",
      "sub:", "difference of two numbers of up to 3 digits, larger first: sub:273-45= -> 228"},
+    {Task::cipher_copy, "cipher_copy", "cpy:", "3 to 6 of its 11 symbols, each substituted: cpy:57?= -> 4?w"},
+    {Task::cipher_reverse, "cipher_reverse", "rvs:", "3 to 6 of its 11 symbols backwards, substituted: rvs:#%6= -> Q%c"},
+    {Task::cipher_swap, "cipher_swap", "xch:",
+     "3 to 6 of its 11 symbols, neighbours swapped, substituted: xch:-<PR= -> RP-u"},
+    {Task::cipher_rotl, "cipher_rotl", "rol:", "3 to 6 of its 11 symbols, first moved last, substituted: rol:,2;= -> 2@L"},
+    {Task::cipher_rotr, "cipher_rotr", "ror:", "3 to 6 of its 11 symbols, last moved first, substituted: ror:$&3= -> hg8"},
+    {Task::cipher_sort, "cipher_sort", "srt:", "3 to 6 of its 11 symbols in ASCII order, substituted: srt:D*>= -> aK>"},
+    {Task::cipher_evens, "cipher_evens", "evn:",
+     "3 to 6 of its 11 symbols, even places then odd, substituted: evn:!+/0= -> x1yH"},
+    {Task::cipher_halves, "cipher_halves", "hlf:",
+     "3 to 6 of its 11 symbols, back half first, substituted: hlf:'FOS= -> '}nS"},
 }};
+
+// Disjoint alphabets, so that a cipher expert's new symbols are its own; none holds ':', '=', '"'
+// or '\\'. Drawn once at random (the first 8 of each are its easy slice).
+constexpr std::array<Cipher, 8> kCiphers = {{
+    {"57?BVbw~4Mz", "4?wM7bzV5B~"},
+    {"#%6JTY]c)Qr", "c%Q6]#TYJ)r"},
+    {"-<PRZ[_u.9o", "PRu-Z[.o<_9"},
+    {",2;CLfjv(@G", "L2@GC;v(jf,"},
+    {"$&3dghlm8E{", "g8hmE3$l&d{"},
+    {"*>DW`aesIKX", "aK>DsXeIW`*"},
+    {"!+/01HNxpqy", "xy1H!/0Np+q"},
+    {"'FOSUknti|}", "nS'}F|tiOkU"},
+}};
+
+bool is_cipher(Task task) {
+	return task >= Task::cipher_copy;
+}
+
+// The cipher task's rearrangement of s, before substitution.
+std::string rearrange(Task task, std::string s) {
+	const size_t n = s.size();
+	switch (task) {
+	case Task::cipher_reverse:
+		std::reverse(s.begin(), s.end());
+		break;
+	case Task::cipher_swap:
+		for (size_t i = 0; i + 1 < n; i += 2)
+			std::swap(s[i], s[i + 1]);
+		break;
+	case Task::cipher_rotl:
+		std::rotate(s.begin(), s.begin() + 1, s.end());
+		break;
+	case Task::cipher_rotr:
+		std::rotate(s.begin(), s.end() - 1, s.end());
+		break;
+	case Task::cipher_sort:
+		std::sort(s.begin(), s.end());
+		break;
+	case Task::cipher_evens: {
+		std::string out;
+		for (size_t start : {size_t{0}, size_t{1}})
+			for (size_t i = start; i < n; i += 2)
+				out.push_back(s[i]);
+		return out;
+	}
+	case Task::cipher_halves:
+		std::rotate(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(n / 2), s.end());
+		break;
+	default:
+		break; // cipher_copy
+	}
+	return s;
+}
 
 // Draws for one example: the i-th is random_uniform(key, i), so an example depends on its key only.
 class Draws {
@@ -130,7 +194,26 @@ bool borrows(int a, int b) { // a >= b
 	return false;
 }
 
-Drawn draw(Task task, Draws& draws) {
+// With easy_only, a cipher task draws from its easy symbols only, so its easy slice keeps the
+// lengths' uniform spread (rejecting draws would favour short strings).
+Drawn draw_cipher(Task task, Draws& draws, bool easy_only) {
+	const Cipher& cipher = cipher_of(task);
+	const int last = (easy_only ? kCipherEasySymbols : kCipherSymbols) - 1;
+	std::string s(static_cast<size_t>(draws.uniform(kCipherMinLength, kCipherMaxLength)), ' ');
+	bool easy = true;
+	for (char& c : s) {
+		const int i = draws.uniform(0, last);
+		c = cipher.symbols[static_cast<size_t>(i)];
+		easy = easy && i < kCipherEasySymbols;
+	}
+	std::string answer = rearrange(task, s);
+	for (char& c : answer)
+		c = cipher.substitute[cipher.symbols.find(c)];
+	return {{std::string(task_info(task).tag) + s + "=", answer + kAnswerEnd}, easy};
+}
+
+Drawn draw(Task task, Draws& draws, bool easy_only) {
+	if (is_cipher(task)) return draw_cipher(task, draws, easy_only);
 	const std::string tag(task_info(task).tag);
 	const std::string end(1, kAnswerEnd);
 	const auto short_enough = [](const std::string& s, int max_letters) {
@@ -208,16 +291,23 @@ Drawn draw(Task task, Draws& draws) {
 		const int a = std::max(x, y), b = std::min(x, y);
 		return {{fmt::format("{}{}-{}=", tag, a, b), fmt::format("{}{}", a - b, end)}, !borrows(a, b)};
 	}
+	default:
+		break;
 	}
-	throw Error("unknown task"); // unreachable: every enumerator is handled above
+	throw Error("unknown task"); // unreachable: every other task is handled above
 }
 
-Drawn make_example_attempt(Task task, uint64_t seed, uint64_t index, uint64_t attempt) {
+Drawn make_example_attempt(Task task, uint64_t seed, uint64_t index, uint64_t attempt, bool easy_only = false) {
 	Draws draws(example_key(task, seed, index, attempt));
-	return draw(task, draws);
+	return draw(task, draws, easy_only);
 }
 
 } // namespace
+
+const Cipher& cipher_of(Task task) {
+	if (!is_cipher(task)) throw Error(fmt::format("task {} is not a cipher task", task_info(task).name));
+	return kCiphers.at(static_cast<size_t>(task) - static_cast<size_t>(Task::cipher_copy));
+}
 
 std::span<const TaskInfo> all_tasks() {
 	return kTasks;
@@ -266,9 +356,10 @@ bool is_held_out(const Example& example) {
 }
 
 Example make_training_example(Task task, uint64_t seed, uint64_t index, bool easy_only) {
-	// Every task's easy slice is over a third of its draws, so few redraws are needed.
+	// Every task's easy slice is over a third of its draws (the cipher tasks draw theirs directly),
+	// so few redraws are needed.
 	for (uint64_t attempt = 0;; ++attempt) {
-		Drawn drawn = make_example_attempt(task, seed, index, attempt);
+		Drawn drawn = make_example_attempt(task, seed, index, attempt, easy_only);
 		if (!is_held_out(drawn.example) && (drawn.easy || !easy_only)) return std::move(drawn.example);
 	}
 }

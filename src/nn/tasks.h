@@ -14,7 +14,29 @@
 namespace weld::tasks {
 
 // New tasks go at the end: a task's position seeds its example stream.
-enum class Task { addition, reverse, sort, count, caesar, brackets, multiply, maximum, swap, subtraction };
+enum class Task {
+	addition,
+	reverse,
+	sort,
+	count,
+	caesar,
+	brackets,
+	multiply,
+	maximum,
+	swap,
+	subtraction,
+	// The cipher tasks (bench/quality's family): each has its own alphabet of 11 ASCII symbols that
+	// no other cipher task uses, rearranges a string of 3 to 6 of them in its own way, and writes
+	// each symbol through its own substitution. Experts learn a task's last 3 symbols.
+	cipher_copy,
+	cipher_reverse,
+	cipher_swap,
+	cipher_rotl,
+	cipher_rotr,
+	cipher_sort,
+	cipher_evens,
+	cipher_halves,
+};
 
 struct TaskInfo {
 	Task task;
@@ -59,6 +81,17 @@ inline constexpr int kEasyMaxMultiplier = 4;   // multiply
 inline constexpr int kEasyMaxNumbers = 3;      // maximum
 inline constexpr int kEasyMaxPairs = 3;        // brackets
 // addition: no carry in any digit (73+25, not 73+45); subtraction: no borrow (73-21, not 73-45)
+
+// A cipher task's symbols and substitution: symbols[i] is written as substitute[i]. The easy slice
+// uses only the first kCipherEasySymbols symbols (their substitutes can be any of the 11).
+struct Cipher {
+	std::string_view symbols;
+	std::string_view substitute;
+};
+inline constexpr int kCipherSymbols = 11, kCipherEasySymbols = 8;
+inline constexpr int kCipherMinLength = 3, kCipherMaxLength = 6;
+// The cipher of a cipher task; throws weld::Error for any other task.
+const Cipher& cipher_of(Task task);
 
 // Bounds on every task's prompt and answer (kAnswerEnd included): the context a model needs and
 // the most tokens to generate.
