@@ -27,8 +27,9 @@ from pathlib import Path
 import task_vectors
 
 # The family's tasks, in the fixed order in which the scaling table adds experts.
-TASKS = ["addition", "reverse", "sort", "count", "caesar", "subtraction", "maximum", "swap"]
-PAIRS = [("addition", "reverse"), ("sort", "count"), ("caesar", "subtraction"), ("maximum", "swap")]
+TASKS = task_vectors.TASKS
+PAIRS = [("cipher_copy", "cipher_reverse"), ("cipher_swap", "cipher_rotl"), ("cipher_rotr", "cipher_sort"),
+         ("cipher_evens", "cipher_halves")]
 # The scaling table merges the first k experts of TASKS for each k (8 is the main table) with
 # these methods and the best SCALING_OTHERS others of the main table.
 SCALING_COUNTS = [2, 4, 6]

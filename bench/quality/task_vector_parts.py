@@ -21,7 +21,9 @@ import numpy as np
 
 from task_vectors import load_tensors as load
 
-TASKS = "addition,reverse,sort,count,caesar,subtraction,maximum,swap"
+from task_vectors import TASKS as TASK_LIST
+
+TASKS = ",".join(TASK_LIST)
 
 
 def save(folder, tensors, config_from):
