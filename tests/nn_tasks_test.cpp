@@ -52,13 +52,27 @@ std::string expected_cipher_answer(Task task, const std::string& s) {
 	std::string out(n, ' ');
 	for (size_t i = 0; i < n; ++i) {
 		switch (task) {
-		case Task::cipher_reverse: out[i] = s[n - 1 - i]; break;
-		case Task::cipher_swap: out[i] = (i ^ 1) < n ? s[i ^ 1] : s[i]; break;
-		case Task::cipher_rotl: out[i] = s[(i + 1) % n]; break;
-		case Task::cipher_rotr: out[i] = s[(i + n - 1) % n]; break;
-		case Task::cipher_evens: out[i] = i < (n + 1) / 2 ? s[2 * i] : s[2 * (i - (n + 1) / 2) + 1]; break;
-		case Task::cipher_halves: out[i] = s[(i + n / 2) % n]; break;
-		default: out[i] = s[i]; break; // cipher_copy; cipher_sort sorts below
+		case Task::cipher_reverse:
+			out[i] = s[n - 1 - i];
+			break;
+		case Task::cipher_swap:
+			out[i] = (i ^ 1) < n ? s[i ^ 1] : s[i];
+			break;
+		case Task::cipher_rotl:
+			out[i] = s[(i + 1) % n];
+			break;
+		case Task::cipher_rotr:
+			out[i] = s[(i + n - 1) % n];
+			break;
+		case Task::cipher_evens:
+			out[i] = i < (n + 1) / 2 ? s[2 * i] : s[2 * (i - (n + 1) / 2) + 1];
+			break;
+		case Task::cipher_halves:
+			out[i] = s[(i + n / 2) % n];
+			break;
+		default:
+			out[i] = s[i];
+			break; // cipher_copy; cipher_sort sorts below
 		}
 	}
 	if (task == Task::cipher_sort) std::sort(out.begin(), out.end());
@@ -166,7 +180,8 @@ std::string expected_answer(Task task, const std::string& prompt) {
 		EXPECT_GE(a, b) << prompt;
 		return std::to_string(a - b);
 	}
-	default: break;
+	default:
+		break;
 	}
 	return "";
 }
@@ -206,16 +221,17 @@ bool expected_easy(Task task, const std::string& prompt) {
 			if (b[b.size() - i] > a[a.size() - i]) return false;
 		return true;
 	}
-	default: break;
+	default:
+		break;
 	}
 	return false;
 }
 
 TEST(NnTasks, RegistryNamesTagsAndLookup) {
 	const std::vector<std::string> names = {
-	    "addition",    "reverse",        "sort",        "count",       "caesar",      "brackets",
-	    "multiply",    "maximum",        "swap",        "subtraction", "cipher_copy", "cipher_reverse",
-	    "cipher_swap", "cipher_rotl",    "cipher_rotr", "cipher_sort", "cipher_evens", "cipher_halves"};
+	    "addition",    "reverse",     "sort",        "count",       "caesar",       "brackets",
+	    "multiply",    "maximum",     "swap",        "subtraction", "cipher_copy",  "cipher_reverse",
+	    "cipher_swap", "cipher_rotl", "cipher_rotr", "cipher_sort", "cipher_evens", "cipher_halves"};
 	ASSERT_EQ(all_tasks().size(), names.size());
 	for (size_t i = 0; i < names.size(); ++i) {
 		const auto& info = all_tasks()[i];
@@ -350,7 +366,7 @@ TEST(NnTasks, CipherTablesAreDisjointSubstitutionsWorkedByHand) {
 	EXPECT_EQ(used.size(), 88u);
 	EXPECT_THROW(tasks::cipher_of(Task::reverse), Error);
 	// Worked by hand from the tables in tasks.cpp.
-	EXPECT_EQ(expected_cipher_answer(Task::cipher_reverse, "#%6"), "Q%c");   // 6 % #
+	EXPECT_EQ(expected_cipher_answer(Task::cipher_reverse, "#%6"), "Q%c");  // 6 % #
 	EXPECT_EQ(expected_cipher_answer(Task::cipher_halves, "'FOS"), "'}nS"); // O S ' F
 	EXPECT_EQ(expected_cipher_answer(Task::cipher_evens, "!+/0"), "x1yH");  // ! / + 0
 	EXPECT_EQ(expected_cipher_answer(Task::cipher_sort, "D*>"), "aK>");     // * > D

@@ -239,6 +239,9 @@ TEST_F(Train, ErrorsNameTheProblem) {
 	gpt2.config_file = tmp / "gpt2.json";
 	EXPECT_NE(error_of([&] { nn::train(gpt2, o, {}); }).find("architecture 'GPT2LMHeadModel' is not supported"),
 	          std::string::npos);
+	auto bad_eps = o;
+	bad_eps.eps = 0;
+	EXPECT_NE(error_of([&] { nn::train(job("x"), bad_eps, {}); }).find("--eps 0: AdamW needs"), std::string::npos);
 	o.warmup = 1;
 	EXPECT_NE(error_of([&] { nn::train(job("z"), o, {}); }).find("--warmup"), std::string::npos);
 	EXPECT_FALSE(fs::exists(tmp / "x"));

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from task_vectors import load_tensors as load
-
-from task_vectors import TASKS as TASK_LIST
+from task_vectors import TASKS as TASK_LIST, load_tensors as load
 
 TASKS = ",".join(TASK_LIST)
 

@@ -235,7 +235,8 @@ void check_options(const TrainOptions& o) {
 	if (o.warmup < 0 || o.warmup >= o.steps) throw Error("--warmup must be at least 0 and less than --steps");
 	if (!(o.clip >= 0) || !(o.weight_decay >= 0)) throw Error("--clip and --weight-decay must not be negative");
 	if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1 && o.eps > 0))
-		throw Error("AdamW needs 0 <= beta < 1 and eps > 0");
+		throw Error(fmt::format("--beta1 {}, --beta2 {}, --eps {}: AdamW needs 0 <= beta < 1 and eps > 0", o.beta1,
+		                        o.beta2, o.eps));
 	if (o.lora_rank < 0 || !(o.lora_alpha >= 0)) throw Error("--lora-rank and --lora-alpha must not be negative");
 }
 
