@@ -15,5 +15,7 @@ std::function<int()> add_example_command(CLI::App& app);
 std::function<int()> add_tall_command(CLI::App& app);
 std::function<int()> add_eval_command(CLI::App& app);
 std::function<int()> add_train_command(CLI::App& app);
+std::function<int()> add_stats_command(CLI::App& app);
+std::function<int()> add_task_data_command(CLI::App& app);
 
 } // namespace weld::cli

@@ -440,9 +440,11 @@ void assign_shards(const std::vector<OutputTensorSpec>& tensors, uint64_t max_sh
 
 // The shard's header JSON and the data offsets of its tensors, relative to the data region.
 std::string shard_header_json(const std::vector<OutputTensorSpec>& tensors, const OutputLayout::Shard& shard,
-                              std::vector<uint64_t>& relative) {
+                              const SafetensorsMetadata& metadata, std::vector<uint64_t>& relative) {
 	nlohmann::ordered_json j;
 	j["__metadata__"] = {{"format", "pt"}};
+	for (const auto& [key, value] : metadata)
+		j["__metadata__"][key] = value;
 	uint64_t offset = 0;
 	for (size_t i : shard.tensors) {
 		const auto& t = tensors[i];
@@ -484,7 +486,8 @@ void pwrite_all(int fd, const uint8_t* data, uint64_t size, uint64_t offset, con
 
 } // namespace
 
-OutputLayout plan_output_layout(const std::vector<OutputTensorSpec>& tensors, uint64_t max_shard_bytes) {
+OutputLayout plan_output_layout(const std::vector<OutputTensorSpec>& tensors, uint64_t max_shard_bytes,
+                                const SafetensorsMetadata& metadata) {
 	OutputLayout layout;
 	assign_shards(tensors, max_shard_bytes, layout);
 	std::unordered_set<std::string_view> names;
@@ -496,7 +499,7 @@ OutputLayout plan_output_layout(const std::vector<OutputTensorSpec>& tensors, ui
 	for (size_t k = 0; k < layout.shards.size(); ++k) {
 		auto& shard = layout.shards[k];
 		shard.file_name = shard_file_name(k, layout.shards.size());
-		shard.header = length_prefixed(shard_header_json(tensors, shard, relative));
+		shard.header = length_prefixed(shard_header_json(tensors, shard, metadata, relative));
 		std::optional<uint64_t> size = shard.header.size();
 		for (size_t i : shard.tensors) {
 			layout.file_offset[i] = shard.header.size() + relative[i]; // <= size, checked below
@@ -549,8 +552,9 @@ void write_shard_index(const std::filesystem::path& dir, const std::vector<Outpu
 }
 
 SafetensorsWriter::SafetensorsWriter(std::filesystem::path dir, std::vector<OutputTensorSpec> tensors,
-                                     uint64_t max_shard_bytes, WriterPart part)
-    : dir_(std::move(dir)), specs_(std::move(tensors)), layout_(plan_output_layout(specs_, max_shard_bytes)),
+                                     uint64_t max_shard_bytes, WriterPart part, const SafetensorsMetadata& metadata)
+    : dir_(std::move(dir)), specs_(std::move(tensors)),
+      layout_(plan_output_layout(specs_, max_shard_bytes, metadata)),
       part_(part), written_(specs_.size(), 0) {
 	if (part_.rank >= part_.ranks)
 		fail(escape_for_message(dir_.string(), kMaxLabelBytes),

@@ -122,7 +122,10 @@ struct OutputLayout {
 	std::vector<uint64_t> file_offset; // per tensor: absolute byte offset in its shard file
 	uint64_t total_size = 0;           // sum of tensor bytes (index metadata.total_size)
 };
-OutputLayout plan_output_layout(const std::vector<OutputTensorSpec>& tensors, uint64_t max_shard_bytes);
+// Extra string entries of every shard's __metadata__ (besides "format": "pt").
+using SafetensorsMetadata = std::vector<std::pair<std::string, std::string>>;
+OutputLayout plan_output_layout(const std::vector<OutputTensorSpec>& tensors, uint64_t max_shard_bytes,
+                                const SafetensorsMetadata& metadata = {});
 
 // Which rank writes each shard when `ranks` processes share one output (distributed merges):
 // per shard, a rank in [0, ranks). Shards go in contiguous runs balanced by file size, so every
@@ -147,7 +150,7 @@ struct WriterPart {
 class SafetensorsWriter {
 public:
 	SafetensorsWriter(std::filesystem::path dir, std::vector<OutputTensorSpec> tensors, uint64_t max_shard_bytes,
-	                  WriterPart part = {});
+	                  WriterPart part = {}, const SafetensorsMetadata& metadata = {});
 	~SafetensorsWriter();
 	SafetensorsWriter(const SafetensorsWriter&) = delete;
 	SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;

@@ -266,7 +266,7 @@ void LlamaModel::bind_parameters() {
 	              kv_out = c.num_key_value_heads * c.head_dim;
 	Binder b(params_, source_dir_);
 	auto proj = [&](const std::string& prefix, int64_t out, int64_t in) {
-		return Linear{b.get(prefix + ".weight", {out, in}), b.get(prefix + ".bias", {out}, true)};
+		return Linear{b.get(prefix + ".weight", {out, in}), b.get(prefix + ".bias", {out}, true), prefix + ".weight"};
 	};
 	embed_ = b.get("model.embed_tokens.weight", {c.vocab_size, h});
 	layers_.clear();
@@ -295,6 +295,17 @@ const at::Tensor& LlamaModel::parameter(const std::string& name) const {
 	auto it = params_.find(name);
 	if (it == params_.end()) throw Error(fmt::format("model has no tensor {}", quote_for_message(name)));
 	return it->second;
+}
+
+void LlamaModel::replace_parameters(const std::map<std::string, at::Tensor>& values) {
+	for (const auto& [name, value] : values) {
+		auto it = params_.find(name);
+		if (it == params_.end()) throw Error(fmt::format("model has no tensor {}", quote_for_message(name)));
+		if (!it->second.sizes().equals(value.sizes()))
+			throw Error(fmt::format("tensor {}: a replacement of another shape", quote_for_message(name)));
+		it->second = value;
+	}
+	bind_parameters();
 }
 
 void LlamaModel::set_requires_grad(bool on) {
@@ -348,9 +359,9 @@ at::Tensor LlamaModel::attention(const Layer& layer, const at::Tensor& x, const 
                                  const at::Tensor& rope_sin, const at::Tensor& mask) const {
 	const int64_t batch = x.size(0), seq = x.size(1);
 	const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
-	auto q = linear(x, layer.q.weight, layer.q.bias).view({batch, seq, heads, d}).transpose(1, 2);
-	auto k = linear(x, layer.k.weight, layer.k.bias).view({batch, seq, kv_heads, d}).transpose(1, 2);
-	auto v = linear(x, layer.v.weight, layer.v.bias).view({batch, seq, kv_heads, d}).transpose(1, 2);
+	auto q = apply(layer.q, x).view({batch, seq, heads, d}).transpose(1, 2);
+	auto k = apply(layer.k, x).view({batch, seq, kv_heads, d}).transpose(1, 2);
+	auto v = apply(layer.v, x).view({batch, seq, kv_heads, d}).transpose(1, 2);
 	q = q * rope_cos + rotate_half(q) * rope_sin;
 	k = k * rope_cos + rotate_half(k) * rope_sin;
 	if (kv_heads != heads) { // query head i reads key/value head i / (heads / kv_heads)
@@ -360,7 +371,13 @@ at::Tensor LlamaModel::attention(const Layer& layer, const at::Tensor& x, const 
 	auto scores = at::matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(d)));
 	const auto probs = at::softmax(scores.to(wide(dtype_)) + mask, -1).to(dtype_);
 	const auto out = at::matmul(probs, v).transpose(1, 2).reshape({batch, seq, heads * d});
-	return linear(out, layer.o.weight, layer.o.bias);
+	return apply(layer.o, out);
+}
+
+at::Tensor LlamaModel::apply(const Linear& l, const at::Tensor& x) const {
+	auto y = linear(x, l.weight, l.bias);
+	if (observer_) observer_(l.name, x, y);
+	return y;
 }
 
 at::Tensor LlamaModel::forward(const at::Tensor& input_ids) const {
@@ -379,12 +396,13 @@ at::Tensor LlamaModel::forward(const at::Tensor& input_ids) const {
 	for (const auto& layer : layers_) {
 		h = h + attention(layer, rms_norm(h, layer.input_norm, eps), rope_cos, rope_sin, mask);
 		const auto x = rms_norm(h, layer.post_norm, eps);
-		const auto mlp =
-		    at::silu(linear(x, layer.gate.weight, layer.gate.bias)) * linear(x, layer.up.weight, layer.up.bias);
-		h = h + linear(mlp, layer.down.weight, layer.down.bias);
+		const auto mlp = at::silu(apply(layer.gate, x)) * apply(layer.up, x);
+		h = h + apply(layer.down, mlp);
 	}
 	h = rms_norm(h, final_norm_, eps);
-	return at::linear(h, lm_head_.defined() ? lm_head_ : embed_);
+	const Linear head{lm_head_.defined() ? lm_head_ : embed_, at::Tensor(),
+	                  lm_head_.defined() ? "lm_head.weight" : "model.embed_tokens.weight"};
+	return apply(head, h);
 }
 
 at::Tensor token_log_likelihoods(const at::Tensor& logits, const at::Tensor& input_ids) {

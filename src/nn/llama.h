@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -69,6 +70,16 @@ public:
 	const at::Tensor& parameter(const std::string& name) const;
 	// Turns gradient tracking on or off for every weight.
 	void set_requires_grad(bool on);
+	// Replaces weights by name (same shapes; they may be non-leaf tensors, so that gradients flow
+	// into whatever computed them, as AdaMerging's coefficients). Unknown names and shapes throw.
+	void replace_parameters(const std::map<std::string, at::Tensor>& values);
+
+	// Called by forward() for every linear map y = x Wᵀ (+ b) with the weight's name (lm_head, or
+	// the embedding when tied), its input x [batch, seq, in] and output y [batch, seq, out]:
+	// where weld stats reads activations. Empty: none.
+	using LinearObserver =
+	    std::function<void(const std::string& weight_name, const at::Tensor& input, const at::Tensor& output)>;
+	void set_linear_observer(LinearObserver observer) { observer_ = std::move(observer); }
 
 	// Writes config.json (as read), the tokenizer files and the weights with the source's tensor
 	// names, order, dtypes and shard split (model.safetensors, or model-0000K-of-0000N shards
@@ -78,6 +89,7 @@ public:
 private:
 	struct Linear {
 		at::Tensor weight, bias; // bias undefined when absent
+		std::string name;        // the weight's
 	};
 	struct Layer {
 		at::Tensor input_norm, post_norm;
@@ -97,8 +109,10 @@ private:
 	std::map<std::string, at::Tensor> params_;
 	at::Tensor embed_, final_norm_, lm_head_;
 	std::vector<Layer> layers_;
+	LinearObserver observer_;
 
 	void bind_parameters();
+	at::Tensor apply(const Linear& linear, const at::Tensor& x) const;
 	at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& rope_cos,
 	                     const at::Tensor& rope_sin, const at::Tensor& mask) const;
 };

@@ -69,16 +69,16 @@ SequenceStream task_stream(const std::vector<std::string>& names, uint64_t seed,
 	};
 }
 
-SequenceStream file_stream(const fs::path& file, uint64_t seed, int64_t vocab_size, int64_t max_positions,
-                           const std::string& model) {
+std::vector<TrainingSequence> read_sequences(const fs::path& file, int64_t vocab_size, int64_t max_positions,
+                                             const std::string& model) {
 	if (!fs::is_regular_file(file)) throw Error(fmt::format("{}: no such file", show(file)));
-	auto sequences = std::make_shared<std::vector<TrainingSequence>>();
+	std::vector<TrainingSequence> sequences;
 	const size_t room = max_positions > 0 ? static_cast<size_t>(max_positions) : SIZE_MAX;
 	switch (detect_data_kind(file)) {
 	case DataKind::TokenIds:
 		for (auto& ids : read_token_id_lines(file, vocab_size))
 			if (ids.size() >= 2)
-				sequences->push_back({std::vector<int64_t>(ids.begin(), ids.begin() + std::min(room, ids.size())), 1});
+				sequences.push_back({std::vector<int64_t>(ids.begin(), ids.begin() + std::min(room, ids.size())), 1});
 		break;
 	case DataKind::PromptAnswer: {
 		const auto tokenizer = tokenizer_for(vocab_size, model);
@@ -87,7 +87,7 @@ SequenceStream file_stream(const fs::path& file, uint64_t seed, int64_t vocab_si
 			if (s.ids.size() > room)
 				throw Error(fmt::format("{}: a prompt and answer of {} tokens exceed max_position_embeddings {}",
 				                        show(file), s.ids.size(), max_positions));
-			sequences->push_back(std::move(s));
+			sequences.push_back(std::move(s));
 		}
 		break;
 	}
@@ -96,12 +96,19 @@ SequenceStream file_stream(const fs::path& file, uint64_t seed, int64_t vocab_si
 		for (const auto& line : read_text_lines(file)) {
 			auto ids = tokenizer.encode(line);
 			ids.resize(std::min(ids.size(), room));
-			if (ids.size() >= 2) sequences->push_back({std::move(ids), 1});
+			if (ids.size() >= 2) sequences.push_back({std::move(ids), 1});
 		}
 		break;
 	}
 	}
-	if (sequences->empty()) throw Error(fmt::format("{}: no sequence of two or more tokens to train on", show(file)));
+	if (sequences.empty()) throw Error(fmt::format("{}: no sequence of two or more tokens in it", show(file)));
+	return sequences;
+}
+
+SequenceStream file_stream(const fs::path& file, uint64_t seed, int64_t vocab_size, int64_t max_positions,
+                           const std::string& model) {
+	auto sequences =
+	    std::make_shared<std::vector<TrainingSequence>>(read_sequences(file, vocab_size, max_positions, model));
 	// Each epoch a Fisher-Yates shuffle with counter-based draws, made when first needed.
 	auto order = std::make_shared<std::vector<uint32_t>>();
 	auto order_epoch = std::make_shared<uint64_t>(UINT64_MAX);

@@ -1,5 +1,6 @@
 // weld-torch: the libtorch side of `weld eval` and `weld train` (cli/torch_program.h).
 #include "cli/eval_options.h"
+#include "cli/stats_options.h"
 #include "cli/train_options.h"
 #include "io/model.h"
 #include "nn/eval.h"
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <unistd.h>
 #include <exception>
 
 namespace {
@@ -70,6 +72,27 @@ int train(const weld::cli::TrainArgs& args) {
 	return 0;
 }
 
+int compute_stats(weld::cli::StatsArgs& args) {
+	args.job.model = weld::resolve_model_reference(args.model);
+	args.job.data = args.data;
+	args.job.out = args.out;
+	args.job.kind = weld::stats::parse_kind(args.kind);
+	const bool tty = isatty(fileno(stderr));
+	double last = -1;
+	const auto summary = weld::stats::compute_statistics(args.job, [&](const weld::stats::StatsProgress& p) {
+		if (p.seconds - last < 0.5 && p.tokens < p.total_tokens) return;
+		last = p.seconds;
+		const double rate = p.seconds > 0 ? static_cast<double>(p.tokens) / p.seconds : 0;
+		const double eta = rate > 0 ? static_cast<double>(p.total_tokens - p.tokens) / rate : 0;
+		std::fprintf(stderr, "%sweld stats: %llu/%llu tokens  %.0f tokens/s  ETA %.0fs%s", tty ? "\r\033[K" : "",
+		             static_cast<unsigned long long>(p.tokens), static_cast<unsigned long long>(p.total_tokens), rate,
+		             eta, tty && p.tokens < p.total_tokens ? "" : "\n");
+	});
+	fmt::print("wrote {} ({} statistics over {} tokens of {} sequences)\n", args.out, args.kind, summary.tokens,
+	           summary.sequences);
+	return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -77,16 +100,20 @@ int main(int argc, char** argv) {
 	app.require_subcommand(1);
 	weld::cli::EvalArgs eval_args;
 	weld::cli::TrainArgs train_args;
+	weld::cli::StatsArgs stats_args;
 	auto* eval = app.add_subcommand("eval", "evaluate a Llama-family model");
 	weld::cli::add_eval_options(*eval, eval_args);
 	auto* train_cmd = app.add_subcommand("train", "train or fine-tune a Llama-family model");
 	weld::cli::add_train_options(*train_cmd, train_args);
+	auto* stats_cmd = app.add_subcommand("stats", "statistics of a model on data, for data-driven merges");
+	weld::cli::add_stats_options(*stats_cmd, stats_args);
 	try {
 		app.parse(argc, argv);
 	} catch (const CLI::ParseError& e) {
 		return app.exit(e);
 	}
 	try {
+		if (stats_cmd->parsed()) return compute_stats(stats_args);
 		return eval->parsed() ? evaluate(eval_args) : train(train_args);
 	} catch (const std::exception& e) {
 		std::fprintf(stderr, "weld: error: %s\n", e.what());
