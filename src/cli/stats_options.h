@@ -20,8 +20,9 @@ inline void add_stats_options(CLI::App& cmd, StatsArgs& a) {
 	               "data file: .jsonl of {\"prompt\", \"answer\"} (Fisher on the answer tokens) or {\"input_ids\"}, "
 	               "or text lines (byte tokens)")
 	    ->required();
-	cmd.add_option("--kind", a.kind, "fisher (diagonal empirical Fisher), gram (XᵀX/N of every linear layer's "
-	                                 "inputs, for RegMean) or activations (input/output means and second moments)")
+	cmd.add_option("--kind", a.kind,
+	               "fisher (diagonal empirical Fisher), gram (XᵀX/N of every linear layer's "
+	               "inputs, for RegMean) or activations (input/output means and second moments)")
 	    ->required();
 	cmd.add_option("-o,--out", a.out, "output statistics folder (model.safetensors with the kind in its metadata)")
 	    ->required();

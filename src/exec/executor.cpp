@@ -106,6 +106,18 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const Ex
 		convert_to_f32(source.tensor->info->dtype, bytes.data(), inputs[s].data(), n);
 		input.sources.emplace_back(inputs[s]);
 	}
+	std::vector<std::vector<float>> statistics(job.sources.size());
+	if (!plan.method->info().statistics.empty()) {
+		for (size_t s = 0; s < job.sources.size(); s++) {
+			if (const auto* stats = job.sources[s].statistics) {
+				statistics[s].resize(stats->info->numel());
+				convert_to_f32(stats->info->dtype, stats->file->data(*stats->info).data(), statistics[s].data(),
+				               statistics[s].size());
+				stats->file->release(*stats->info);
+			}
+			input.statistics.emplace_back(statistics[s]);
+		}
+	}
 	std::vector<std::string> notes;
 	if (options.verbose) input.notes = &notes;
 	std::vector<float> result(n);
@@ -233,7 +245,10 @@ void request_cancel() {
 uint64_t job_working_bytes(const TensorJob& job) {
 	// float32 copies of the sources and the result, plus as much again for the scratch buffers
 	// of methods that sparsify each task vector (TIES, DARE), plus the output bytes.
-	return 2 * (job.sources.size() + 1) * job.numel() * sizeof(float) + job.out_nbytes();
+	uint64_t statistics = 0;
+	for (const auto& source : job.sources)
+		if (source.statistics) statistics += source.statistics->info->numel() * sizeof(float);
+	return 2 * (job.sources.size() + 1) * job.numel() * sizeof(float) + statistics + job.out_nbytes();
 }
 
 namespace {

@@ -553,8 +553,7 @@ void write_shard_index(const std::filesystem::path& dir, const std::vector<Outpu
 
 SafetensorsWriter::SafetensorsWriter(std::filesystem::path dir, std::vector<OutputTensorSpec> tensors,
                                      uint64_t max_shard_bytes, WriterPart part, const SafetensorsMetadata& metadata)
-    : dir_(std::move(dir)), specs_(std::move(tensors)),
-      layout_(plan_output_layout(specs_, max_shard_bytes, metadata)),
+    : dir_(std::move(dir)), specs_(std::move(tensors)), layout_(plan_output_layout(specs_, max_shard_bytes, metadata)),
       part_(part), written_(specs_.size(), 0) {
 	if (part_.rank >= part_.ranks)
 		fail(escape_for_message(dir_.string(), kMaxLabelBytes),

@@ -162,3 +162,28 @@ WELD_LINALG_INSTANTIATE(double)
 #undef WELD_LINALG_INSTANTIATE
 
 } // namespace weld::linalg
+
+namespace weld::linalg {
+
+MatrixD solve_symmetric(MatrixD a, MatrixD b, bool* used_lu) {
+	if (a.rows != a.cols || b.rows != a.rows) throw Error("solve_symmetric: A must be square with as many rows as B");
+	single_threaded_blas();
+	const auto n = static_cast<lapack_int>(a.rows), nrhs = static_cast<lapack_int>(b.cols);
+	if (used_lu) *used_lu = false;
+	MatrixD factor = a;
+	MatrixD x = b;
+	// Cholesky first (the Gram sums are symmetric positive semi-definite); a singular or
+	// indefinite matrix falls back to LU with partial pivoting.
+	if (n == 0 || LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', n, nrhs, factor.data.data(), n, x.data.data(), nrhs) == 0)
+		return x;
+	if (used_lu) *used_lu = true;
+	std::vector<lapack_int> pivots(a.rows);
+	const lapack_int info =
+	    LAPACKE_dgesv(LAPACK_ROW_MAJOR, n, nrhs, a.data.data(), n, pivots.data(), b.data.data(), nrhs);
+	if (info != 0) throw Error(fmt::format("the {}x{} system is singular (LU pivot {} is zero)", a.rows, a.cols, info));
+	for (double v : b.data)
+		if (!std::isfinite(v)) throw Error("the linear system's solution is not finite");
+	return b;
+}
+
+} // namespace weld::linalg

@@ -73,4 +73,9 @@ template <class T> Matrix<T> polar_factor(const Matrix<T>& a);
 // A standard normal draw: the index-th of stream key (Box–Muller over random_uniform).
 double random_normal(uint64_t key, uint64_t index);
 
+// X with A X = B for a symmetric A: Cholesky (LAPACK dposv), falling back to LU with partial
+// pivoting (dgesv) when A is not positive definite; *used_lu says which. Never forms A⁻¹.
+// Throws weld::Error when A is singular.
+MatrixD solve_symmetric(MatrixD a, MatrixD b, bool* used_lu = nullptr);
+
 } // namespace weld::linalg

@@ -15,7 +15,9 @@
 
 namespace weld {
 
-enum class ParamType { Number, Bool };
+// Text: a string set once per recipe or per model (a path, a choice such as granularity: layer),
+// never per tensor; methods read Text parameters outside merge() (the plan or the runtime does).
+enum class ParamType { Number, Bool, Text };
 
 struct ParamDef {
 	std::string name;
@@ -48,6 +50,13 @@ struct MethodInfo {
 	// The output is one source, unchanged up to an optional scale (passthrough): tensors of any
 	// dtype may be copied byte for byte.
 	bool copy_only = false;
+	// Statistics every model other than the base brings (`parameters: {stats: FOLDER}`, a
+	// `weld stats` output of this kind): "fisher" (same shape as each tensor) or "gram" ([in, in]
+	// for a 2-D weight [out, in]; other tensors have none). Empty: the method takes none.
+	std::string statistics = {};
+	// Learned from data by the runtime (weld-torch) before its tensors are merged, as AdaMerging:
+	// `weld merge` hands the recipe over to weld-torch.
+	bool learned = false;
 };
 
 using ParamValues = std::map<std::string, double, std::less<>>;
@@ -61,6 +70,9 @@ struct MergeInput {
 	ParamValues params;                          // the method's global parameters
 	std::vector<ParamValues> source_params;      // per source; base's may lack required ones
 	uint64_t random_seed = 0;                    // --seed; combine with tensor_name for streams
+	// Per source, its statistics for this tensor (MethodInfo::statistics) as float32; an empty
+	// span where the source has none (the base, or a tensor the kind does not cover).
+	std::vector<std::span<const float>> statistics;
 	// Where a method may say how it computed this tensor (e.g. which SVD path); shown by
 	// `weld merge --verbose`. nullptr when nobody listens.
 	std::vector<std::string>* notes = nullptr;

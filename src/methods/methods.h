@@ -42,6 +42,9 @@ const MergeMethod& localize_stitch_method();
 const MergeMethod& tsv_method();
 const MergeMethod& opcm_method();
 const MergeMethod& doge_method();
+// methods that learn from statistics of data (weld stats)
+const MergeMethod& fisher_method();
+const MergeMethod& regmean_method();
 
 // Throws weld::Error naming the tensor unless the sources are non-empty, equally long, as long
 // as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.

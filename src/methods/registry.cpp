@@ -38,6 +38,8 @@ const std::vector<const MergeMethod*>& sorted_methods() {
 		                                       &localize_stitch_method(),
 		                                       &tsv_method(),
 		                                       &opcm_method(),
+		                                       &fisher_method(),
+		                                       &regmean_method(),
 		                                       &doge_method()};
 		std::sort(all.begin(), all.end(),
 		          [](const MergeMethod* a, const MergeMethod* b) { return a->info().name < b->info().name; });

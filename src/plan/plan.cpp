@@ -77,6 +77,9 @@ private:
 	std::optional<ParamValue> lookup(const ParamDef& def, const std::vector<const ParamSettings*>& levels,
 	                                 const std::string& tensor, double t) const;
 	void make_config(int64_t out_layers);
+	void open_statistics(const std::vector<Slice>& slices);
+	void check_statistics(size_t model, const std::string& path);
+	const ModelFolder::Tensor* statistics_for(size_t model, const ModelFolder::Tensor& tensor) const;
 
 	const std::string& ref(size_t model) const { return plan_.models[model].reference; }
 	const ModelFolder& folder(size_t model) const { return *plan_.models[model].folder; }
@@ -184,6 +187,9 @@ std::optional<ParamValue> Planner::lookup(const ParamDef& def, const std::vector
 		if (!setting) continue;
 		auto value = evaluate_setting(*setting, tensor, t);
 		if (!value) continue;
+		if (value->is_text)
+			throw Error(fmt::format("recipe: parameter '{}' must be {}, got '{}'", def.name,
+			                        def.type == ParamType::Bool ? "true or false" : "a number", value->text));
 		if (def.type == ParamType::Number && value->is_bool)
 			throw Error(fmt::format("recipe: parameter '{}' must be a number, not true/false", def.name));
 		if (def.type == ParamType::Bool && !value->is_bool && value->number != 0 && value->number != 1)
@@ -203,6 +209,7 @@ void Planner::resolve_params(TensorJob& job, const std::string& out_name, double
 	const auto& info = method_.info();
 	const ParamSettings* slice_params = slice.params;
 	for (const auto& def : info.global_params) {
+		if (def.type == ParamType::Text) continue; // read once per recipe, not per tensor
 		if (auto value = lookup(def, {slice_params, &recipe_.parameters}, out_name, t))
 			job.params[def.name] = value->number;
 		else if (def.required)
@@ -215,6 +222,7 @@ void Planner::resolve_params(TensorJob& job, const std::string& out_name, double
 		ParamValues values;
 		const bool is_base = static_cast<int>(s) == job.base_index;
 		for (const auto& def : info.model_params) {
+			if (def.type == ParamType::Text) continue;
 			if (auto value =
 			        lookup(def, {slice.sources[s].params, slice_params, &recipe_.parameters}, source_names[s], t))
 				values[def.name] = value->number;
@@ -244,7 +252,7 @@ void Planner::plan_tensor(const std::string& out_name, double t, const Slice& sl
 			                        "(only F16, BF16, F32, F64)",
 			                        source_names[s], ref(m), dtype_safetensors_name(tensor->info->dtype), info.name));
 		if (static_cast<int>(m) == plan_.base_model) job.base_index = static_cast<int>(s);
-		job.sources.push_back({m, tensor, tensor->info->numel()});
+		job.sources.push_back({m, tensor, tensor->info->numel(), statistics_for(m, *tensor)});
 	}
 	if (job.sources.size() < info.min_sources || (info.max_sources && job.sources.size() > info.max_sources)) {
 		const auto wanted = info.min_sources == info.max_sources ? fmt::format("{}", info.min_sources)
@@ -369,9 +377,84 @@ void Planner::make_config(int64_t out_layers) {
 	plan_.config_json = json.dump(2) + "\n";
 }
 
+std::string statistics_kind(const ModelFolder& stats) {
+	for (const auto& t : stats.tensors())
+		for (const auto& [key, value] : t.file->metadata())
+			if (key == "weld_stats") return value;
+	return "";
+}
+
+// Each model's `stats` folder, opened and checked against the model: the kind the method needs,
+// and every statistic named after one of the model's tensors, of the shape the kind implies.
+void Planner::open_statistics(const std::vector<Slice>& slices) {
+	plan_.statistics.resize(plan_.models.size());
+	const auto& kind = method_.info().statistics;
+	std::vector<std::string> paths(plan_.models.size());
+	for (size_t i = 0; i < slices.size(); ++i)
+		for (const auto& source : slices[i].sources) {
+			if (!source.params) continue;
+			const auto path = text_setting(*source.params, "stats", fmt::format("model '{}'", ref(source.model)));
+			if (!path) continue;
+			if (!paths[source.model].empty() && paths[source.model] != *path)
+				throw Error(fmt::format("recipe: model '{}' is given two stats folders: {} and {}", ref(source.model),
+				                        paths[source.model], *path));
+			paths[source.model] = *path;
+		}
+	for (size_t m = 0; m < plan_.models.size(); ++m) {
+		if (!paths[m].empty()) {
+			check_statistics(m, paths[m]);
+		} else if (!kind.empty() && static_cast<int>(m) != plan_.base_model) {
+			throw Error(
+			    fmt::format("recipe: method '{}' needs {} statistics of model '{}': set its parameters: "
+			                "{{stats: FOLDER}} to the output of `weld stats {} --kind {} --data FILE -o FOLDER`",
+			                method_.info().name, kind, ref(m), ref(m), kind));
+		}
+	}
+}
+
+void Planner::check_statistics(size_t m, const std::string& path) {
+	const auto& kind = method_.info().statistics;
+	if (!std::filesystem::is_directory(path))
+		throw Error(fmt::format("recipe: stats of model '{}': {} is not a folder (give the folder weld stats wrote)",
+		                        ref(m), path));
+	auto stats = std::make_unique<ModelFolder>(path);
+	const auto found = statistics_kind(*stats);
+	if (found.empty())
+		throw Error(fmt::format("recipe: stats of model '{}': {} is not a weld stats output (no weld_stats in its "
+		                        "safetensors metadata)",
+		                        ref(m), path));
+	if (found != kind)
+		throw Error(fmt::format("recipe: stats of model '{}': {} holds {} statistics; method '{}' needs {} (weld stats "
+		                        "--kind {})",
+		                        ref(m), path, found, method_.info().name, kind, kind));
+	for (const auto& t : stats->tensors()) {
+		const auto* weight = folder(m).find(t.info->name);
+		if (!weight)
+			throw Error(
+			    fmt::format("stats {}: tensor '{}' is not a tensor of model '{}' (statistics of another model?)", path,
+			                t.info->name, ref(m)));
+		const auto& shape = weight->info->shape;
+		const auto expected = kind == "gram" && shape.size() == 2 ? std::vector<uint64_t>{shape[1], shape[1]} : shape;
+		if (t.info->shape != expected || !dtype_is_arithmetic(t.info->dtype))
+			throw Error(fmt::format("stats {}: tensor '{}' has shape {}; {} statistics of model '{}' need {}", path,
+			                        t.info->name, shape_string(t.info->shape), kind, ref(m), shape_string(expected)));
+	}
+	plan_.statistics[m] = std::move(stats);
+}
+
+const ModelFolder::Tensor* Planner::statistics_for(size_t m, const ModelFolder::Tensor& tensor) const {
+	if (m >= plan_.statistics.size() || !plan_.statistics[m]) return nullptr;
+	const auto* found = plan_.statistics[m]->find(tensor.info->name);
+	if (!found && method_.info().statistics == "fisher")
+		throw Error(fmt::format("stats {}: no Fisher for tensor '{}' of model '{}'",
+		                        plan_.statistics[m]->dir().string(), tensor.info->name, ref(m)));
+	return found;
+}
+
 void Planner::run() {
 	check_parameter_names();
 	const auto slices = make_slices();
+	open_statistics(slices);
 	plan_layers(slices);
 
 	size_t tokenizer_model = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : slices[0].sources[0].model;

@@ -23,6 +23,8 @@ struct JobSource {
 	size_t model = 0; // index into Plan::models
 	const ModelFolder::Tensor* tensor = nullptr;
 	uint64_t numel = 0; // elements used: fewer than the tensor's for a larger vocabulary
+	// Its statistics (MethodInfo::statistics) for this tensor; nullptr where there are none.
+	const ModelFolder::Tensor* statistics = nullptr;
 };
 
 struct TensorJob {
@@ -45,6 +47,8 @@ struct Plan {
 	Recipe recipe;
 	std::vector<PlannedModel> models;
 	int base_model = -1; // index into models
+	// Per model, the `weld stats` folder its `stats` parameter names (nullptr: none).
+	std::vector<std::unique_ptr<ModelFolder>> statistics;
 	std::vector<TensorJob> jobs;
 	std::string config_json;             // config.json for the output ("" when none)
 	std::filesystem::path tokenizer_dir; // where tokenizer files are copied from

@@ -84,7 +84,8 @@ ParamSetting parse_setting(const Context& ctx, const YAML::Node& node, const std
 		} else if (auto n = as_number(node)) {
 			setting.number = *n;
 		} else {
-			ctx.fail(where, fmt::format("expected a number or true/false, got '{}'", node.Scalar()));
+			setting.kind = ParamSetting::Kind::Text; // whether text suits the parameter is the plan's call
+			setting.text = node.Scalar();
 		}
 		return setting;
 	}
@@ -210,12 +211,23 @@ const ParamSetting* find_setting(const ParamSettings& settings, std::string_view
 	return nullptr;
 }
 
+std::optional<std::string> text_setting(const ParamSettings& settings, std::string_view name,
+                                        const std::string& where) {
+	const auto* setting = find_setting(settings, name);
+	if (!setting) return std::nullopt;
+	if (setting->kind != ParamSetting::Kind::Text || setting->text.empty())
+		throw Error(fmt::format("recipe: {}.{}: expected a text value (a path or a name)", where, name));
+	return setting->text;
+}
+
 std::optional<ParamValue> evaluate_setting(const ParamSetting& setting, std::string_view tensor_name, double t) {
 	switch (setting.kind) {
 	case ParamSetting::Kind::Number:
 		return ParamValue{setting.number, false};
 	case ParamSetting::Kind::Bool:
 		return ParamValue{setting.number, true};
+	case ParamSetting::Kind::Text:
+		return ParamValue{0, false, true, setting.text};
 	case ParamSetting::Kind::Gradient: {
 		// mergekit: position t * (n - 1), linear between the two neighbouring points.
 		const auto& g = setting.gradient;

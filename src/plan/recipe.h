@@ -16,11 +16,12 @@ namespace weld {
 // over the layers), or filter rules ({filter: substring, value: setting}; first match wins, a
 // rule without filter or with "*" matches every tensor).
 struct ParamSetting {
-	enum class Kind { Number, Bool, Gradient, Rules };
+	enum class Kind { Number, Bool, Gradient, Rules, Text };
 	struct Rule;
 
 	Kind kind = Kind::Number;
 	double number = 0; // Number, Bool (0 or 1)
+	std::string text;  // Text: any other scalar (a path, a choice)
 	std::vector<double> gradient;
 	std::vector<Rule> rules;
 };
@@ -33,6 +34,8 @@ struct ParamSetting::Rule {
 struct ParamValue {
 	double number = 0;
 	bool is_bool = false;
+	bool is_text = false;
+	std::string text = {};
 };
 
 // The value that applies to tensor_name at relative depth t in [0, 1]; nullopt when filter
@@ -41,6 +44,10 @@ std::optional<ParamValue> evaluate_setting(const ParamSetting& setting, std::str
 
 using ParamSettings = std::vector<std::pair<std::string, ParamSetting>>;
 const ParamSetting* find_setting(const ParamSettings& settings, std::string_view name);
+// A Text parameter's value in settings, nullopt when absent. Throws weld::Error naming `where`
+// and the parameter when it is set to something other than one string.
+std::optional<std::string> text_setting(const ParamSettings& settings, std::string_view name,
+                                        const std::string& where);
 
 struct SourceSpec {
 	std::string model;

@@ -242,7 +242,8 @@ StatsSummary compute_statistics(const StatsJob& job, const std::function<void(co
 		for (auto& [name, p] : model.parameters())
 			fisher.push_back(at::zeros(p.sizes(), at::TensorOptions().dtype(at::kDouble)));
 	} else if (job.kind == Kind::Gram) {
-		model.set_linear_observer([&](const std::string& n, const at::Tensor& x, const at::Tensor& y) { gram(n, x, y); });
+		model.set_linear_observer(
+		    [&](const std::string& n, const at::Tensor& x, const at::Tensor& y) { gram(n, x, y); });
 	} else {
 		model.set_linear_observer([&](const std::string& n, const at::Tensor& x, const at::Tensor& y) {
 			observe_activations(sums, valid, n, x, y);

@@ -9,8 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
-#include <unistd.h>
 #include <exception>
+#include <unistd.h>
 
 namespace {
 

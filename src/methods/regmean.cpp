@@ -1,0 +1,104 @@
+// RegMean (Jin et al. 2023): each linear map y = x Wᵀ is merged in closed form, as the W that
+// best reproduces every model's outputs on its own data:
+//   W* = argmin Σ_i ||X_i Wᵀ - X_i W_iᵀ||²  =>  W*ᵀ = (Σ G̃_i)⁻¹ Σ G̃_i W_iᵀ,
+// with G_i = X_iᵀX_i / N_i from `weld stats --kind gram` and G̃_i = G_i with its off-diagonal
+// entries scaled by alpha (the paper's regularization toward the plain average: alpha 0 gives a
+// per-input-feature weighted average). Solved with LAPACK (Cholesky, else LU), never by
+// inverting. Tensors without Gram matrices (norms, embeddings) are averaged.
+#include "linalg/linalg.h"
+#include "methods/methods.h"
+#include "util/error.h"
+
+#include <fmt/format.h>
+
+namespace weld {
+namespace {
+
+class RegMeanMethod final : public MergeMethod {
+public:
+	const MethodInfo& info() const override { return info_; }
+
+	void merge(const MergeInput& input, std::span<float> out) const override {
+		check_merge_input(info_, input, out);
+		const auto models = model_indices(input);
+		size_t with_gram = 0;
+		for (size_t i : models)
+			with_gram += input.statistics.size() > i && !input.statistics[i].empty();
+		if (with_gram == 0) {
+			for (size_t j = 0; j < out.size(); ++j) {
+				double sum = 0;
+				for (size_t i : models)
+					sum += input.sources[i][j];
+				out[j] = static_cast<float>(sum / static_cast<double>(models.size()));
+			}
+			return;
+		}
+		if (with_gram != models.size() || input.shape.size() != 2)
+			throw Error(fmt::format("tensor '{}': {} of {} models have a Gram matrix for it; RegMean needs all or none",
+			                        input.tensor_name, with_gram, models.size()));
+		solve(input, models, out);
+	}
+
+private:
+	void solve(const MergeInput& input, const std::vector<size_t>& models, std::span<float> out) const {
+		const size_t rows = input.shape[0], cols = input.shape[1];
+		const double alpha = global_param(info_, input, "alpha");
+		linalg::MatrixD a(cols, cols), b(cols, rows); // Σ G̃_i and Σ G̃_i W_iᵀ
+		for (size_t i : models) {
+			const auto gram = input.statistics[i];
+			const auto w = input.sources[i];
+			linalg::MatrixD g(cols, cols);
+			for (size_t r = 0; r < cols; ++r)
+				for (size_t c = 0; c < cols; ++c)
+					g(r, c) = static_cast<double>(gram[r * cols + c]) * (r == c ? 1.0 : alpha);
+			for (size_t k = 0; k < cols * cols; ++k)
+				a.data[k] += g.data[k];
+			linalg::MatrixD wt(cols, rows);
+			for (size_t r = 0; r < rows; ++r)
+				for (size_t c = 0; c < cols; ++c)
+					wt(c, r) = w[r * cols + c];
+			const auto gw = linalg::matmul(g, false, wt, false);
+			for (size_t k = 0; k < gw.data.size(); ++k)
+				b.data[k] += gw.data[k];
+		}
+		bool used_lu = false;
+		linalg::MatrixD x;
+		try {
+			x = linalg::solve_symmetric(a, b, &used_lu);
+		} catch (const Error& e) {
+			throw Error(fmt::format("tensor '{}': RegMean: {}", input.tensor_name, e.what()));
+		}
+		if (input.notes) input.notes->push_back(used_lu ? "Gram sum not positive definite: solved by LU" : "Cholesky");
+		for (size_t r = 0; r < rows; ++r)
+			for (size_t c = 0; c < cols; ++c)
+				out[r * cols + c] = static_cast<float>(x(c, r));
+	}
+
+	MethodInfo info_{
+	    .name = "regmean",
+	    .description = "Closed-form merge of each linear layer matching every model's outputs on its data (weld stats "
+	                   "--kind gram); other tensors averaged",
+	    .reference = "https://arxiv.org/abs/2212.09849",
+	    .global_params = {{.name = "alpha",
+	                       .default_value = 0.9,
+	                       .help = "Scale of the Gram matrices' off-diagonal entries (0: per-feature average, 1: "
+	                               "exact least squares)",
+	                       .min_value = 0,
+	                       .max_value = 1}},
+	    .model_params = {{.name = "stats",
+	                      .type = ParamType::Text,
+	                      .has_default = false,
+	                      .help = "Folder of this model's Gram matrices (weld stats --kind gram)"}},
+	    .base = BaseModel::Ignored,
+	    .statistics = "gram",
+	};
+};
+
+} // namespace
+
+const MergeMethod& regmean_method() {
+	static const RegMeanMethod method;
+	return method;
+}
+
+} // namespace weld
