@@ -1,0 +1,189 @@
+// Merges that read statistics (fisher, regmean): statistics folders written here by hand with
+// known values, merged end to end, and the results checked against the methods' definitions:
+// Fisher's weighted average element by element, RegMean's normal equations
+// Σ_i (W* - W_i) G̃_i = 0 (whatever path the solver took) and its alpha = 0 closed form. Then
+// every way a statistics folder can fail to fit the recipe.
+#include "family_fixture.h"
+#include "io/safetensors.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace weld {
+namespace {
+
+namespace fs = std::filesystem;
+using test::Tensors;
+
+struct Stat {
+	std::string name;
+	std::vector<uint64_t> shape;
+	std::vector<float> values;
+};
+
+void write_stats(const fs::path& dir, const std::string& kind, const std::vector<Stat>& stats) {
+	fs::create_directories(dir);
+	std::vector<OutputTensorSpec> specs;
+	for (const auto& s : stats)
+		specs.push_back({s.name, DType::F32, s.shape});
+	SafetensorsWriter writer(dir, specs, UINT64_MAX, {}, {{"weld_stats", kind}});
+	for (size_t i = 0; i < stats.size(); ++i)
+		writer.write(i, {reinterpret_cast<const uint8_t*>(stats[i].values.data()), stats[i].values.size() * 4});
+	writer.finish();
+}
+
+// Deterministic values in [0, 1).
+float draw(uint64_t& state) {
+	state = state * 6364136223846793005ull + 1442695040888963407ull;
+	return static_cast<float>((state >> 40) & 0xFFFFFF) / static_cast<float>(1 << 24);
+}
+
+// A symmetric positive semi-definite n x n matrix AᵀA / m from a random m x n A.
+std::vector<float> random_gram(size_t n, size_t m, uint64_t seed) {
+	std::vector<double> a(m * n);
+	for (auto& v : a)
+		v = draw(seed) - 0.5;
+	std::vector<float> g(n * n);
+	for (size_t r = 0; r < n; ++r)
+		for (size_t c = 0; c < n; ++c) {
+			double sum = 0;
+			for (size_t k = 0; k < m; ++k)
+				sum += a[k * n + r] * a[k * n + c];
+			g[r * n + c] = static_cast<float>(sum / static_cast<double>(m));
+		}
+	return g;
+}
+
+class DataMethodsTest : public ::testing::Test, protected test::Family {
+protected:
+	void SetUp() override { make_family(DType::F32, 1, 2); }
+
+	std::vector<uint64_t> shape_of(const std::string& name) {
+		return SafetensorsFile(dir_ / "base" / "model.safetensors").find(name)->shape;
+	}
+	// Fisher of every tensor of a model: positive values drawn from seed.
+	void write_fisher(const std::string& folder, const Tensors& model, uint64_t seed) {
+		std::vector<Stat> stats;
+		for (const auto& [name, values] : model) {
+			Stat s{name, shape_of(name), std::vector<float>(values.size())};
+			for (auto& v : s.values)
+				v = draw(seed) * 2;
+			stats.push_back(std::move(s));
+		}
+		write_stats(dir_ / folder, "fisher", stats);
+	}
+	// Gram matrices of every 2-D projection (not the embedding or lm_head, as a sparse file may).
+	std::vector<Stat> grams(uint64_t seed, size_t samples) {
+		std::vector<Stat> stats;
+		for (const auto& [name, values] : base_) {
+			const auto shape = shape_of(name);
+			if (shape.size() != 2 || name.find("proj") == std::string::npos) continue;
+			stats.push_back({name, {shape[1], shape[1]}, random_gram(shape[1], samples, seed++)});
+		}
+		return stats;
+	}
+	std::string recipe(const std::string& method, const std::string& extra = "", const std::string& stats_a = "sa",
+	                   const std::string& stats_b = "sb") {
+		return "merge_method: " + method + "\n" + extra + "models:\n  - model: a\n    parameters: {stats: " + stats_a +
+		       "}\n  - model: b\n    parameters: {stats: " + stats_b + "}\n";
+	}
+};
+
+TEST_F(DataMethodsTest, FisherIsTheFisherWeightedAverage) {
+	write_fisher("sa", a_, 1);
+	write_fisher("sb", b_, 2);
+	const auto out = merged("merge_method: fisher\nparameters: {fisher_floor: 0.01}\nmodels:\n"
+	                        "  - model: a\n    parameters: {stats: sa, weight: 2}\n"
+	                        "  - model: b\n    parameters: {stats: sb}\n");
+	const auto fa = test::read_model(dir_ / "sa"), fb = test::read_model(dir_ / "sb");
+	for (const auto& [name, base] : base_)
+		for (size_t i = 0; i < base.size(); i += 5) {
+			const double wa = 2 * (fa.at(name)[i] + 0.01);
+			const double wb = fb.at(name)[i] + 0.01;
+			expect_near(out, name, i, (wa * a_[name][i] + wb * b_[name][i]) / (wa + wb));
+		}
+}
+
+TEST_F(DataMethodsTest, RegMeanSolvesTheNormalEquations) {
+	const auto ga = grams(10, 40), gb = grams(20, 40);
+	write_stats(dir_ / "sa", "gram", ga);
+	write_stats(dir_ / "sb", "gram", gb);
+	const double alpha = 0.7;
+	const auto out = merged(recipe("regmean", "parameters: {alpha: 0.7}\n"));
+	for (size_t k = 0; k < ga.size(); ++k) {
+		const auto& name = ga[k].name;
+		const size_t rows = shape_of(name)[0], cols = ga[k].shape[0];
+		auto g = [&](const std::vector<float>& m, size_t r, size_t c) {
+			return m[r * cols + c] * (r == c ? 1 : alpha);
+		};
+		// Σ_i (W* - W_i) G̃_i, relative to Σ_i |W_i| |G̃_i|: zero up to float32 rounding.
+		double worst = 0;
+		for (size_t r = 0; r < rows; ++r)
+			for (size_t c = 0; c < cols; ++c) {
+				double residual = 0, scale = 0;
+				for (size_t j = 0; j < cols; ++j) {
+					const double w = out.at(name)[r * cols + j];
+					for (const auto& [model, gram] : {std::pair{&a_, &ga[k].values}, std::pair{&b_, &gb[k].values}}) {
+						const double wi = (*model)[name][r * cols + j];
+						residual += (w - wi) * g(*gram, j, c);
+						scale += std::abs(wi * g(*gram, j, c));
+					}
+				}
+				worst = std::max(worst, std::abs(residual) / scale);
+			}
+		EXPECT_LT(worst, 1e-4) << name;
+	}
+	// Tensors without Gram matrices: the plain average.
+	for (const auto& name : {"model.norm.weight", "model.embed_tokens.weight", "lm_head.weight"})
+		for (size_t i = 0; i < base_[name].size(); i += 7)
+			expect_near(out, name, i, (a_[name][i] + b_[name][i]) / 2.0);
+}
+
+TEST_F(DataMethodsTest, RegMeanAtAlphaZeroIsAPerFeatureWeightedAverage) {
+	const auto ga = grams(30, 8), gb = grams(40, 8);
+	write_stats(dir_ / "sa", "gram", ga);
+	write_stats(dir_ / "sb", "gram", gb);
+	const auto out = merged(recipe("regmean", "parameters: {alpha: 0}\n"));
+	for (size_t k = 0; k < ga.size(); ++k) {
+		const auto& name = ga[k].name;
+		const size_t cols = ga[k].shape[0];
+		for (size_t i = 0; i < base_[name].size(); i += 3) {
+			const size_t c = i % cols;
+			const double da = ga[k].values[c * cols + c], db = gb[k].values[c * cols + c];
+			expect_near(out, name, i, (da * a_[name][i] + db * b_[name][i]) / (da + db));
+		}
+	}
+}
+
+TEST_F(DataMethodsTest, StatisticsThatDoNotFitAreRefused) {
+	write_fisher("fa", a_, 1);
+	write_stats(dir_ / "sa", "gram", grams(1, 20));
+	write_stats(dir_ / "sb", "gram", grams(2, 20));
+	EXPECT_NE(merge_error(recipe("regmean", "", "fa")).find("holds fisher statistics; method 'regmean' needs gram"),
+	          std::string::npos);
+	EXPECT_NE(merge_error("merge_method: regmean\nmodels:\n  - model: a\n    parameters: {stats: sa}\n  - model: b\n")
+	              .find("needs gram statistics of model 'b'"),
+	          std::string::npos);
+	EXPECT_NE(merge_error(recipe("regmean", "", "missing")).find("missing is not a folder"), std::string::npos);
+	EXPECT_NE(merge_error(recipe("regmean", "", "a")).find("is not a weld stats output"), std::string::npos);
+	EXPECT_NE(
+	    merge_error(recipe("regmean", "parameters: {alpha: high}\n")).find("'alpha' must be a number, got 'high'"),
+	    std::string::npos);
+	const auto name = grams(1, 4)[0].name;
+	write_stats(dir_ / "wrong_shape", "gram", {{name, {3, 3}, std::vector<float>(9, 1)}});
+	EXPECT_NE(merge_error(recipe("regmean", "", "wrong_shape")).find("tensor '" + name + "' has shape [3, 3]"),
+	          std::string::npos);
+	write_stats(dir_ / "other_model", "gram", {{"model.layers.9.mlp.up_proj.weight", {2, 2}, {1, 0, 0, 1}}});
+	EXPECT_NE(merge_error(recipe("regmean", "", "other_model")).find("is not a tensor of model 'a'"),
+	          std::string::npos);
+	// A Fisher file lacking a tensor.
+	write_stats(dir_ / "partial", "fisher",
+	            {{"model.norm.weight", shape_of("model.norm.weight"), a_["model.norm.weight"]}});
+	EXPECT_NE(merge_error(recipe("fisher", "", "partial", "fa")).find("no Fisher for tensor"), std::string::npos);
+	EXPECT_FALSE(fs::exists(dir_ / "failed"));
+}
+
+} // namespace
+} // namespace weld
