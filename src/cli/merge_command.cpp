@@ -1,5 +1,10 @@
 #include "cli/commands.h"
+#include "cli/torch_program.h"
 #include "exec/merge.h"
+#include "io/output_folder.h"
+#include "methods/method.h"
+#include "plan/recipe.h"
+#include "util/error.h"
 #include "util/size.h"
 
 #include <fmt/format.h>
@@ -74,7 +79,28 @@ int merge(const MergeArgs& args, const Distributed& dist) {
 	return 0;
 }
 
+// Methods that learn from data run in weld-torch (the model runtime), which takes these options.
+bool learns_from_data(const std::string& recipe_path) {
+	try {
+		const auto recipe = parse_recipe(read_text_file(recipe_path), recipe_path);
+		const auto* method = find_method(recipe.merge_method);
+		return method && method->info().learned;
+	} catch (const Error&) {
+		return false; // run_merge reports it
+	}
+}
+
+std::vector<std::string> learned_merge_words(const MergeArgs& args) {
+	if (args.dry_run) throw Error("--dry-run: a method that learns from data has no plan before it has learned");
+	std::vector<std::string> w = {
+	    args.recipe, args.out, "--threads", std::to_string(args.threads), "--seed", std::to_string(args.seed)};
+	if (args.force) w.push_back("--force");
+	if (args.quiet) w.push_back("--quiet");
+	return w;
+}
+
 int run(const MergeArgs& args) {
+	if (learns_from_data(args.recipe)) run_torch_program("merge", learned_merge_words(args));
 	// Under mpirun each process is one rank of a distributed merge; otherwise a job of one.
 	const Distributed dist = Distributed::join();
 	try {

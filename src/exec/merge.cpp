@@ -77,7 +77,8 @@ MergeSummary run_merge(const MergeOptions& options) {
 	std::vector<OutputTensorSpec> specs;
 	OutputLayout layout;
 	dist.agree([&] {
-		plan = build_plan(parse_recipe(read_text_file(options.recipe_path), label), options.seed);
+		const auto text = options.recipe_text.empty() ? read_text_file(options.recipe_path) : options.recipe_text;
+		plan = build_plan(parse_recipe(text, label), options.seed);
 		specs = output_specs(plan);
 		if (!options.dry_run) layout = plan_output_layout(specs, exec.max_shard_bytes);
 	});

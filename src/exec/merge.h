@@ -20,6 +20,7 @@ namespace weld {
 
 struct MergeOptions {
 	std::filesystem::path recipe_path;
+	std::string recipe_text; // when not empty, the recipe itself (recipe_path only names it in errors)
 	std::filesystem::path out_dir;
 	bool force = false;   // replace an existing output
 	bool dry_run = false; // print the plan, write nothing

@@ -45,6 +45,8 @@ const MergeMethod& doge_method();
 // methods that learn from statistics of data (weld stats)
 const MergeMethod& fisher_method();
 const MergeMethod& regmean_method();
+// methods that learn from data with the model runtime (src/learned)
+const MergeMethod& adamerging_method();
 
 // Throws weld::Error naming the tensor unless the sources are non-empty, equally long, as long
 // as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.

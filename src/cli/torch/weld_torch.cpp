@@ -3,6 +3,7 @@
 #include "cli/stats_options.h"
 #include "cli/train_options.h"
 #include "io/model.h"
+#include "learned/learned_merge.h"
 #include "nn/eval.h"
 
 #include <fmt/format.h>
@@ -106,6 +107,15 @@ int main(int argc, char** argv) {
 	auto* train_cmd = app.add_subcommand("train", "train or fine-tune a Llama-family model");
 	weld::cli::add_train_options(*train_cmd, train_args);
 	auto* stats_cmd = app.add_subcommand("stats", "statistics of a model on data, for data-driven merges");
+	weld::learned::LearnedMergeOptions merge_args;
+	std::string merge_recipe, merge_out;
+	auto* merge_cmd = app.add_subcommand("merge", "a merge whose method learns from data (weld merge hands it here)");
+	merge_cmd->add_option("recipe", merge_recipe)->required();
+	merge_cmd->add_option("out", merge_out)->required();
+	merge_cmd->add_option("--threads", merge_args.threads);
+	merge_cmd->add_option("--seed", merge_args.seed);
+	merge_cmd->add_flag("--force", merge_args.force);
+	merge_cmd->add_flag("--quiet", merge_args.quiet);
 	weld::cli::add_stats_options(*stats_cmd, stats_args);
 	try {
 		app.parse(argc, argv);
@@ -114,6 +124,14 @@ int main(int argc, char** argv) {
 	}
 	try {
 		if (stats_cmd->parsed()) return compute_stats(stats_args);
+		if (merge_cmd->parsed()) {
+			merge_args.recipe = merge_recipe;
+			merge_args.out = merge_out;
+			weld::learned::run_learned_merge(merge_args);
+			if (!merge_args.quiet)
+				fmt::print("weld: merged into {} (learned recipe in its weld_recipe.yml)\n", merge_out);
+			return 0;
+		}
 		return eval->parsed() ? evaluate(eval_args) : train(train_args);
 	} catch (const std::exception& e) {
 		std::fprintf(stderr, "weld: error: %s\n", e.what());

@@ -1,0 +1,34 @@
+// AdaMerging (Yang et al., ICLR 2024): task arithmetic whose coefficients λ, one per task
+// (task-wise) or per task and tensor (layer-wise), are learned without labels by minimizing the
+// entropy of the merged model's predictions on the test prompts. The gradient needs one backward
+// pass: ∂H/∂λ_k^l = ⟨∇_{θ^l} H, τ_k^l⟩, which autograd computes through θ(λ) = θ_base + Σ λ τ.
+// For a language model the entropy is taken where the model's own greedy answer to each prompt
+// is predicted (the answer re-decoded with the current λ at every step).
+#pragma once
+
+#include "learned/task_vector_model.h"
+
+#include <functional>
+
+namespace weld::learned {
+
+struct AdaMergingOptions {
+	bool layer_wise = true;
+	int64_t steps = 100;
+	double lr = 1e-3;           // Adam, as the paper
+	double lambda_init = 0.3;   // the paper's initial λ
+	int64_t batch = 16;         // prompts per step, taken in file order (cycling)
+	size_t max_new_tokens = 16; // longest greedy answer
+};
+
+struct AdaMergingStep {
+	int64_t step = 0;
+	double entropy = 0;
+};
+
+// λ [experts, 1 or tensors], learned; tv's model is left at θ(λ).
+at::Tensor learn_adamerging(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts,
+                            const AdaMergingOptions& options,
+                            const std::function<void(const AdaMergingStep&)>& on_step);
+
+} // namespace weld::learned

@@ -1,0 +1,160 @@
+#include "learned/learned_merge.h"
+
+#include "exec/merge.h"
+#include "io/model.h"
+#include "io/output_folder.h"
+#include "learned/adamerging.h"
+#include "methods/method.h"
+#include "plan/recipe.h"
+#include "stats/statistics.h"
+#include "util/error.h"
+
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+
+namespace weld::learned {
+namespace fs = std::filesystem;
+
+namespace {
+
+// The recipe-level settings of a learned method: Text values as written, Numbers checked
+// against their definitions; one value each (no gradients or per-tensor rules).
+class Settings {
+public:
+	Settings(const Recipe& recipe, const MethodInfo& info) : recipe_(recipe), info_(info) {
+		for (const auto& [name, setting] : recipe.parameters)
+			if (!def(name))
+				throw Error(fmt::format("recipe: parameters: unknown parameter '{}' for method '{}'", name, info.name));
+		for (const auto& m : recipe.models)
+			if (!m.parameters.empty())
+				throw Error(fmt::format("recipe: models: '{}' has parameters; method '{}' takes none per model",
+				                        m.model, info.name));
+	}
+	std::string text(const std::string& name, const std::string& fallback = "") const {
+		const auto value = text_setting(recipe_.parameters, name, "parameters");
+		if (!value && def(name)->required)
+			throw Error(fmt::format("recipe: method '{}' needs parameter '{}'", info_.name, name));
+		return value.value_or(fallback);
+	}
+	double number(const std::string& name) const {
+		const auto* d = def(name);
+		const auto* s = find_setting(recipe_.parameters, name);
+		if (!s) return d->default_value;
+		if (s->kind != ParamSetting::Kind::Number)
+			throw Error(fmt::format("recipe: parameters.{}: expected one number", name));
+		if (s->number < d->min_value || s->number > d->max_value || (d->min_exclusive && s->number == d->min_value))
+			throw Error(fmt::format("recipe: parameters.{} is {:g}, outside {}{:g}, {:g}]", name, s->number,
+			                        d->min_exclusive ? "(" : "[", d->min_value, d->max_value));
+		return s->number;
+	}
+
+private:
+	const ParamDef* def(const std::string& name) const {
+		for (const auto& d : info_.global_params)
+			if (d.name == name) return &d;
+		return nullptr;
+	}
+	const Recipe& recipe_;
+	const MethodInfo& info_;
+};
+
+std::string quoted(const std::string& text) {
+	return nlohmann::json(text).dump(); // a JSON string is a YAML double-quoted scalar
+}
+
+// task_arithmetic with the learned λ: one weight per model, or filter rules per tensor (longest
+// names first, so that no name's rule catches a longer name that contains it).
+std::string coefficients_recipe(const Recipe& recipe, const std::vector<std::string>& experts,
+                                const std::vector<std::string>& names, const at::Tensor& lambda,
+                                const std::string& provenance) {
+	std::string out = "# " + provenance + "\n# Rerun without data: weld merge this recipe.\n";
+	out += "merge_method: task_arithmetic\nbase_model: " + quoted(*recipe.base_model) + "\n";
+	if (recipe.dtype) out += fmt::format("dtype: {}\n", dtype_torch_name(*recipe.dtype));
+	if (recipe.out_dtype) out += fmt::format("out_dtype: {}\n", dtype_torch_name(*recipe.out_dtype));
+	if (recipe.tokenizer_source) out += "tokenizer_source: " + quoted(*recipe.tokenizer_source) + "\n";
+	out += "parameters: {normalize: false, lambda: 1}\nmodels:\n";
+	const auto table = lambda.to(at::kDouble).contiguous();
+	std::vector<size_t> order(names.size());
+	for (size_t i = 0; i < order.size(); ++i)
+		order[i] = i;
+	std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return names[a].size() > names[b].size(); });
+	for (size_t k = 0; k < experts.size(); ++k) {
+		out += "  - model: " + quoted(experts[k]) + "\n    parameters:\n";
+		const auto row = table[static_cast<int64_t>(k)];
+		if (row.size(0) == 1) {
+			out += fmt::format("      weight: {:.9g}\n", row[0].item<double>());
+			continue;
+		}
+		out += "      weight:\n";
+		for (size_t i : order)
+			out += fmt::format("        - {{filter: {}, value: {:.9g}}}\n", quoted(names[i]),
+			                   row[static_cast<int64_t>(i)].item<double>());
+	}
+	return out;
+}
+
+} // namespace
+
+std::string run_learned_merge(const LearnedMergeOptions& options) {
+	const auto label = options.recipe.string();
+	const Recipe recipe = parse_recipe(read_text_file(options.recipe), label);
+	const MergeMethod* method = find_method(recipe.merge_method);
+	if (!method || !method->info().learned)
+		throw Error(fmt::format("recipe: merge_method '{}' does not learn from data", recipe.merge_method));
+	const auto& info = method->info();
+	if (!recipe.slices.empty()) throw Error(fmt::format("recipe: method '{}' takes models:, not slices:", info.name));
+	if (!recipe.base_model) throw Error(fmt::format("recipe: method '{}' needs a base_model", info.name));
+	if (fs::exists(options.out) && !options.force)
+		throw Error(fmt::format("{}: already exists (use --force to replace it)", options.out.string()));
+	const Settings settings(recipe, info);
+
+	std::vector<std::string> experts;
+	std::vector<fs::path> expert_dirs;
+	for (const auto& m : recipe.models)
+		if (m.model != *recipe.base_model && std::find(experts.begin(), experts.end(), m.model) == experts.end()) {
+			experts.push_back(m.model);
+			expert_dirs.push_back(resolve_model_reference(m.model));
+		}
+	const auto base_dir = resolve_model_reference(*recipe.base_model);
+	// One thread: the learned coefficients, and so the merged bytes, do not depend on --threads.
+	at::set_num_threads(1);
+	TaskVectorModel tv(base_dir, expert_dirs, at::kFloat);
+	const fs::path data = settings.text("data");
+	const auto prompts = read_prompts(data, tv.model(), base_dir);
+
+	AdaMergingOptions o;
+	const auto granularity = settings.text("granularity", "layer");
+	if (granularity != "layer" && granularity != "task")
+		throw Error(fmt::format("recipe: parameters.granularity is '{}'; valid: task, layer", granularity));
+	o.layer_wise = granularity == "layer";
+	o.steps = static_cast<int64_t>(settings.number("steps"));
+	o.lr = settings.number("lr");
+	o.lambda_init = settings.number("lambda_init");
+	o.batch = static_cast<int64_t>(settings.number("batch"));
+	const auto lambda = learn_adamerging(tv, prompts, o, [&](const AdaMergingStep& s) {
+		if (!options.quiet && ((s.step + 1) % 10 == 0 || s.step + 1 == o.steps))
+			std::fprintf(stderr, "weld: adamerging step %lld/%lld entropy %.4f\n", static_cast<long long>(s.step + 1),
+			             static_cast<long long>(o.steps), s.entropy);
+	});
+	const auto provenance = fmt::format(
+	    "Learned by weld's adamerging from {} (granularity {}, {} steps, lr {:g}, lambda_init {:g}, batch {}) on the "
+	    "prompts of {} (sha256 {}).",
+	    label, granularity, o.steps, o.lr, o.lambda_init, o.batch, data.filename().string(), stats::file_sha256(data));
+	const auto text = coefficients_recipe(recipe, experts, tv.names(), lambda, provenance);
+
+	MergeOptions merge;
+	merge.recipe_path = options.recipe;
+	merge.recipe_text = text;
+	merge.out_dir = options.out;
+	merge.force = options.force;
+	merge.seed = options.seed;
+	merge.exec.threads = std::max(1u, options.threads);
+	run_merge(merge);
+	return text;
+}
+
+} // namespace weld::learned

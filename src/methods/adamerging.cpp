@@ -1,0 +1,55 @@
+// AdaMerging's entry in the method table: its parameters, for recipes and `weld methods`. The
+// coefficients are learned by the runtime (src/learned/adamerging.cpp), which then merges with
+// task_arithmetic; `weld merge` hands adamerging recipes to weld-torch for that.
+#include "methods/methods.h"
+#include "util/error.h"
+
+#include <fmt/format.h>
+
+namespace weld {
+namespace {
+
+class AdaMergingMethod final : public MergeMethod {
+public:
+	const MethodInfo& info() const override { return info_; }
+
+	void merge(const MergeInput& input, std::span<float>) const override {
+		throw Error(fmt::format("tensor '{}': adamerging learns its coefficients with the model runtime first; run it "
+		                        "with `weld merge` (built with libtorch)",
+		                        input.tensor_name));
+	}
+
+private:
+	MethodInfo info_{
+	    .name = "adamerging",
+	    .description = "Task arithmetic with a λ per task or per task and tensor, learned by minimizing the entropy "
+	                   "of the merged model's answers to unlabeled prompts",
+	    .reference = "https://arxiv.org/abs/2310.02575",
+	    .global_params =
+	        {{.name = "data",
+	          .type = ParamType::Text,
+	          .required = true,
+	          .has_default = false,
+	          .help = "Unlabeled prompts: prompt/answer JSONL (answers ignored) or text lines"},
+	         {.name = "granularity",
+	          .type = ParamType::Text,
+	          .has_default = false,
+	          .help = "layer (a λ per task and tensor, the default) or task (a λ per task)"},
+	         {.name = "steps", .default_value = 100, .help = "Adam steps", .min_value = 0},
+	         {.name = "lr", .default_value = 1e-3, .help = "Adam learning rate", .min_value = 0, .min_exclusive = true},
+	         {.name = "lambda_init", .default_value = 0.3, .help = "Initial λ of every task"},
+	         {.name = "batch", .default_value = 16, .help = "Prompts per step", .min_value = 1}},
+	    .model_params = {},
+	    .base = BaseModel::Required,
+	    .learned = true,
+	};
+};
+
+} // namespace
+
+const MergeMethod& adamerging_method() {
+	static const AdaMergingMethod method;
+	return method;
+}
+
+} // namespace weld
