@@ -1,0 +1,137 @@
+// Merges that learn from data with the runtime: AdaMerging's λ-gradient against central finite
+// differences of the entropy (float64), task-wise gradients as sums of layer-wise ones, the
+// learned merge end to end (its output recipe reruns without data to the same bytes, for any
+// thread count), and its errors.
+#include "exec/merge.h"
+#include "io/output_folder.h"
+#include "learned/adamerging.h"
+#include "learned/learned_merge.h"
+#include "nn_test_util.h"
+#include "util/error.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+namespace weld {
+namespace {
+
+namespace fs = std::filesystem;
+using learned::TaskVectorModel;
+using test::error_of;
+
+const char* kConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 258, "hidden_size": 8,
+  "intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+  "max_position_embeddings": 32, "rms_norm_eps": 1e-5, "initializer_range": 0.3})";
+
+class Learned : public ::testing::Test {
+protected:
+	void SetUp() override {
+		nn::LlamaModel::create(kConfig, "tiny", 3).save(tmp / "base");
+		for (int k = 0; k < 2; ++k) {
+			auto expert = nn::LlamaModel::load(tmp / "base");
+			auto gen = at::make_generator<at::CPUGeneratorImpl>(100 + k);
+			for (auto& [name, p] : expert.parameters())
+				p.add_(at::normal(0.0, 0.2, p.sizes(), gen, p.options()));
+			expert.save(tmp / fmt::format("e{}", k));
+		}
+		test::write_file(tmp / "prompts.jsonl", "{\"prompt\": \"ab=\", \"answer\": \"?\"}\n"
+		                                        "{\"prompt\": \"xyz=\", \"answer\": \"?\"}\n"
+		                                        "{\"prompt\": \"q=\", \"answer\": \"?\"}\n");
+	}
+	TaskVectorModel load(at::ScalarType dtype = at::kDouble) {
+		return TaskVectorModel(tmp / "base", {tmp / "e0", tmp / "e1"}, dtype);
+	}
+	test::TempDir tmp;
+};
+
+TEST_F(Learned, LambdaGradientIsTheFiniteDifferenceOfTheEntropy) {
+	auto tv = load();
+	const auto prompts = learned::read_prompts(tmp / "prompts.jsonl", tv.model(), tmp / "base");
+	const auto groups = static_cast<int64_t>(tv.names().size());
+	auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+	const auto c0 = at::rand({2, groups}, gen, at::TensorOptions().dtype(at::kDouble));
+	tv.apply(c0);
+	const auto answered = learned::greedy_answers(tv.model(), prompts, 4);
+	auto entropy_at = [&](const at::Tensor& c) {
+		tv.apply(c);
+		return learned::mean_answer_entropy(tv.model(), answered);
+	};
+	auto c = c0.clone().requires_grad_(true);
+	entropy_at(c).backward();
+	const auto grad = c.grad();
+	EXPECT_GT(grad.abs().max().item<double>(), 1e-3); // a gradient worth checking
+	const double h = 1e-6;
+	for (int64_t k = 0; k < 2; ++k)
+		for (int64_t g = 0; g < groups; g += 3) {
+			auto up = c0.clone(), down = c0.clone();
+			up[k][g] += h;
+			down[k][g] -= h;
+			const double fd = (entropy_at(up).item<double>() - entropy_at(down).item<double>()) / (2 * h);
+			EXPECT_NEAR(grad[k][g].item<double>(), fd, 1e-6 * std::abs(fd) + 1e-9) << tv.names()[g] << " task " << k;
+		}
+	// Task-wise: one λ per task; its gradient is the sum of the layer-wise ones at equal λ.
+	const auto equal = at::full({2, groups}, 0.4, at::TensorOptions().dtype(at::kDouble)).requires_grad_(true);
+	entropy_at(equal).backward();
+	const auto task = at::full({2, 1}, 0.4, at::TensorOptions().dtype(at::kDouble)).requires_grad_(true);
+	entropy_at(task).backward();
+	EXPECT_TRUE(at::allclose(task.grad().squeeze(1), equal.grad().sum(1), 1e-10, 1e-12));
+}
+
+TEST_F(Learned, EntropyFallsAndTheRecipeRerunsWithoutData) {
+	auto tv = load(at::kFloat);
+	const auto prompts = learned::read_prompts(tmp / "prompts.jsonl", tv.model(), tmp / "base");
+	std::vector<double> entropies;
+	learned::AdaMergingOptions o;
+	o.steps = 20;
+	o.lr = 0.05;
+	o.batch = 3;
+	learned::learn_adamerging(tv, prompts, o,
+	                          [&](const learned::AdaMergingStep& s) { entropies.push_back(s.entropy); });
+	ASSERT_EQ(entropies.size(), 20u);
+	EXPECT_LT(entropies.back(), entropies.front());
+
+	const std::string recipe = "merge_method: adamerging\nbase_model: base\nparameters: {data: prompts.jsonl, steps: "
+	                           "5, lr: 0.05, batch: 2}\nmodels:\n  - model: e0\n  - model: e1\n";
+	test::write_file(tmp / "ada.yml", recipe);
+	const test::WorkingDir here(tmp.path());
+	learned::LearnedMergeOptions options{tmp / "ada.yml", tmp / "out", false, 1, 0, true};
+	const auto text = learned::run_learned_merge(options);
+	EXPECT_EQ(test::read_file(tmp / "out" / "weld_recipe.yml"), text);
+	EXPECT_NE(text.find("merge_method: task_arithmetic"), std::string::npos);
+	EXPECT_NE(text.find("{filter: \"model.layers.1.mlp.down_proj.weight\", value: "), std::string::npos);
+	options.out = tmp / "out2";
+	options.threads = 2;
+	learned::run_learned_merge(options);
+	MergeOptions rerun;
+	rerun.recipe_path = tmp / "out" / "weld_recipe.yml";
+	rerun.out_dir = tmp / "rerun";
+	run_merge(rerun);
+	const auto bytes = test::read_file(tmp / "out" / "model.safetensors");
+	EXPECT_EQ(test::read_file(tmp / "out2" / "model.safetensors"), bytes);
+	EXPECT_EQ(test::read_file(tmp / "rerun" / "model.safetensors"), bytes);
+}
+
+TEST_F(Learned, BadRecipesAndDataAreOneClearError) {
+	const test::WorkingDir here(tmp.path());
+	auto error = [&](const std::string& params, const std::string& out = "failed") {
+		test::write_file(tmp / "r.yml", fmt::format("merge_method: adamerging\nbase_model: base\nparameters: {}\n"
+		                                            "models:\n  - model: e0\n  - model: e1\n",
+		                                            params));
+		return error_of([&] { learned::run_learned_merge({tmp / "r.yml", tmp / out, false, 1, 0, true}); });
+	};
+	EXPECT_NE(error("{steps: 1}").find("needs parameter 'data'"), std::string::npos);
+	test::write_file(tmp / "empty.txt", "\n");
+	EXPECT_NE(error("{data: empty.txt}").find("empty.txt: no prompt"), std::string::npos);
+	EXPECT_NE(error("{data: missing.jsonl}").find("missing.jsonl: no such file"), std::string::npos);
+	EXPECT_NE(error("{data: prompts.jsonl, granularity: block}").find("granularity is 'block'"), std::string::npos);
+	EXPECT_NE(error("{data: prompts.jsonl, lr: -1}").find("parameters.lr is -1"), std::string::npos);
+	EXPECT_NE(error("{data: prompts.jsonl, temperature: 2}").find("unknown parameter 'temperature'"),
+	          std::string::npos);
+	fs::create_directories(tmp / "taken");
+	EXPECT_NE(error("{data: prompts.jsonl}", "taken").find("already exists"), std::string::npos);
+	EXPECT_FALSE(fs::exists(tmp / "failed"));
+}
+
+} // namespace
+} // namespace weld
