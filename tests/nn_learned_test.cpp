@@ -5,6 +5,7 @@
 #include "exec/merge.h"
 #include "io/output_folder.h"
 #include "learned/adamerging.h"
+#include "learned/fw_merging.h"
 #include "learned/learned_merge.h"
 #include "nn_test_util.h"
 #include "util/error.h"
@@ -112,6 +113,21 @@ TEST_F(Learned, EntropyFallsAndTheRecipeRerunsWithoutData) {
 	EXPECT_EQ(test::read_file(tmp / "rerun" / "model.safetensors"), bytes);
 }
 
+TEST_F(Learned, FrankWolfeLowersTheProxyLossAndStaysInTheHull) {
+	auto tv = load(at::kFloat);
+	const auto proxy = nn::read_sequences(tmp / "prompts.jsonl", 258, 32, "");
+	learned::FwOptions o;
+	o.steps = 6;
+	o.scaling = 2;
+	std::vector<double> losses;
+	const auto c = learned::learn_fw_merging(tv, proxy, o, [&](const learned::FwStep& s) { losses.push_back(s.loss); });
+	ASSERT_EQ(losses.size(), 6u);
+	EXPECT_LT(losses.back(), losses.front());
+	// Each tensor is a convex combination of the base and the vertices θ_base + 2 τ_k.
+	EXPECT_TRUE((c >= 0).all().item<bool>());
+	EXPECT_TRUE((c.sum(0) <= 2 + 1e-6).all().item<bool>());
+}
+
 TEST_F(Learned, BadRecipesAndDataAreOneClearError) {
 	const test::WorkingDir here(tmp.path());
 	auto error = [&](const std::string& params, const std::string& out = "failed") {
@@ -131,6 +147,29 @@ TEST_F(Learned, BadRecipesAndDataAreOneClearError) {
 	fs::create_directories(tmp / "taken");
 	EXPECT_NE(error("{data: prompts.jsonl}", "taken").find("already exists"), std::string::npos);
 	EXPECT_FALSE(fs::exists(tmp / "failed"));
+}
+
+} // namespace
+} // namespace weld
+
+namespace weld {
+namespace {
+
+// The layer-wise oracle on a constructed pool: inner[k][l] = ⟨g^l, τ_k^l⟩, current point c.
+TEST(FwMerging, OracleTakesTheVertexOfSteepestDescent) {
+	const auto inner = at::tensor({1.0, -2.0, 0.5, -1.0, -1.0, 0.2}, at::kDouble).view({2, 3});
+	// From the base: tensor 0 descends most along model 1, tensor 1 along model 0; no vertex
+	// lowers tensor 2's linearized loss, so it stays.
+	EXPECT_EQ(learned::fw_vertices(inner, at::zeros({2, 3}, at::kDouble), 1.0), (std::vector<int64_t>{1, 0, -2}));
+	// At θ = θ_base + τ_0 on tensor 2, ⟨g, v − θ⟩ is -0.5 for the base vertex, 0 for model 0 and
+	// -0.3 for model 1: back toward the base.
+	const auto c = at::tensor({0.0, 0.0, 1.0, 0.0, 0.0, 0.0}, at::kDouble).view({2, 3});
+	EXPECT_EQ(learned::fw_vertices(inner, c, 1.0)[2], -1);
+	// Vertices twice as far: model 1 on tensor 2 gives 0.4 - 0.5 = -0.1, still above the base's.
+	EXPECT_EQ(learned::fw_vertices(inner, c, 2.0)[2], -1);
+	// Irrelevant models (zero inner products) are never taken where a relevant one descends.
+	const auto pool = at::cat({inner, at::zeros({3, 3}, at::kDouble)}, 0);
+	EXPECT_EQ(learned::fw_vertices(pool, at::zeros({5, 3}, at::kDouble), 1.0), (std::vector<int64_t>{1, 0, -2}));
 }
 
 } // namespace

@@ -4,6 +4,7 @@
 #include "io/model.h"
 #include "io/output_folder.h"
 #include "learned/adamerging.h"
+#include "learned/fw_merging.h"
 #include "methods/method.h"
 #include "plan/recipe.h"
 #include "stats/statistics.h"
@@ -97,6 +98,59 @@ std::string coefficients_recipe(const Recipe& recipe, const std::vector<std::str
 	return out;
 }
 
+struct Learned {
+	at::Tensor coefficients;
+	std::string settings; // for the output recipe's provenance line
+};
+
+Learned learn_adamerging(const Settings& settings, TaskVectorModel& tv, const fs::path& data, const fs::path& base_dir,
+                         bool quiet) {
+	const auto prompts = read_prompts(data, tv.model(), base_dir);
+	AdaMergingOptions o;
+	const auto granularity = settings.text("granularity", "layer");
+	if (granularity != "layer" && granularity != "task")
+		throw Error(fmt::format("recipe: parameters.granularity is '{}'; valid: task, layer", granularity));
+	o.layer_wise = granularity == "layer";
+	o.steps = static_cast<int64_t>(settings.number("steps"));
+	o.lr = settings.number("lr");
+	o.lambda_init = settings.number("lambda_init");
+	o.batch = static_cast<int64_t>(settings.number("batch"));
+	auto lambda = learn_adamerging(tv, prompts, o, [&](const AdaMergingStep& s) {
+		if (!quiet && ((s.step + 1) % 10 == 0 || s.step + 1 == o.steps))
+			std::fprintf(stderr, "weld: adamerging step %lld/%lld entropy %.4f\n", static_cast<long long>(s.step + 1),
+			             static_cast<long long>(o.steps), s.entropy);
+	});
+	return {lambda, fmt::format("granularity {}, {} steps, lr {:g}, lambda_init {:g}, batch {}; unlabeled prompts",
+	                            granularity, o.steps, o.lr, o.lambda_init, o.batch)};
+}
+
+Learned learn_fw(const Settings& settings, TaskVectorModel& tv, const fs::path& data, const fs::path& base_dir,
+                 bool quiet) {
+	const auto& config = tv.model().config();
+	const auto proxy = nn::read_sequences(data, config.vocab_size, config.max_position_embeddings, base_dir.string());
+	FwOptions o;
+	const auto variant = settings.text("variant", "hard");
+	if (variant != "hard" && variant != "soft")
+		throw Error(fmt::format("recipe: parameters.variant is '{}'; valid: hard, soft", variant));
+	o.soft = variant == "soft";
+	o.steps = static_cast<int64_t>(settings.number("steps"));
+	o.step_size = settings.number("step_size");
+	o.scaling = settings.number("scaling");
+	auto c = learn_fw_merging(tv, proxy, o, [&](const FwStep& s) {
+		if (quiet) return;
+		std::vector<int> picks(tv.experts() + 2, 0);
+		for (auto i : s.chosen)
+			picks[static_cast<size_t>(i + 2)]++;
+		std::string counts = fmt::format("stay {}, base {}", picks[0], picks[1]);
+		for (size_t k = 2; k < picks.size(); ++k)
+			counts += fmt::format(", model {} {}", k - 2, picks[k]);
+		std::fprintf(stderr, "weld: fw_merging step %lld/%lld loss %.4f; tensors moved toward: %s\n",
+		             static_cast<long long>(s.step + 1), static_cast<long long>(o.steps), s.loss, counts.c_str());
+	});
+	return {c, fmt::format("variant {}, {} steps, step_size {:g}, scaling {:g}; labeled proxy data", variant, o.steps,
+	                       o.step_size, o.scaling)};
+}
+
 } // namespace
 
 std::string run_learned_merge(const LearnedMergeOptions& options) {
@@ -124,27 +178,11 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 	at::set_num_threads(1);
 	TaskVectorModel tv(base_dir, expert_dirs, at::kFloat);
 	const fs::path data = settings.text("data");
-	const auto prompts = read_prompts(data, tv.model(), base_dir);
-
-	AdaMergingOptions o;
-	const auto granularity = settings.text("granularity", "layer");
-	if (granularity != "layer" && granularity != "task")
-		throw Error(fmt::format("recipe: parameters.granularity is '{}'; valid: task, layer", granularity));
-	o.layer_wise = granularity == "layer";
-	o.steps = static_cast<int64_t>(settings.number("steps"));
-	o.lr = settings.number("lr");
-	o.lambda_init = settings.number("lambda_init");
-	o.batch = static_cast<int64_t>(settings.number("batch"));
-	const auto lambda = learn_adamerging(tv, prompts, o, [&](const AdaMergingStep& s) {
-		if (!options.quiet && ((s.step + 1) % 10 == 0 || s.step + 1 == o.steps))
-			std::fprintf(stderr, "weld: adamerging step %lld/%lld entropy %.4f\n", static_cast<long long>(s.step + 1),
-			             static_cast<long long>(o.steps), s.entropy);
-	});
-	const auto provenance = fmt::format(
-	    "Learned by weld's adamerging from {} (granularity {}, {} steps, lr {:g}, lambda_init {:g}, batch {}) on the "
-	    "prompts of {} (sha256 {}).",
-	    label, granularity, o.steps, o.lr, o.lambda_init, o.batch, data.filename().string(), stats::file_sha256(data));
-	const auto text = coefficients_recipe(recipe, experts, tv.names(), lambda, provenance);
+	const auto learned = info.name == "fw_merging" ? learn_fw(settings, tv, data, base_dir, options.quiet)
+	                                               : learn_adamerging(settings, tv, data, base_dir, options.quiet);
+	const auto provenance = fmt::format("Learned by weld's {} from {} ({}) on {} (sha256 {}).", info.name, label,
+	                                    learned.settings, data.filename().string(), stats::file_sha256(data));
+	const auto text = coefficients_recipe(recipe, experts, tv.names(), learned.coefficients, provenance);
 
 	MergeOptions merge;
 	merge.recipe_path = options.recipe;

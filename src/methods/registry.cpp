@@ -41,6 +41,7 @@ const std::vector<const MergeMethod*>& sorted_methods() {
 		                                       &fisher_method(),
 		                                       &regmean_method(),
 		                                       &adamerging_method(),
+		                                       &fw_merging_method(),
 		                                       &doge_method()};
 		std::sort(all.begin(), all.end(),
 		          [](const MergeMethod* a, const MergeMethod* b) { return a->info().name < b->info().name; });
