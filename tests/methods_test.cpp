@@ -26,7 +26,8 @@ TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	std::vector<std::string> names;
 	for (const MergeMethod* m : all_methods())
 		names.push_back(m->info().name);
-	EXPECT_EQ(names, (std::vector<std::string>{"arcee_fusion",
+	EXPECT_EQ(names, (std::vector<std::string>{"adamerging",
+	                                           "arcee_fusion",
 	                                           "breadcrumbs",
 	                                           "breadcrumbs_ties",
 	                                           "consensus_ta",
@@ -36,6 +37,8 @@ TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	                                           "della",
 	                                           "della_linear",
 	                                           "doge",
+	                                           "fisher",
+	                                           "fw_merging",
 	                                           "karcher",
 	                                           "linear",
 	                                           "localize_stitch",
@@ -49,6 +52,7 @@ TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	                                           "pcb",
 	                                           "ram",
 	                                           "ramplus_tl",
+	                                           "regmean",
 	                                           "sce",
 	                                           "slerp",
 	                                           "task_arithmetic",

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,17 @@ DENSITIES = [0.1, 0.3, 0.5]
 # The two draws are independent; for tasks with few distinct prompts (brackets, small sums) they
 # share some prompts.
 VALIDATION_SEED = 1
+# Data of the data-driven methods (weld task-data): each expert's statistics (weld stats --kind
+# fisher|gram) on STATS_EXAMPLES training prompts of its own task (seed STATS_SEED); FW-Merging's
+# labeled proxy set, PROXY_EXAMPLES training prompts of each merged task (seed PROXY_SEED);
+# AdaMerging's unlabeled prompts: the test prompts themselves (held out, seed 0), answers dropped,
+# as the paper adapts at test time. Training prompts never include held-out ones.
+STATS_EXAMPLES, STATS_SEED = 128, 1
+PROXY_EXAMPLES, PROXY_SEED = 16, 2
+# FW-Merging's robustness check: the first POOL_TASKS experts are the targets; the other experts
+# join the pool as irrelevant models (tasks not evaluated), for fw_merging and task arithmetic.
+POOL_TASKS = 4
+POOL_METHODS = ["task_arithmetic", "fw_merging"]
 
 
 @dataclass
@@ -110,6 +122,14 @@ METHODS = {
     "localize_stitch": Spec("base"),
     "multislerp": Spec("base_listed", {"weight": 1}),
     "karcher": Spec("experts"),  # a listed base would count as one more point of the mean
+    # Data-driven (issue 12). "stats": each expert's own statistics folder; "data": a data file of
+    # the merged tasks (see STATS_/PROXY_ above). Fisher and RegMean as in their papers (floor 1e-6,
+    # alpha 0.9); AdaMerging's default is the paper's (layer-wise, λ0 0.3, Adam lr 1e-3, 100 steps).
+    "fisher": Spec("experts", {"stats": "fisher"}),
+    "regmean": Spec("experts", {"stats": "gram", "alpha": 0.9}, {"alpha": [0.5, 0.9, 1.0]}),
+    "adamerging": Spec("base", {"data": "test"},
+                       {"granularity": ["layer", "task"], "lambda_init": [0.3, 1.0], "lr": [1e-3, 1e-2]}),
+    "fw_merging": Spec("base", {"data": "proxy"}, {"variant": ["hard", "soft"], "scaling": [1, 2, 4]}),
 }
 
 # Methods defined for two models only: run on each pair of PAIRS, expert A then expert B.
@@ -208,13 +228,14 @@ def evaluate(args, model_dir, task_seed=0):
 class Run:
     method: str
     params: dict        # as given to the recipe (weight included)
-    members: list       # the experts merged
-    kind: str           # "main", "scale" (fewer experts), "pair" or "pair_ref"
+    members: list       # the experts merged (and evaluated)
+    kind: str           # "main", "scale" (fewer experts), "pair", "pair_ref", "pool" or "pool_clean"
     is_default: bool = True
     acc: dict = None
     val_acc: dict = None  # on the validation prompts, for sweep points
     error: str = None
     seconds: float = 0.0
+    extra: list = field(default_factory=list)  # "pool": irrelevant experts merged too, not evaluated
 
     def label(self):
         return params_label(self.params)
@@ -225,6 +246,8 @@ def params_label(params):
     for k, v in params.items():
         if k == "weight" and v == 1:
             continue  # every expert has weight 1; said once in results.md
+        if k in ("stats", "data"):
+            continue  # each data-driven method always reads the same kind (results.md says which)
         name = "λ" if k == "lambda" else k
         parts.append(f"{name}={fmt_num(v)}")
     return ", ".join(parts) or "defaults"
@@ -239,36 +262,89 @@ def yaml_value(v):
     return json.dumps(v)
 
 
-def recipe_text(method, spec, params, members, models_dir, scopes):
+class Data:
+    """The data files and statistics folders the data-driven methods read, made once on first use
+    (runs execute on several threads). Without a work folder (the check before running) it hands
+    out placeholder paths."""
+
+    def __init__(self, args, work=None):
+        self.args, self.work, self.lock, self.made = args, work, threading.RLock(), {}
+
+    def _once(self, key, path, make):
+        if self.work is None:
+            return str(path)
+        with self.lock:
+            if key not in self.made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                make(path)
+                self.made[key] = path
+        return str(self.made[key])
+
+    def _weld(self, *words):
+        out = subprocess.run([self.args.weld, *words], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(tail(out.stderr or out.stdout))
+
+    def task_file(self, task, split, seed, count):
+        path = (self.work or Path("work")) / "data" / f"{task}-{split}-s{seed}-{count}.jsonl"
+        return self._once(("task", path), path, lambda p: self._weld(
+            "task-data", task, "--split", split, "--seed", str(seed), "--count", str(count), "-o", str(p)))
+
+    def members_file(self, kind, members):
+        """The merged tasks' test prompts ("test") or proxy set ("proxy"), task after task."""
+        if self.work is None:
+            return f"work/data/{kind}.jsonl"
+        split, seed, count = {"test": ("held-out", 0, self.args.held_out),
+                              "proxy": ("train", PROXY_SEED, PROXY_EXAMPLES)}[kind]
+        path = (self.work or Path("work")) / "data" / f"{kind}-{'+'.join(members)}.jsonl"
+
+        def make(p):
+            p.write_text("".join(Path(self.task_file(t, split, seed, count)).read_text() for t in members))
+        return self._once(("members", path), path, make)
+
+    def stats(self, task, kind):
+        path = (self.work or Path("work")) / "stats" / f"{task}.{kind}"
+        data = self.task_file(task, "train", STATS_SEED, STATS_EXAMPLES)
+        return self._once(("stats", path), path, lambda p: self._weld(
+            "stats", str(self.args.models / task), "--data", data, "--kind", kind, "-o", str(p), "--threads",
+            str(self.args.threads)))
+
+
+def recipe_text(method, spec, params, members, models_dir, scopes, data=None, extra=()):
+    data = data or Data(None)
     base = str(models_dir / "base")
-    paths = [str(models_dir / m) for m in members]
+    paths = [str(models_dir / m) for m in [*members, *extra]]
+    names = [*members, *extra]
     model_params = {k: v for k, v in params.items() if k in scopes["per_model"]}
     global_params = {k: v for k, v in params.items() if k in scopes["global"]}
     unknown = set(params) - set(model_params) - set(global_params)
     if unknown:
         raise Fail(f"METHODS gives {method} parameter(s) {', '.join(sorted(unknown))}, which `weld methods` "
                    "does not list for it")
-    listed = []  # (path, takes per-model parameters)
+    if "data" in global_params:
+        global_params["data"] = data.members_file(global_params["data"], members)
+    listed = []  # (path, takes per-model parameters, expert name)
     if spec.form == "experts":
-        base_model, listed = None, [(p, True) for p in paths]
+        base_model, listed = None, [(p, True, n) for p, n in zip(paths, names)]
     elif spec.form == "base":
-        base_model, listed = base, [(p, True) for p in paths]
+        base_model, listed = base, [(p, True, n) for p, n in zip(paths, names)]
     elif spec.form == "base_listed":
-        base_model, listed = base, [(base, False)] + [(p, True) for p in paths]
+        base_model, listed = base, [(base, False, None)] + [(p, True, n) for p, n in zip(paths, names)]
     elif spec.form == "endpoints":
         if len(paths) != 2:
             raise Fail(f"{method}: the endpoints form takes two models")
-        base_model, listed = paths[0], [(paths[1], True)]
+        base_model, listed = paths[0], [(paths[1], True, names[1])]
     else:
         raise Fail(f"{method}: unknown recipe form {spec.form!r}")
     lines = [f"merge_method: {method}"]
     if base_model:
         lines.append(f"base_model: {yaml_value(base_model)}")
     lines.append("models:")
-    for path, takes in listed:
+    for path, takes, name in listed:
         lines.append(f"  - model: {yaml_value(path)}")
         if takes and model_params:
-            lines.append("    parameters: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in model_params.items()) + "}")
+            own = {k: (data.stats(name, v) if k == "stats" else v) for k, v in model_params.items()}
+            lines.append("    parameters: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in own.items()) + "}")
     if global_params:
         lines.append("parameters: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in global_params.items()) + "}")
     lines.append("dtype: float32")
@@ -342,10 +418,22 @@ def plan_scaling(methods, quick):
     return [r for k in SCALING_COUNTS for m in methods for r in method_runs(m, TASKS[:k], "scale", quick)]
 
 
+def plan_pool(quick):
+    """Each POOL_METHODS method on the first POOL_TASKS experts, alone and with the others added."""
+    runs = []
+    for method in POOL_METHODS:
+        for kind, extra in (("pool_clean", []), ("pool", TASKS[POOL_TASKS:])):
+            for r in method_runs(method, TASKS[:POOL_TASKS], kind, quick):
+                r.extra = list(extra)
+                runs.append(r)
+    return runs
+
+
 def plan(args, quick):
     runs = []
     for method in METHODS:
         runs += method_runs(method, TASKS, "main", quick)
+    runs += plan_pool(quick)
     for a, b in PAIRS:
         for method, spec in PAIR_REFERENCES.items():
             runs.append(Run(method, dict(spec.params), [a, b], "pair_ref"))
@@ -358,25 +446,34 @@ def plan(args, quick):
 
 
 def spec_of(run):
-    table = {"main": METHODS, "scale": METHODS, "pair": PAIR_METHODS, "pair_ref": PAIR_REFERENCES}[run.kind]
+    table = {"main": METHODS, "scale": METHODS, "pool": METHODS, "pool_clean": METHODS, "pair": PAIR_METHODS,
+             "pair_ref": PAIR_REFERENCES}[run.kind]
     return table[run.method]
 
 
-def execute(args, runs, scopes, work, first=1):
+def execute(args, runs, scopes, work, data, first=1):
     """Merges and scores runs, args.jobs at a time (each merge and eval on args.threads threads)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(lambda ir: execute_one(args, ir[1], ir[0], first + len(runs) - 1, scopes, work),
+        list(pool.map(lambda ir: execute_one(args, ir[1], ir[0], first + len(runs) - 1, scopes, work, data),
                       enumerate(runs, first)))
 
 
-def execute_one(args, run, i, total, scopes, work):
-    tag = run.method + {"main": "", "scale": f" [{len(run.members)} experts]"}.get(run.kind, f" [{'+'.join(run.members)}]")
+def execute_one(args, run, i, total, scopes, work, data):
+    tag = run.method + {"main": "", "scale": f" [{len(run.members)} experts]",
+                        "pool_clean": f" [{len(run.members)} targets]",
+                        "pool": f" [{len(run.members)} targets + {len(run.extra)} irrelevant]"}.get(
+        run.kind, f" [{'+'.join(run.members)}]")
     name = f"{i:03d}-{run.method}"
     recipe = work / f"{name}.yml"
     out = work / name
-    recipe.write_text(recipe_text(run.method, spec_of(run), run.params, run.members, args.models,
-                                  scopes[run.method]))
     start = time.monotonic()
+    try:
+        recipe.write_text(recipe_text(run.method, spec_of(run), run.params, run.members, args.models,
+                                      scopes[run.method], data, run.extra))
+    except RuntimeError as e:  # making the data or statistics failed
+        run.error = f"data: {e}"
+        print(f"\n!!!! [{i}/{total}] {tag} ({run.label()}) FAILED: {run.error}\n", file=sys.stderr, flush=True)
+        return
     merge = subprocess.run([args.weld, "merge", str(recipe), str(out), "--force", "--quiet",
                             "--threads", str(args.threads)], capture_output=True, text=True)
     merged = time.monotonic()
@@ -384,7 +481,7 @@ def execute_one(args, run, i, total, scopes, work):
         if merge.returncode != 0:
             raise RuntimeError(tail(merge.stderr or merge.stdout))
         run.acc = evaluate(args, out)
-        if run.kind in ("main", "scale") and METHODS[run.method].sweep and not args.quick:
+        if run.kind in ("main", "scale", "pool", "pool_clean") and METHODS[run.method].sweep and not args.quick:
             run.val_acc = evaluate(args, out, VALIDATION_SEED)
     except RuntimeError as e:
         run.error = str(e)
@@ -497,6 +594,7 @@ def write_report(args, runs, refs, expert_acc, family, wall, chart_names, comman
 
     L += family_section(refs, family)
     L += orderings_section(runs, refs, expert_acc, args.quick)
+    L += data_section(runs, refs, expert_acc, args.quick)
     L += [f"## All {len(TASKS)} experts merged", "",
           "Reference rows first (**bold**), then each method with its default parameters and, where a sweep "
           "chose other parameters, the chosen point: the one with the best mean accuracy on validation prompts "
@@ -550,7 +648,7 @@ def write_report(args, runs, refs, expert_acc, family, wall, chart_names, comman
             L.append(pair_row(f"{name} expert", "", refs[name], bold=True))
         L.append(pair_row("multitask", "", refs["multitask"], bold=True))
         for r in runs:
-            if r.kind != "main" and r.members == [a, b]:
+            if r.kind in ("pair", "pair_ref") and r.members == [a, b]:
                 L.append(pair_row(r.method, r.label(), r.acc, r.error, bold=(r.kind == "pair_ref")))
     L.append("")
 
@@ -655,6 +753,62 @@ def orderings_section(runs, refs, expert_acc, quick):
     return L + [""]
 
 
+def pool_rows(runs, quick, kind, method):
+    rows = [r for r in runs if r.kind == kind and r.method == method]
+    return (chosen(rows) if not quick and len(rows) > 1 else None) or (rows[0] if rows else None)
+
+
+def data_section(runs, refs, expert_acc, quick):
+    """Issue 12's claims for the data-driven methods, each checked against the numbers."""
+    def norm_of(method, pick=None):
+        rows = [r for r in runs if r.kind == "main" and r.method == method and (pick is None or pick(r))]
+        r = (chosen(rows) if not quick and len(rows) > 1 else None) or (rows[0] if rows else None)
+        return (r, run_norm(r, expert_acc)) if r and r.acc else (r, None)
+    ta, n_ta = norm_of("task_arithmetic")
+    _, n_lin = norm_of("linear")
+    L = ["## Data-driven merges", "",
+         "Statistics and data: each expert's Fisher and Gram matrices (`weld stats`) on "
+         f"{STATS_EXAMPLES} training prompts of its own task; AdaMerging adapts on the test prompts without "
+         f"their answers; FW-Merging's proxy set is {PROXY_EXAMPLES} labeled training prompts of each merged task. "
+         "Settings chosen on validation prompts, as for every method.", ""]
+    if n_ta is None:
+        return L
+    for label, pick in (("layer-wise", lambda r: r.params.get("granularity", "layer") == "layer"),
+                        ("task-wise", lambda r: r.params.get("granularity") == "task")):
+        r, n = norm_of("adamerging", pick)
+        if n is None:
+            continue
+        L.append(f"- AdaMerging ({label}, {r.label()}) ≥ task arithmetic + 5 points: {pct(n)} vs "
+                 f"{pct(n_ta)} ({100 * (n - n_ta):+.1f}): {verdict(n >= n_ta + 0.05)}"
+                 f"{'' if label == 'layer-wise' else ' (the target is for layer-wise)'}.")
+    for method in ("regmean", "fisher"):
+        r, n = norm_of(method)
+        if n is not None and n_lin is not None:
+            L.append(f"- {method} ({r.label()}) ≥ plain averaging (linear): {pct(n)} vs {pct(n_lin)}: "
+                     f"{verdict(n >= n_lin)}.")
+    targets = TASKS[:POOL_TASKS]
+    L += ["", f"FW-Merging with irrelevant models in the pool: the first {POOL_TASKS} experts "
+          f"({', '.join(targets)}) are the targets; the other {len(TASKS) - POOL_TASKS} join the pool as "
+          "irrelevant models. Normalized mean over the targets (test prompts), each at its setting chosen on "
+          "validation.", "",
+          table_row(["method", "targets alone", "settings", f"+ {len(TASKS) - POOL_TASKS} irrelevant", "settings",
+                     "change"]),
+          table_row(["---", "---:", "---", "---:", "---", "---:"])]
+    change = {}
+    for method in POOL_METHODS:
+        clean, noisy = pool_rows(runs, quick, "pool_clean", method), pool_rows(runs, quick, "pool", method)
+        if not (clean and noisy and clean.acc and noisy.acc):
+            continue
+        a, b = run_norm(clean, expert_acc), run_norm(noisy, expert_acc)
+        change[method] = b - a
+        L.append(table_row([method, pct(a), clean.label(), pct(b), noisy.label(), f"{100 * (b - a):+.1f}"]))
+    if "fw_merging" in change and "task_arithmetic" in change:
+        fw, ta_change = change["fw_merging"], change["task_arithmetic"]
+        L += ["", f"- FW-Merging loses ≤ 2 points with the irrelevant models ({100 * fw:+.1f}) while task "
+              f"arithmetic loses more ({100 * ta_change:+.1f}): {verdict(fw >= -0.02 and ta_change < fw)}."]
+    return L + [""]
+
+
 def base_at(refs, expert_acc, k):
     """The base's normalized mean over the first k tasks: what a merge that changes nothing scores."""
     return normalized(refs["base"], expert_acc, TASKS[:k])[1]
@@ -714,6 +868,8 @@ def write_json(path, args, runs, refs, expert_acc, family, wall, command):
                "accuracy": r.acc, "normalized_mean": run_norm(r, expert_acc) if r.acc else None,
                "mean": statistics.mean(r.acc[t] for t in r.members) if r.acc else None,
                "default": r.is_default}
+        if r.extra:
+            row["irrelevant_experts"] = r.extra
         if r.val_acc:
             row["validation_accuracy"] = r.val_acc
             row["validation_mean"] = val_mean(r)
@@ -832,7 +988,7 @@ def main():
         check_coverage(scopes)
         runs = plan(args, args.quick)
         for r in runs:  # check every recipe against weld's parameter list before spending time
-            recipe_text(r.method, spec_of(r), r.params, r.members, args.models, scopes[r.method])
+            recipe_text(r.method, spec_of(r), r.params, r.members, args.models, scopes[r.method], extra=r.extra)
     except Fail as e:
         die(str(e))
 
@@ -854,9 +1010,10 @@ def main():
                   f"{statistics.mean(refs[name].values()):.3f}", flush=True)
         expert_acc = {t: refs[t][t] for t in TASKS}
         family = task_vectors.measure(args.models, TASKS)
-        execute(args, runs, scopes, work)
+        data = Data(args, work)
+        execute(args, runs, scopes, work, data)
         scaling = plan_scaling(scaling_methods(runs, expert_acc, args.quick), args.quick)
-        execute(args, scaling, scopes, work, first=len(runs) + 1)
+        execute(args, scaling, scopes, work, data, first=len(runs) + 1)
         runs += scaling
     finally:
         if not args.keep:

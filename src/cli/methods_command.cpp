@@ -13,6 +13,8 @@ std::string describe_param(const ParamDef& def) {
 	std::string text = def.name;
 	if (def.required)
 		text += " (required)";
+	else if (def.type == ParamType::Text)
+		text += " (optional)";
 	else if (!def.has_default)
 		text += " (optional)";
 	else if (def.type == ParamType::Bool)
@@ -50,6 +52,11 @@ void print_method(const MethodInfo& info, bool details) {
 	}
 	fmt::print("  base model: {}\n", base_use(info.base));
 	fmt::print("  reference: {}\n", info.reference);
+	if (!info.statistics.empty())
+		fmt::print("  statistics: each model's parameters: {{stats: FOLDER}}, a `weld stats --kind {}` output\n",
+		           info.statistics);
+	if (info.learned)
+		fmt::print("  learns from data with the model runtime (weld-torch), then merges as task_arithmetic\n");
 	for (const auto& def : info.global_params)
 		fmt::print("  {:<22} global     {}\n", describe_param(def), def.help);
 	for (const auto& def : info.model_params)

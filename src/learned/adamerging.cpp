@@ -1,10 +1,30 @@
 #include "learned/adamerging.h"
 
+#include "tensor/kernels.h"
 #include "util/error.h"
+
+#include <numeric>
 
 #include <torch/optim/adam.h>
 
 namespace weld::learned {
+
+PromptOrder::PromptOrder(size_t n, uint64_t seed) : n_(n), seed_(seed) {}
+
+size_t PromptOrder::operator()(uint64_t index) const {
+	const uint64_t epoch = index / n_;
+	if (epoch != epoch_) { // a Fisher-Yates shuffle with counter-based draws: same order on any machine
+		order_.resize(n_);
+		std::iota(order_.begin(), order_.end(), size_t{0});
+		const uint64_t key = random_stream_key(seed_, "prompt order", epoch);
+		for (uint64_t i = n_ - 1; i > 0; --i) {
+			const auto j = static_cast<uint64_t>(random_uniform(key, i) * static_cast<double>(i + 1));
+			std::swap(order_[i], order_[std::min(j, i)]);
+		}
+		epoch_ = epoch;
+	}
+	return order_[index % n_];
+}
 
 at::Tensor learn_adamerging(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts,
                             const AdaMergingOptions& o, const std::function<void(const AdaMergingStep&)>& on_step) {
@@ -15,11 +35,11 @@ at::Tensor learn_adamerging(TaskVectorModel& tv, const std::vector<std::vector<i
 	    at::full({static_cast<int64_t>(tv.experts()), groups}, o.lambda_init, at::TensorOptions().dtype(dtype))
 	        .requires_grad_(true);
 	torch::optim::Adam optimizer({lambda}, torch::optim::AdamOptions(o.lr));
-	const auto n = prompts.size();
+	const PromptOrder order(prompts.size(), o.seed);
 	for (int64_t step = 0; step < o.steps; ++step) {
 		std::vector<std::vector<int64_t>> batch;
 		for (int64_t i = 0; i < o.batch; ++i)
-			batch.push_back(prompts[static_cast<size_t>(step * o.batch + i) % n]);
+			batch.push_back(prompts[order(static_cast<uint64_t>(step * o.batch + i))]);
 		tv.apply(lambda.detach());
 		const auto answered = greedy_answers(tv.model(), batch, o.max_new_tokens);
 		tv.apply(lambda);

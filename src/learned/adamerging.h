@@ -17,8 +17,22 @@ struct AdaMergingOptions {
 	int64_t steps = 100;
 	double lr = 1e-3;           // Adam, as the paper
 	double lambda_init = 0.3;   // the paper's initial λ
-	int64_t batch = 16;         // prompts per step, taken in file order (cycling)
+	int64_t batch = 16;         // prompts per step, in an order shuffled anew each pass from seed
+	uint64_t seed = 0;
 	size_t max_new_tokens = 16; // longest greedy answer
+};
+
+// Which prompt the index-th draw takes: each pass over the n prompts in its own shuffled order.
+class PromptOrder {
+public:
+	PromptOrder(size_t n, uint64_t seed);
+	size_t operator()(uint64_t index) const;
+
+private:
+	size_t n_;
+	uint64_t seed_;
+	mutable uint64_t epoch_ = UINT64_MAX;
+	mutable std::vector<size_t> order_;
 };
 
 struct AdaMergingStep {

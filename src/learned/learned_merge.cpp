@@ -104,7 +104,7 @@ struct Learned {
 };
 
 Learned learn_adamerging(const Settings& settings, TaskVectorModel& tv, const fs::path& data, const fs::path& base_dir,
-                         bool quiet) {
+                         bool quiet, uint64_t seed) {
 	const auto prompts = read_prompts(data, tv.model(), base_dir);
 	AdaMergingOptions o;
 	const auto granularity = settings.text("granularity", "layer");
@@ -115,6 +115,7 @@ Learned learn_adamerging(const Settings& settings, TaskVectorModel& tv, const fs
 	o.lr = settings.number("lr");
 	o.lambda_init = settings.number("lambda_init");
 	o.batch = static_cast<int64_t>(settings.number("batch"));
+	o.seed = seed;
 	auto lambda = learn_adamerging(tv, prompts, o, [&](const AdaMergingStep& s) {
 		if (!quiet && ((s.step + 1) % 10 == 0 || s.step + 1 == o.steps))
 			std::fprintf(stderr, "weld: adamerging step %lld/%lld entropy %.4f\n", static_cast<long long>(s.step + 1),
@@ -178,8 +179,9 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 	at::set_num_threads(1);
 	TaskVectorModel tv(base_dir, expert_dirs, at::kFloat);
 	const fs::path data = settings.text("data");
-	const auto learned = info.name == "fw_merging" ? learn_fw(settings, tv, data, base_dir, options.quiet)
-	                                               : learn_adamerging(settings, tv, data, base_dir, options.quiet);
+	const auto learned = info.name == "fw_merging"
+	                         ? learn_fw(settings, tv, data, base_dir, options.quiet)
+	                         : learn_adamerging(settings, tv, data, base_dir, options.quiet, options.seed);
 	const auto provenance = fmt::format("Learned by weld's {} from {} ({}) on {} (sha256 {}).", info.name, label,
 	                                    learned.settings, data.filename().string(), stats::file_sha256(data));
 	const auto text = coefficients_recipe(recipe, experts, tv.names(), learned.coefficients, provenance);

@@ -52,6 +52,7 @@ private:
 	    .model_params = {{.name = "weight", .default_value = 1, .help = "Scales this model's Fisher", .min_value = 0},
 	                     {.name = "stats",
 	                      .type = ParamType::Text,
+	                      .required = true,
 	                      .has_default = false,
 	                      .help = "Folder of this model's Fisher (weld stats --kind fisher)"}},
 	    .base = BaseModel::Ignored,

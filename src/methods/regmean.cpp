@@ -87,6 +87,7 @@ private:
 	                       .max_value = 1}},
 	    .model_params = {{.name = "stats",
 	                      .type = ParamType::Text,
+	                      .required = true,
 	                      .has_default = false,
 	                      .help = "Folder of this model's Gram matrices (weld stats --kind gram)"}},
 	    .base = BaseModel::Ignored,
