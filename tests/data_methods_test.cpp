@@ -9,7 +9,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 
 namespace weld {
 namespace {
@@ -157,6 +159,72 @@ TEST_F(DataMethodsTest, RegMeanAtAlphaZeroIsAPerFeatureWeightedAverage) {
 	}
 }
 
+// Second moments written as `weld train --save-optimizer` marks them.
+TEST_F(DataMethodsTest, OtaIsThePrecisionWeightedAverage) {
+	auto second_moments = [&](const std::string& folder, const Tensors& model, uint64_t seed) {
+		std::vector<Stat> stats;
+		for (const auto& [name, values] : model) {
+			Stat st{name, shape_of(name), std::vector<float>(values.size())};
+			for (auto& v : st.values)
+				v = draw(seed) * draw(seed) * 1e-3f;
+			stats.push_back(std::move(st));
+		}
+		write_stats(dir_ / folder, "exp_avg_sq", stats);
+	};
+	second_moments("va", a_, 3);
+	second_moments("vb", b_, 4);
+	const auto va = test::read_model(dir_ / "va"), vb = test::read_model(dir_ / "vb");
+	const auto plain = merged(recipe("ota", "", "va", "vb"), "plain");
+	const auto normalised = merged(recipe("ota", "parameters: {normalise: true, power: 1}\n", "va", "vb"), "norm");
+	for (const auto& [name, base] : base_) {
+		double mean_a = 0, mean_b = 0;
+		for (size_t i = 0; i < base.size(); ++i) {
+			mean_a += va.at(name)[i] / static_cast<double>(base.size());
+			mean_b += vb.at(name)[i] / static_cast<double>(base.size());
+		}
+		for (size_t i = 0; i < base.size(); i += 5) {
+			double wa = std::sqrt(va.at(name)[i]) + 1e-8, wb = std::sqrt(vb.at(name)[i]) + 1e-8;
+			expect_near(plain, name, i, (wa * a_[name][i] + wb * b_[name][i]) / (wa + wb));
+			wa = va.at(name)[i] / (mean_a + 1e-8) + 1e-8;
+			wb = vb.at(name)[i] / (mean_b + 1e-8) + 1e-8;
+			expect_near(normalised, name, i, (wa * a_[name][i] + wb * b_[name][i]) / (wa + wb));
+		}
+	}
+	// FFG at density 0.5: each model keeps the half of its elements with the largest v⊙τ²;
+	// elsewhere it has no weight, and where neither keeps an element, the base's value stays.
+	const auto ffg = merged("merge_method: ffg\nbase_model: base\nmodels:\n  - model: a\n    parameters: {stats: va, "
+	                        "density: 0.5}\n  - model: b\n    parameters: {stats: vb, density: 0.5}\n",
+	                        "ffg");
+	size_t from_base = 0;
+	for (const auto& [name, base] : base_) {
+		auto kept = [&](const Tensors& model, const Tensors& v) {
+			std::vector<double> saliency(base.size());
+			for (size_t i = 0; i < base.size(); ++i)
+				saliency[i] = v.at(name)[i] * std::pow(static_cast<double>(model.at(name)[i]) - base[i], 2);
+			std::vector<size_t> order(base.size());
+			std::iota(order.begin(), order.end(), size_t{0});
+			std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return saliency[x] > saliency[y]; });
+			std::vector<bool> keep(base.size(), false);
+			for (size_t r = 0; r < static_cast<size_t>(std::llround(0.5 * static_cast<double>(base.size()))); ++r)
+				keep[order[r]] = true;
+			return keep;
+		};
+		const auto ka = kept(a_, va), kb = kept(b_, vb);
+		for (size_t i = 0; i < base.size(); ++i) {
+			const double wa = ka[i] ? std::sqrt(va.at(name)[i]) + 1e-8 : 0,
+			             wb = kb[i] ? std::sqrt(vb.at(name)[i]) + 1e-8 : 0;
+			const double expected = wa + wb > 0 ? (wa * a_[name][i] + wb * b_[name][i]) / (wa + wb) : base[i];
+			from_base += wa + wb == 0;
+			expect_near(ffg, name, i, expected);
+		}
+	}
+	EXPECT_GT(from_base, 0u);
+	EXPECT_NE(merge_error("merge_method: ota\nmodels:\n  - model: a\n    parameters: {stats: va, density: 0.5}\n"
+	                      "  - model: b\n    parameters: {stats: vb}\n")
+	              .find("density < 1 grafts onto the base: set base_model"),
+	          std::string::npos);
+}
+
 TEST_F(DataMethodsTest, StatisticsThatDoNotFitAreRefused) {
 	write_fisher("fa", a_, 1);
 	write_stats(dir_ / "sa", "gram", grams(1, 20));
@@ -181,7 +249,8 @@ TEST_F(DataMethodsTest, StatisticsThatDoNotFitAreRefused) {
 	// A Fisher file lacking a tensor.
 	write_stats(dir_ / "partial", "fisher",
 	            {{"model.norm.weight", shape_of("model.norm.weight"), a_["model.norm.weight"]}});
-	EXPECT_NE(merge_error(recipe("fisher", "", "partial", "fa")).find("no Fisher for tensor"), std::string::npos);
+	EXPECT_NE(merge_error(recipe("fisher", "", "partial", "fa")).find("no fisher statistics for tensor"),
+	          std::string::npos);
 	EXPECT_FALSE(fs::exists(dir_ / "failed"));
 }
 

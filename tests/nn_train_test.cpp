@@ -128,6 +128,13 @@ TEST_F(Train, OneAdamWStepWithClippingMatchesItsDefinition) {
 		    << name;
 	}
 	EXPECT_NE(test::read_file(tmp / "trained" / "optimizer" / "optimizer.json").find("\"step\": 1"), std::string::npos);
+	// Marked as statistics, so that ota and ffg recipes can name the folder.
+	const SafetensorsFile moments(tmp / "trained" / "optimizer" / "model.safetensors");
+	EXPECT_EQ(moments.metadata().size(), 3u); // format, weld_stats, step
+	bool marked = false;
+	for (const auto& [key, value] : moments.metadata())
+		marked = marked || (key == "weld_stats" && value == "exp_avg_sq");
+	EXPECT_TRUE(marked);
 }
 
 TEST_F(Train, SameSeedSameBytesOtherSeedOtherBytes) {

@@ -53,8 +53,8 @@ void print_method(const MethodInfo& info, bool details) {
 	fmt::print("  base model: {}\n", base_use(info.base));
 	fmt::print("  reference: {}\n", info.reference);
 	if (!info.statistics.empty())
-		fmt::print("  statistics: each model's parameters: {{stats: FOLDER}}, a `weld stats --kind {}` output\n",
-		           info.statistics);
+		fmt::print("  statistics: each model's parameters: {{stats: FOLDER}}, {}\n",
+		           statistics_origin(info.statistics));
 	if (info.learned)
 		fmt::print("  learns from data with the model runtime (weld-torch), then merges as task_arithmetic\n");
 	for (const auto& def : info.global_params)

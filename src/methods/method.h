@@ -135,6 +135,13 @@ public:
 	}
 };
 
+// Where statistics of a kind come from, for messages: "the optimizer/ folder of `weld train
+// --save-optimizer`" for exp_avg_sq, else "a `weld stats --kind KIND` output".
+inline std::string statistics_origin(const std::string& kind) {
+	return kind == "exp_avg_sq" ? "the optimizer/ folder of `weld train --save-optimizer`"
+	                            : "a `weld stats --kind " + kind + "` output";
+}
+
 // nullptr when no method has that name.
 const MergeMethod* find_method(std::string_view name);
 // Every registered method, sorted by name.

@@ -45,6 +45,8 @@ const MergeMethod& doge_method();
 // methods that learn from statistics of data (weld stats)
 const MergeMethod& fisher_method();
 const MergeMethod& regmean_method();
+const MergeMethod& ota_method();
+const MergeMethod& ffg_method();
 // methods that learn from data with the model runtime (src/learned)
 const MergeMethod& adamerging_method();
 const MergeMethod& fw_merging_method();

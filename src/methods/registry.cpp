@@ -40,6 +40,8 @@ const std::vector<const MergeMethod*>& sorted_methods() {
 		                                       &opcm_method(),
 		                                       &fisher_method(),
 		                                       &regmean_method(),
+		                                       &ota_method(),
+		                                       &ffg_method(),
 		                                       &adamerging_method(),
 		                                       &fw_merging_method(),
 		                                       &doge_method()};

@@ -176,7 +176,9 @@ void save_second_moments(torch::optim::AdamW& optimizer, const LlamaModel& model
 		specs.push_back({name, DType::F32, std::vector<uint64_t>(p.sizes().begin(), p.sizes().end())});
 	}
 	fs::create_directories(dir);
-	SafetensorsWriter writer(dir, specs, UINT64_MAX);
+	// Marked as statistics, so that recipes can name the folder as a model's `stats` (ota, ffg).
+	SafetensorsWriter writer(dir, specs, UINT64_MAX, {},
+	                         {{"weld_stats", "exp_avg_sq"}, {"step", std::to_string(steps)}});
 	for (size_t i = 0; i < values.size(); ++i)
 		writer.write(i, {static_cast<const uint8_t*>(values[i].data_ptr()), values[i].nbytes()});
 	writer.finish();

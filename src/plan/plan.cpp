@@ -404,10 +404,9 @@ void Planner::open_statistics(const std::vector<Slice>& slices) {
 		if (!paths[m].empty()) {
 			check_statistics(m, paths[m]);
 		} else if (!kind.empty() && static_cast<int>(m) != plan_.base_model) {
-			throw Error(
-			    fmt::format("recipe: method '{}' needs {} statistics of model '{}': set its parameters: "
-			                "{{stats: FOLDER}} to the output of `weld stats {} --kind {} --data FILE -o FOLDER`",
-			                method_.info().name, kind, ref(m), ref(m), kind));
+			throw Error(fmt::format("recipe: method '{}' needs {} statistics of model '{}': set its parameters: "
+			                        "{{stats: FOLDER}} to {}",
+			                        method_.info().name, kind, ref(m), statistics_origin(kind)));
 		}
 	}
 }
@@ -424,9 +423,8 @@ void Planner::check_statistics(size_t m, const std::string& path) {
 		                        "safetensors metadata)",
 		                        ref(m), path));
 	if (found != kind)
-		throw Error(fmt::format("recipe: stats of model '{}': {} holds {} statistics; method '{}' needs {} (weld stats "
-		                        "--kind {})",
-		                        ref(m), path, found, method_.info().name, kind, kind));
+		throw Error(fmt::format("recipe: stats of model '{}': {} holds {} statistics; method '{}' needs {} ({})",
+		                        ref(m), path, found, method_.info().name, kind, statistics_origin(kind)));
 	for (const auto& t : stats->tensors()) {
 		const auto* weight = folder(m).find(t.info->name);
 		if (!weight)
@@ -445,9 +443,11 @@ void Planner::check_statistics(size_t m, const std::string& path) {
 const ModelFolder::Tensor* Planner::statistics_for(size_t m, const ModelFolder::Tensor& tensor) const {
 	if (m >= plan_.statistics.size() || !plan_.statistics[m]) return nullptr;
 	const auto* found = plan_.statistics[m]->find(tensor.info->name);
-	if (!found && method_.info().statistics == "fisher")
-		throw Error(fmt::format("stats {}: no Fisher for tensor '{}' of model '{}'",
-		                        plan_.statistics[m]->dir().string(), tensor.info->name, ref(m)));
+	// Only Gram matrices are sparse (linear weights alone); the other kinds cover every tensor.
+	if (!found && method_.info().statistics != "gram")
+		throw Error(fmt::format("stats {}: no {} statistics for tensor '{}' of model '{}'",
+		                        plan_.statistics[m]->dir().string(), method_.info().statistics, tensor.info->name,
+		                        ref(m)));
 	return found;
 }
 
