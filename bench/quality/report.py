@@ -12,6 +12,7 @@ import concurrent.futures
 import datetime
 import itertools
 import json
+import os
 import re
 import shlex
 import shutil
@@ -130,6 +131,10 @@ METHODS = {
     "adamerging": Spec("base", {"data": "test"},
                        {"granularity": ["layer", "task"], "lambda_init": [0.3, 1.0], "lr": [1e-3, 1e-2]}),
     "fw_merging": Spec("base", {"data": "proxy"}, {"variant": ["hard", "soft"], "scaling": [1, 2, 4]}),
+    # OTA weights by each expert's AdamW second moments ("adam": the expert retrained with
+    # --save-optimizer); FFG first keeps the top density of v⊙τ² per task (the paper's sweep range).
+    "ota": Spec("experts", {"stats": "adam"}),
+    "ffg": Spec("base", {"stats": "adam", "density": 0.2}, {"density": [0.05, 0.1, 0.2, 0.4]}),
 }
 
 # Methods defined for two models only: run on each pair of PAIRS, expert A then expert B.
@@ -302,7 +307,25 @@ class Data:
             p.write_text("".join(Path(self.task_file(t, split, seed, count)).read_text() for t in members))
         return self._once(("members", path), path, make)
 
+    def optimizer(self, task):
+        """The expert's AdamW second moments: the expert retrained with them saved (bench/quality/train
+        --only), which must give the committed expert byte for byte."""
+        folder = (self.work or Path("work")) / "optimizer"
+
+        def make(p):
+            out = subprocess.run([str(ROOT / "bench/quality/train"), "--only", task, "--base",
+                                  str(self.args.models / "base"), "--out", str(folder), "--save-optimizer",
+                                  "--no-build"], capture_output=True, text=True, env={**os.environ, "WELD": self.args.weld})
+            if out.returncode != 0:
+                raise RuntimeError(tail(out.stderr or out.stdout))
+            retrained = (folder / task / "model.safetensors").read_bytes()
+            if retrained != (self.args.models / task / "model.safetensors").read_bytes():
+                raise RuntimeError(f"retraining {task} with --save-optimizer did not reproduce the committed expert")
+        return self._once(("optimizer", task), folder / task / "optimizer", make)
+
     def stats(self, task, kind):
+        if kind == "adam":
+            return self.optimizer(task)
         path = (self.work or Path("work")) / "stats" / f"{task}.{kind}"
         data = self.task_file(task, "train", STATS_SEED, STATS_EXAMPLES)
         return self._once(("stats", path), path, lambda p: self._weld(
@@ -768,7 +791,9 @@ def data_section(runs, refs, expert_acc, quick):
     _, n_lin = norm_of("linear")
     L = ["## Data-driven merges", "",
          "Statistics and data: each expert's Fisher and Gram matrices (`weld stats`) on "
-         f"{STATS_EXAMPLES} training prompts of its own task; AdaMerging adapts on the test prompts without "
+         f"{STATS_EXAMPLES} training prompts of its own task; for OTA and FFG, each expert's AdamW second "
+         "moments (the expert retrained with `--save-optimizer`, byte for byte the committed one); AdaMerging "
+         "adapts on the test prompts without "
          f"their answers; FW-Merging's proxy set is {PROXY_EXAMPLES} labeled training prompts of each merged task. "
          "Settings chosen on validation prompts, as for every method.", ""]
     if n_ta is None:
@@ -781,7 +806,7 @@ def data_section(runs, refs, expert_acc, quick):
         L.append(f"- AdaMerging ({label}, {r.label()}) ≥ task arithmetic + 5 points: {pct(n)} vs "
                  f"{pct(n_ta)} ({100 * (n - n_ta):+.1f}): {verdict(n >= n_ta + 0.05)}"
                  f"{'' if label == 'layer-wise' else ' (the target is for layer-wise)'}.")
-    for method in ("regmean", "fisher"):
+    for method in ("regmean", "fisher", "ota", "ffg"):
         r, n = norm_of(method)
         if n is not None and n_lin is not None:
             L.append(f"- {method} ({r.label()}) ≥ plain averaging (linear): {pct(n)} vs {pct(n_lin)}: "
