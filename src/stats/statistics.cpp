@@ -154,7 +154,7 @@ void accumulate_fisher(nn::LlamaModel& model, const Batch& batch, std::vector<at
 		const auto grads = torch::autograd::grad({ll[targets[k].first][targets[k].second]}, params, {},
 		                                         /*retain_graph=*/k + 1 < targets.size());
 		for (size_t i = 0; i < params.size(); ++i)
-			sums[i].add_(grads[i].detach().to(at::kDouble).pow(2));
+			sums[i].addcmul_(grads[i].detach(), grads[i].detach());
 	}
 }
 
@@ -240,7 +240,7 @@ StatsSummary compute_statistics(const StatsJob& job, const std::function<void(co
 	if (job.kind == Kind::Fisher) {
 		model.set_requires_grad(true);
 		for (auto& [name, p] : model.parameters())
-			fisher.push_back(at::zeros(p.sizes(), at::TensorOptions().dtype(at::kDouble)));
+			fisher.push_back(at::zeros(p.sizes(), at::TensorOptions().dtype(at::kFloat))); // one model-sized buffer
 	} else if (job.kind == Kind::Gram) {
 		model.set_linear_observer(
 		    [&](const std::string& n, const at::Tensor& x, const at::Tensor& y) { gram(n, x, y); });
