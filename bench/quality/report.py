@@ -54,6 +54,8 @@ PROXY_EXAMPLES, PROXY_SEED = 16, 2
 # join the pool as irrelevant models (tasks not evaluated), for fw_merging and task arithmetic.
 POOL_TASKS = 4
 POOL_METHODS = ["task_arithmetic", "fw_merging"]
+# The methods that read statistics or data (the rest are data-free).
+DATA_METHODS = {"fisher", "regmean", "ota", "ffg", "adamerging", "fw_merging"}
 
 
 @dataclass
@@ -737,7 +739,7 @@ def orderings_section(runs, refs, expert_acc, quick):
     norm = {m: v for m, v in norm.items() if v is not None}
     if not {"ties", "task_arithmetic", "linear"} <= set(norm):
         return []
-    best = max(norm, key=norm.get)
+    best = max((m for m in norm if m not in DATA_METHODS), key=norm.get)
     L = ["## What the numbers say", "",
          f"At {len(TASKS)} experts, each method at its chosen setting (normalized mean, test prompts):", "",
          f"- best data-free method: `{best}` {pct(norm[best])} (target ≥ 80: "

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <fstream>
 #include <map>
+#include <set>
 #include <memory>
 
 namespace weld::stats {
@@ -102,11 +103,15 @@ public:
 			order_.push_back(name);
 		}
 	}
-	// name -> the mean over tokens.
-	std::vector<std::pair<std::string, at::Tensor>> result(uint64_t tokens) const {
+	// name -> the mean over tokens, divided in place: names that share an input share the tensor.
+	std::vector<std::pair<std::string, at::Tensor>> result(uint64_t tokens) {
+		std::set<const void*> divided;
 		std::vector<std::pair<std::string, at::Tensor>> out;
-		for (const auto& name : order_)
-			out.emplace_back(name, *accumulator_of_.at(name) / static_cast<double>(tokens));
+		for (const auto& name : order_) {
+			auto& acc = *accumulator_of_.at(name);
+			if (divided.insert(acc.data_ptr()).second) acc.div_(static_cast<double>(tokens));
+			out.emplace_back(name, acc);
+		}
 		return out;
 	}
 
@@ -269,18 +274,21 @@ StatsSummary compute_statistics(const StatsJob& job, const std::function<void(co
 			             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
 	}
 
+	// Means computed in place, and the model dropped first: the output is the largest buffer left.
 	std::vector<std::pair<std::string, at::Tensor>> tensors;
 	const double n = static_cast<double>(summary.tokens);
 	if (job.kind == Kind::Fisher) {
 		size_t i = 0;
 		for (auto& [name, p] : model.parameters())
-			tensors.emplace_back(name, fisher[i++] / n);
+			tensors.emplace_back(name, fisher[i++].div_(n));
+		fisher.clear();
 	} else if (job.kind == Kind::Gram) {
 		tensors = gram.result(summary.tokens);
 	} else {
 		for (auto& [name, t] : sums.all())
-			tensors.emplace_back(name, t / n);
+			tensors.emplace_back(name, t.div_(n));
 	}
+	model = nn::LlamaModel();
 	write_statistics(out.path(), std::move(tensors),
 	                 {{"weld_stats", std::string(kind_name(job.kind))},
 	                  {"data", job.data.filename().string()},
