@@ -55,12 +55,15 @@ public:
 		const bool normalise = global_param(info_, input, "normalise") != 0;
 		const auto models = model_indices(input);
 		const size_t n = out.size();
-		std::vector<double> num(n, 0), den(n, 0);
-		std::vector<float> weight(n), saliency;
-		for (size_t i : models) {
+		// Each model's weights in float32 (K tensors' worth), then one pass summing in float64.
+		std::vector<std::vector<float>> weights(models.size(), std::vector<float>(n));
+		std::vector<float> saliency;
+		for (size_t k = 0; k < models.size(); ++k) {
+			const size_t i = models[k];
 			const auto v = input.statistics.size() > i ? input.statistics[i] : std::span<const float>();
 			if (v.size() != n)
 				throw Error(fmt::format("tensor '{}': model {} has no second moments for it", input.tensor_name, i));
+			auto& weight = weights[k];
 			double mean = 0;
 			for (size_t j = 0; j < n; ++j) {
 				weight[j] = static_cast<float>(std::pow(std::max(0.0f, v[j]), power));
@@ -70,16 +73,27 @@ public:
 			for (size_t j = 0; j < n; ++j)
 				weight[j] = static_cast<float>(weight[j] * scale + epsilon);
 			graft(input, i, v, weight, saliency);
-			for (size_t j = 0; j < n; ++j) {
-				num[j] += static_cast<double>(weight[j]) * input.sources[i][j];
-				den[j] += weight[j];
-			}
 		}
-		for (size_t j = 0; j < n; ++j)
-			out[j] = den[j] > 0 ? static_cast<float>(num[j] / den[j]) : input.sources[input.base_index][j];
+		for (size_t j = 0; j < n; ++j) {
+			double num = 0, den = 0;
+			for (size_t k = 0; k < models.size(); ++k) {
+				num += static_cast<double>(weights[k][j]) * input.sources[models[k]][j];
+				den += weights[k][j];
+			}
+			out[j] = den > 0 ? static_cast<float>(num / den) : fallback(input, models, j);
+		}
 	}
 
 private:
+	// Where no model has weight (all grafted away, or epsilon 0 and v 0): the base, else the mean.
+	static float fallback(const MergeInput& input, const std::vector<size_t>& models, size_t j) {
+		if (input.base_index >= 0) return input.sources[static_cast<size_t>(input.base_index)][j];
+		double sum = 0;
+		for (size_t i : models)
+			sum += input.sources[i][j];
+		return static_cast<float>(sum / static_cast<double>(models.size()));
+	}
+
 	// FFG: zero the weight of every element outside the top `density` by v ⊙ τ².
 	void graft(const MergeInput& input, size_t i, std::span<const float> v, std::vector<float>& weight,
 	           std::vector<float>& saliency) const {
