@@ -193,3 +193,52 @@ TEST_F(Stats, BadInputIsOneClearErrorAndNothingWritten) {
 
 } // namespace
 } // namespace weld
+
+namespace weld {
+namespace {
+
+// weld merge with per-model `data:`: the statistics are computed on the fly, cached beside the
+// output, and give the same bytes as the same merge from `weld stats` folders.
+TEST(StatsInRecipes, DataFilesGiveTheSameMergeAsStatsFolders) {
+	test::TempDir tmp;
+	nn::LlamaModel::create(kConfig, "tiny", 3).save(tmp / "a");
+	nn::LlamaModel::create(kConfig, "tiny", 4).save(tmp / "b");
+	test::write_file(tmp / "da.jsonl", "{\"prompt\": \"ab=\", \"answer\": \"ba\\n\"}\n");
+	test::write_file(tmp / "db.txt", "hello there\nxyz\n");
+	const test::WorkingDir here(tmp.path());
+	std::string err;
+	ASSERT_EQ(test::run_weld("stats a --data da.jsonl --kind gram -o ga", &err), 0) << err;
+	ASSERT_EQ(test::run_weld("stats b --data db.txt --kind gram -o gb", &err), 0) << err;
+	test::write_file(tmp / "stats.yml", "merge_method: regmean\nmodels:\n  - model: a\n    parameters: {stats: ga}\n"
+	                                    "  - model: b\n    parameters: {stats: gb}\n");
+	test::write_file(tmp / "data.yml",
+	                 "merge_method: regmean\nmodels:\n  - model: a\n    parameters: {data: da.jsonl}\n"
+	                 "  - model: b\n    parameters: {data: db.txt}\n");
+	ASSERT_EQ(test::run_weld("merge stats.yml from-stats", &err), 0) << err;
+	ASSERT_EQ(test::run_weld("merge data.yml from-data", &err), 0) << err;
+	EXPECT_NE(err.find("computing gram statistics of a on da.jsonl"), std::string::npos) << err;
+	EXPECT_EQ(test::read_file(tmp / "from-data" / "model.safetensors"),
+	          test::read_file(tmp / "from-stats" / "model.safetensors"));
+	// The cache: two folders beside the output, reused by the next run.
+	size_t cached = 0;
+	for (const auto& entry : fs::directory_iterator(tmp / ".from-data.weld-stats"))
+		cached += entry.path().extension() == ".gram";
+	EXPECT_EQ(cached, 2u);
+	ASSERT_EQ(test::run_weld("merge data.yml from-data --force", &err), 0) << err;
+	EXPECT_EQ(err.find("computing"), std::string::npos) << err;
+	// Both, or a data file that is not there: one clear error, nothing written.
+	test::write_file(tmp / "both.yml",
+	                 "merge_method: regmean\nmodels:\n  - model: a\n    parameters: {stats: ga, data: "
+	                 "da.jsonl}\n  - model: b\n    parameters: {stats: gb}\n");
+	EXPECT_EQ(test::run_weld("merge both.yml out-both", &err), 1);
+	EXPECT_NE(err.find("give stats or data, not both"), std::string::npos) << err;
+	test::write_file(tmp / "missing.yml", "merge_method: regmean\nmodels:\n  - model: a\n    parameters: {data: "
+	                                      "nope.jsonl}\n  - model: b\n    parameters: {stats: gb}\n");
+	EXPECT_EQ(test::run_weld("merge missing.yml out-missing", &err), 1);
+	EXPECT_NE(err.find("data file 'nope.jsonl' of model"), std::string::npos) << err;
+	EXPECT_FALSE(fs::exists(tmp / "out-both"));
+	EXPECT_FALSE(fs::exists(tmp / "out-missing"));
+}
+
+} // namespace
+} // namespace weld

@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "cli/statistics_cache.h"
 #include "cli/torch_program.h"
 #include "exec/merge.h"
 #include "io/output_folder.h"
@@ -53,6 +54,10 @@ int merge(const MergeArgs& args, const Distributed& dist) {
 		options.exec.progress = !args.quiet && isatty(STDERR_FILENO);
 		options.exec.verbose = args.verbose && !args.quiet;
 		options.distributed = &dist;
+		// Statistics from `data:` files: computed once, by a single process (a distributed merge
+		// refuses them in the plan).
+		if (dist.size() == 1 && !args.dry_run)
+			options.computed_statistics = compute_recipe_statistics(args.recipe, args.out, args.quiet);
 	});
 
 	const auto summary = run_merge(options);

@@ -12,4 +12,8 @@ namespace weld::cli {
 // was built without libtorch or the program cannot run.
 [[noreturn]] void run_torch_program(const std::string& subcommand, const std::vector<std::string>& args);
 
+// Runs `weld-torch <subcommand> <args...>` as a child process and waits for it (its output goes
+// to this process's); throws weld::Error when it cannot start or exits non-zero.
+void run_torch_program_and_wait(const std::string& subcommand, const std::vector<std::string>& args);
+
 } // namespace weld::cli

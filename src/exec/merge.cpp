@@ -78,7 +78,7 @@ MergeSummary run_merge(const MergeOptions& options) {
 	OutputLayout layout;
 	dist.agree([&] {
 		const auto text = options.recipe_text.empty() ? read_text_file(options.recipe_path) : options.recipe_text;
-		plan = build_plan(parse_recipe(text, label), options.seed);
+		plan = build_plan(parse_recipe(text, label), options.seed, options.computed_statistics);
 		specs = output_specs(plan);
 		if (!options.dry_run) layout = plan_output_layout(specs, exec.max_shard_bytes);
 	});

@@ -20,7 +20,8 @@ namespace weld {
 
 struct MergeOptions {
 	std::filesystem::path recipe_path;
-	std::string recipe_text; // when not empty, the recipe itself (recipe_path only names it in errors)
+	std::string recipe_text;                // when not empty, the recipe itself (recipe_path only names it in errors)
+	ComputedStatistics computed_statistics; // for models with `data:` (cli/statistics_cache.h)
 	std::filesystem::path out_dir;
 	bool force = false;   // replace an existing output
 	bool dry_run = false; // print the plan, write nothing

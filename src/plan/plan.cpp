@@ -57,7 +57,8 @@ std::string shape_string(const std::vector<uint64_t>& shape) {
 
 class Planner {
 public:
-	Planner(Plan& plan) : plan_(plan), recipe_(plan.recipe), method_(*plan.method) {}
+	Planner(Plan& plan, const ComputedStatistics& computed)
+	    : plan_(plan), recipe_(plan.recipe), method_(*plan.method), computed_(computed) {}
 
 	void run();
 
@@ -87,6 +88,7 @@ private:
 	Plan& plan_;
 	const Recipe& recipe_;
 	const MergeMethod& method_;
+	const ComputedStatistics& computed_;
 	std::vector<std::map<int64_t, std::vector<LayerName>>> names_; // per model, by layer (-1: none)
 };
 
@@ -393,7 +395,18 @@ void Planner::open_statistics(const std::vector<Slice>& slices) {
 	for (size_t i = 0; i < slices.size(); ++i)
 		for (const auto& source : slices[i].sources) {
 			if (!source.params) continue;
-			const auto path = text_setting(*source.params, "stats", fmt::format("model '{}'", ref(source.model)));
+			const auto where = fmt::format("model '{}'", ref(source.model));
+			auto path = text_setting(*source.params, "stats", where);
+			const auto data = text_setting(*source.params, "data", where);
+			if (path && data) throw Error(fmt::format("recipe: {}: give stats or data, not both", where));
+			if (data) {
+				const auto it = computed_.find(ref(source.model));
+				if (it == computed_.end())
+					throw Error(fmt::format("recipe: {}: statistics from data: files are computed by `weld merge` "
+					                        "(with libtorch), not in a distributed merge; run weld stats first",
+					                        where));
+				path = it->second;
+			}
 			if (!path) continue;
 			if (!paths[source.model].empty() && paths[source.model] != *path)
 				throw Error(fmt::format("recipe: model '{}' is given two stats folders: {} and {}", ref(source.model),
@@ -496,7 +509,7 @@ uint64_t Plan::output_bytes() const {
 	return total;
 }
 
-Plan build_plan(Recipe recipe, uint64_t seed) {
+Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed) {
 	Plan plan;
 	plan.method = find_method(recipe.merge_method);
 	if (!plan.method) {
@@ -508,7 +521,7 @@ Plan build_plan(Recipe recipe, uint64_t seed) {
 	}
 	plan.recipe = std::move(recipe);
 	plan.seed = seed;
-	Planner(plan).run();
+	Planner(plan, computed).run();
 	return plan;
 }
 

@@ -8,6 +8,7 @@
 #include "plan/recipe.h"
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -59,8 +60,12 @@ struct Plan {
 	uint64_t output_bytes() const;
 };
 
+// Statistics folders computed for the merge from models' `data:` files (the CLI runs weld stats
+// for them), by model reference as the recipe writes it.
+using ComputedStatistics = std::map<std::string, std::string>;
+
 // Throws weld::Error naming the recipe key, model or tensor at fault.
-Plan build_plan(Recipe recipe, uint64_t seed);
+Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed = {});
 
 // A human-readable listing of the plan (for --dry-run).
 std::string describe_plan(const Plan& plan);

@@ -46,8 +46,7 @@ using ParamSettings = std::vector<std::pair<std::string, ParamSetting>>;
 const ParamSetting* find_setting(const ParamSettings& settings, std::string_view name);
 // A Text parameter's value in settings, nullopt when absent. Throws weld::Error naming `where`
 // and the parameter when it is set to something other than one string.
-std::optional<std::string> text_setting(const ParamSettings& settings, std::string_view name,
-                                        const std::string& where);
+std::optional<std::string> text_setting(const ParamSettings& settings, std::string_view name, const std::string& where);
 
 struct SourceSpec {
 	std::string model;
