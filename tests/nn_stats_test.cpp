@@ -236,6 +236,8 @@ TEST(StatsInRecipes, DataFilesGiveTheSameMergeAsStatsFolders) {
 	                                      "nope.jsonl}\n  - model: b\n    parameters: {stats: gb}\n");
 	EXPECT_EQ(test::run_weld("merge missing.yml out-missing", &err), 1);
 	EXPECT_NE(err.find("data file 'nope.jsonl' of model"), std::string::npos) << err;
+	EXPECT_EQ(test::run_weld("merge data.yml out-dry --dry-run", &err), 1);
+	EXPECT_NE(err.find("not in --dry-run or a distributed merge"), std::string::npos) << err;
 	EXPECT_FALSE(fs::exists(tmp / "out-both"));
 	EXPECT_FALSE(fs::exists(tmp / "out-missing"));
 }

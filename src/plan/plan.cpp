@@ -402,8 +402,9 @@ void Planner::open_statistics(const std::vector<Slice>& slices) {
 			if (data) {
 				const auto it = computed_.find(ref(source.model));
 				if (it == computed_.end())
-					throw Error(fmt::format("recipe: {}: statistics from data: files are computed by `weld merge` "
-					                        "(with libtorch), not in a distributed merge; run weld stats first",
+					throw Error(fmt::format("recipe: {}: statistics from a data: file are computed by `weld merge` "
+					                        "itself, not in --dry-run or a distributed merge; run weld stats first "
+					                        "and give stats: instead",
 					                        where));
 				path = it->second;
 			}
