@@ -33,13 +33,16 @@ void check_info(lapack_int info, const char* routine) {
 }
 
 // Precision dispatch for the few BLAS/LAPACK routines used here.
-void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c) {
+// C = op(A) op(B) + beta C
+void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c,
+          float beta = 0) {
 	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, 1.0f, a, lda, b,
-	            ldb, 0.0f, c, n);
+	            ldb, beta, c, n);
 }
-void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb, double* c) {
+void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb, double* c,
+          double beta = 0) {
 	cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, 1.0, a, lda, b,
-	            ldb, 0.0, c, n);
+	            ldb, beta, c, n);
 }
 lapack_int gesdd(int m, int n, float* a, float* s, float* u, float* vt, int k) {
 	return LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', m, n, a, n, s, u, k, vt, n);
@@ -94,6 +97,17 @@ template <class T> Matrix<T> matmul(const Matrix<T>& a, bool transpose_a, const 
 	gemm(transpose_a, transpose_b, as_int(m), as_int(n), as_int(k), a.data.data(), as_int(a.cols), b.data.data(),
 	     as_int(b.cols), c.data.data());
 	return c;
+}
+
+template <class T>
+void add_product(Matrix<T>& c, const Matrix<T>& a, bool transpose_a, const Matrix<T>& b, bool transpose_b) {
+	const size_t m = transpose_a ? a.cols : a.rows, k = transpose_a ? a.rows : a.cols;
+	const size_t n = transpose_b ? b.rows : b.cols;
+	assert((transpose_b ? b.cols : b.rows) == k && c.rows == m && c.cols == n && "add_product: shapes differ");
+	if (m == 0 || n == 0 || k == 0) return;
+	single_threaded_blas();
+	gemm(transpose_a, transpose_b, as_int(m), as_int(n), as_int(k), a.data.data(), as_int(a.cols), b.data.data(),
+	     as_int(b.cols), c.data.data(), T(1));
 }
 
 template <class T> Svd<T> svd(const Matrix<T>& a) {
@@ -152,6 +166,7 @@ template <class T> Matrix<T> polar_factor(const Matrix<T>& a) {
 
 #define WELD_LINALG_INSTANTIATE(T)                                                                                     \
 	template Matrix<T> matmul(const Matrix<T>&, bool, const Matrix<T>&, bool);                                         \
+	template void add_product(Matrix<T>&, const Matrix<T>&, bool, const Matrix<T>&, bool);                             \
 	template Svd<T> svd(const Matrix<T>&);                                                                             \
 	template Matrix<T> orthonormal_columns(const Matrix<T>&);                                                          \
 	template Svd<T> randomized_svd(const Matrix<T>&, size_t, uint64_t, size_t, int);                                   \
@@ -170,12 +185,12 @@ MatrixD solve_symmetric(MatrixD a, MatrixD b, bool* used_lu) {
 	single_threaded_blas();
 	const auto n = static_cast<lapack_int>(a.rows), nrhs = static_cast<lapack_int>(b.cols);
 	if (used_lu) *used_lu = false;
-	MatrixD factor = a;
-	MatrixD x = b;
-	// Cholesky first (the Gram sums are symmetric positive semi-definite); a singular or
+	// Cholesky first (the Gram sums are symmetric positive semi-definite), on a copy of A and on B
+	// in place: when the factorization fails, dposv returns before touching B. A singular or
 	// indefinite matrix falls back to LU with partial pivoting.
-	if (n == 0 || LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', n, nrhs, factor.data.data(), n, x.data.data(), nrhs) == 0)
-		return x;
+	MatrixD factor = a;
+	if (n == 0 || LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', n, nrhs, factor.data.data(), n, b.data.data(), nrhs) == 0)
+		return b;
 	if (used_lu) *used_lu = true;
 	std::vector<lapack_int> pivots(a.rows);
 	const lapack_int info =

@@ -11,6 +11,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace weld {
 namespace {
 
@@ -43,28 +45,25 @@ private:
 	void solve(const MergeInput& input, const std::vector<size_t>& models, std::span<float> out) const {
 		const size_t rows = input.shape[0], cols = input.shape[1];
 		const double alpha = global_param(info_, input, "alpha");
-		linalg::MatrixD a(cols, cols), b(cols, rows); // Σ G̃_i and Σ G̃_i W_iᵀ
+		// Σ G̃_i and Σ G̃_i W_iᵀ, the latter accumulated in place: besides it, one float64 copy of a
+		// model's W at a time and the solution (which replaces it).
+		linalg::MatrixD a(cols, cols), b(cols, rows);
 		for (size_t i : models) {
 			const auto gram = input.statistics[i];
-			const auto w = input.sources[i];
 			linalg::MatrixD g(cols, cols);
 			for (size_t r = 0; r < cols; ++r)
 				for (size_t c = 0; c < cols; ++c)
 					g(r, c) = static_cast<double>(gram[r * cols + c]) * (r == c ? 1.0 : alpha);
 			for (size_t k = 0; k < cols * cols; ++k)
 				a.data[k] += g.data[k];
-			linalg::MatrixD wt(cols, rows);
-			for (size_t r = 0; r < rows; ++r)
-				for (size_t c = 0; c < cols; ++c)
-					wt(c, r) = w[r * cols + c];
-			const auto gw = linalg::matmul(g, false, wt, false);
-			for (size_t k = 0; k < gw.data.size(); ++k)
-				b.data[k] += gw.data[k];
+			linalg::MatrixD w(rows, cols);
+			std::copy(input.sources[i].begin(), input.sources[i].end(), w.data.begin());
+			linalg::add_product(b, g, false, w, true);
 		}
 		bool used_lu = false;
 		linalg::MatrixD x;
 		try {
-			x = linalg::solve_symmetric(a, b, &used_lu);
+			x = linalg::solve_symmetric(std::move(a), std::move(b), &used_lu);
 		} catch (const Error& e) {
 			throw Error(fmt::format("tensor '{}': RegMean: {}", input.tensor_name, e.what()));
 		}
