@@ -55,6 +55,7 @@ TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	                                           "ram",
 	                                           "ramplus_tl",
 	                                           "regmean",
+	                                           "regmean_pp",
 	                                           "sce",
 	                                           "slerp",
 	                                           "task_arithmetic",

@@ -128,6 +128,51 @@ TEST_F(Learned, FrankWolfeLowersTheProxyLossAndStaysInTheHull) {
 	EXPECT_TRUE((c.sum(0) <= 2 + 1e-6).all().item<bool>());
 }
 
+// RegMean++'s defining property, recomputed from its output: every linear weight W* solves
+// RegMean's normal equations Σ_i (W* − W_i) G̃_i = 0 with G_i taken on task i's data through the
+// merged model itself (which is what the stages saw, as each reads only what came before it).
+TEST_F(Learned, RegMeanPlusPlusSolvesTheNormalEquationsThroughTheMergedModel) {
+	test::write_file(tmp / "d0.txt", "abc=cba\nhello\n");
+	test::write_file(tmp / "d1.txt", "xyz 12\nmerge me\nq\n");
+	test::write_file(tmp / "pp.yml", "merge_method: regmean_pp\nparameters: {alpha: 0.8}\nmodels:\n"
+	                                 "  - model: e0\n    parameters: {data: d0.txt}\n"
+	                                 "  - model: e1\n    parameters: {data: d1.txt}\n");
+	const test::WorkingDir here(tmp.path());
+	learned::run_learned_merge({tmp / "pp.yml", tmp / "pp", false, 1, 0, true});
+	const auto merged = nn::LlamaModel::load(tmp / "pp", at::kDouble);
+	const auto e0 = nn::LlamaModel::load(tmp / "e0", at::kDouble), e1 = nn::LlamaModel::load(tmp / "e1", at::kDouble);
+	std::vector<std::map<std::string, at::Tensor>> grams(2);
+	for (int k = 0; k < 2; ++k) {
+		auto model = nn::LlamaModel::load(tmp / "pp", at::kDouble);
+		int64_t tokens = 0;
+		model.set_linear_observer([&](const std::string& name, const at::Tensor& x, const at::Tensor&) {
+			const auto rows = x.detach().reshape({-1, x.size(-1)});
+			auto& g = grams[static_cast<size_t>(k)][name];
+			g = g.defined() ? g + at::matmul(rows.t(), rows) : at::matmul(rows.t(), rows);
+		});
+		for (const auto& seq : nn::read_sequences(tmp / fmt::format("d{}.txt", k), 258, 32, "")) {
+			model.forward(at::tensor(seq.ids, at::TensorOptions().dtype(at::kLong)).unsqueeze(0));
+			tokens += static_cast<int64_t>(seq.ids.size());
+		}
+		for (auto& [name, g] : grams[static_cast<size_t>(k)])
+			g = g / static_cast<double>(tokens);
+	}
+	size_t checked = 0;
+	for (const auto& [name, g0] : grams[0]) {
+		auto regularized = [](const at::Tensor& g) { return g * 0.8 + at::diag(at::diag(g)) * 0.2; };
+		const auto w = merged.parameter(name);
+		const auto residual = at::matmul(w - e0.parameter(name), regularized(g0)) +
+		                      at::matmul(w - e1.parameter(name), regularized(grams[1].at(name)));
+		const auto scale = at::matmul(e0.parameter(name).abs(), regularized(g0).abs()).max().item<double>();
+		EXPECT_LT(residual.abs().max().item<double>(), 1e-4 * scale) << name;
+		checked++;
+	}
+	EXPECT_EQ(checked, 2u * 7 + 1); // two layers of seven projections, and lm_head
+	const auto norm = (e0.parameter("model.norm.weight") + e1.parameter("model.norm.weight")) / 2;
+	EXPECT_TRUE(at::allclose(merged.parameter("model.norm.weight"), norm, 1e-6, 1e-7));
+	EXPECT_NE(test::read_file(tmp / "pp" / "weld_recipe.yml").find("merge_method: regmean_pp"), std::string::npos);
+}
+
 TEST_F(Learned, BadRecipesAndDataAreOneClearError) {
 	const test::WorkingDir here(tmp.path());
 	auto error = [&](const std::string& params, const std::string& out = "failed") {

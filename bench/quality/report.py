@@ -55,7 +55,7 @@ PROXY_EXAMPLES, PROXY_SEED = 16, 2
 POOL_TASKS = 4
 POOL_METHODS = ["task_arithmetic", "fw_merging"]
 # The methods that read statistics or data (the rest are data-free).
-DATA_METHODS = {"fisher", "regmean", "ota", "ffg", "adamerging", "fw_merging"}
+DATA_METHODS = {"fisher", "regmean", "regmean_pp", "ota", "ffg", "adamerging", "fw_merging"}
 
 
 @dataclass
@@ -130,6 +130,8 @@ METHODS = {
     # alpha 0.9); AdaMerging's default is the paper's (layer-wise, λ0 0.3, Adam lr 1e-3, 100 steps).
     "fisher": Spec("experts", {"stats": "fisher"}),
     "regmean": Spec("experts", {"stats": "gram", "alpha": 0.9}, {"alpha": [0.5, 0.9, 1.0]}),
+    # RegMean++: each expert's own training prompts (per-model data), Grams through the merge.
+    "regmean_pp": Spec("experts", {"data": "train", "alpha": 0.9}, {"alpha": [0.5, 0.9, 1.0]}),
     "adamerging": Spec("base", {"data": "test"},
                        {"granularity": ["layer", "task"], "lambda_init": [0.3, 1.0], "lr": [1e-3, 1e-2]}),
     "fw_merging": Spec("base", {"data": "proxy"}, {"variant": ["hard", "soft"], "scaling": [1, 2, 4]}),
@@ -346,7 +348,7 @@ def recipe_text(method, spec, params, members, models_dir, scopes, data=None, ex
     if unknown:
         raise Fail(f"METHODS gives {method} parameter(s) {', '.join(sorted(unknown))}, which `weld methods` "
                    "does not list for it")
-    if "data" in global_params:
+    if "data" in global_params:  # a data file of the merged tasks (per-model data is each expert's)
         global_params["data"] = data.members_file(global_params["data"], members)
     listed = []  # (path, takes per-model parameters, expert name)
     if spec.form == "experts":
@@ -368,7 +370,9 @@ def recipe_text(method, spec, params, members, models_dir, scopes, data=None, ex
     for path, takes, name in listed:
         lines.append(f"  - model: {yaml_value(path)}")
         if takes and model_params:
-            own = {k: (data.stats(name, v) if k == "stats" else v) for k, v in model_params.items()}
+            own = {k: (data.stats(name, v) if k == "stats" else
+                       data.task_file(name, "train", STATS_SEED, STATS_EXAMPLES) if k == "data" else v)
+                   for k, v in model_params.items()}
             lines.append("    parameters: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in own.items()) + "}")
     if global_params:
         lines.append("parameters: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in global_params.items()) + "}")
@@ -808,7 +812,7 @@ def data_section(runs, refs, expert_acc, quick):
         L.append(f"- AdaMerging ({label}, {r.label()}) ≥ task arithmetic + 5 points: {pct(n)} vs "
                  f"{pct(n_ta)} ({100 * (n - n_ta):+.1f}): {verdict(n >= n_ta + 0.05)}"
                  f"{'' if label == 'layer-wise' else ' (the target is for layer-wise)'}.")
-    for method in ("regmean", "fisher", "ota", "ffg"):
+    for method in ("regmean", "regmean_pp", "fisher", "ota", "ffg"):
         r, n = norm_of(method)
         if n is not None and n_lin is not None:
             L.append(f"- {method} ({r.label()}) ≥ plain averaging (linear): {pct(n)} vs {pct(n_lin)}: "

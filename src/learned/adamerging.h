@@ -15,9 +15,9 @@ namespace weld::learned {
 struct AdaMergingOptions {
 	bool layer_wise = true;
 	int64_t steps = 100;
-	double lr = 1e-3;           // Adam, as the paper
-	double lambda_init = 0.3;   // the paper's initial λ
-	int64_t batch = 16;         // prompts per step, in an order shuffled anew each pass from seed
+	double lr = 1e-3;         // Adam, as the paper
+	double lambda_init = 0.3; // the paper's initial λ
+	int64_t batch = 16;       // prompts per step, in an order shuffled anew each pass from seed
 	uint64_t seed = 0;
 	size_t max_new_tokens = 16; // longest greedy answer
 };

@@ -5,6 +5,7 @@
 #include "io/output_folder.h"
 #include "learned/adamerging.h"
 #include "learned/fw_merging.h"
+#include "learned/regmean_pp.h"
 #include "methods/method.h"
 #include "plan/recipe.h"
 #include "stats/statistics.h"
@@ -31,9 +32,11 @@ public:
 			if (!def(name))
 				throw Error(fmt::format("recipe: parameters: unknown parameter '{}' for method '{}'", name, info.name));
 		for (const auto& m : recipe.models)
-			if (!m.parameters.empty())
-				throw Error(fmt::format("recipe: models: '{}' has parameters; method '{}' takes none per model",
-				                        m.model, info.name));
+			for (const auto& [name, setting] : m.parameters)
+				if (std::none_of(info.model_params.begin(), info.model_params.end(),
+				                 [&](const ParamDef& d) { return d.name == name; }))
+					throw Error(fmt::format("recipe: models: '{}': unknown parameter '{}' for method '{}'", m.model,
+					                        name, info.name));
 	}
 	std::string text(const std::string& name, const std::string& fallback = "") const {
 		const auto value = text_setting(recipe_.parameters, name, "parameters");
@@ -154,6 +157,34 @@ Learned learn_fw(const Settings& settings, TaskVectorModel& tv, const fs::path& 
 
 } // namespace
 
+// RegMean++ writes the merged model itself (its result is no task_arithmetic recipe).
+std::string run_regmean_pp(const Recipe& recipe, const Settings& settings, const LearnedMergeOptions& options) {
+	std::vector<nn::LlamaModel> models;
+	std::vector<std::vector<nn::TrainingSequence>> data;
+	std::string provenance;
+	for (const auto& m : recipe.models) {
+		const auto where = fmt::format("model '{}'", m.model);
+		const auto file = text_setting(m.parameters, "data", where);
+		if (!file) throw Error(fmt::format("recipe: {}: method 'regmean_pp' needs its data: file", where));
+		const auto dir = resolve_model_reference(m.model);
+		models.push_back(nn::LlamaModel::load(dir, at::kFloat));
+		const auto& c = models.back().config();
+		data.push_back(nn::read_sequences(*file, c.vocab_size, c.max_position_embeddings, dir.string()));
+		provenance += fmt::format("# {}: {} (sha256 {})\n", m.model, *file, stats::file_sha256(*file));
+	}
+	auto merged = nn::LlamaModel::load(resolve_model_reference(recipe.models[0].model), at::kFloat);
+	std::vector<const nn::LlamaModel*> pointers;
+	for (const auto& m : models)
+		pointers.push_back(&m);
+	regmean_pp(pointers, data, settings.number("alpha"), merged);
+	OutputFolder out(options.out, options.force);
+	merged.save(out.path());
+	const auto text = "# Merged by weld's regmean_pp on these data files:\n" + provenance + recipe.text;
+	write_text_file(out.path() / "weld_recipe.yml", text);
+	out.publish();
+	return text;
+}
+
 std::string run_learned_merge(const LearnedMergeOptions& options) {
 	const auto label = options.recipe.string();
 	const Recipe recipe = parse_recipe(read_text_file(options.recipe), label);
@@ -162,6 +193,12 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 		throw Error(fmt::format("recipe: merge_method '{}' does not learn from data", recipe.merge_method));
 	const auto& info = method->info();
 	if (!recipe.slices.empty()) throw Error(fmt::format("recipe: method '{}' takes models:, not slices:", info.name));
+	if (fs::exists(options.out) && !options.force)
+		throw Error(fmt::format("{}: already exists (use --force to replace it)", options.out.string()));
+	if (info.name == "regmean_pp") {
+		at::set_num_threads(1); // same bytes for any --threads
+		return run_regmean_pp(recipe, Settings(recipe, info), options);
+	}
 	if (!recipe.base_model) throw Error(fmt::format("recipe: method '{}' needs a base_model", info.name));
 	if (fs::exists(options.out) && !options.force)
 		throw Error(fmt::format("{}: already exists (use --force to replace it)", options.out.string()));

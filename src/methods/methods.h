@@ -50,6 +50,7 @@ const MergeMethod& ffg_method();
 // methods that learn from data with the model runtime (src/learned)
 const MergeMethod& adamerging_method();
 const MergeMethod& fw_merging_method();
+const MergeMethod& regmean_pp_method();
 
 // Throws weld::Error naming the tensor unless the sources are non-empty, equally long, as long
 // as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.

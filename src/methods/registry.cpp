@@ -44,6 +44,7 @@ const std::vector<const MergeMethod*>& sorted_methods() {
 		                                       &ffg_method(),
 		                                       &adamerging_method(),
 		                                       &fw_merging_method(),
+		                                       &regmean_pp_method(),
 		                                       &doge_method()};
 		std::sort(all.begin(), all.end(),
 		          [](const MergeMethod* a, const MergeMethod* b) { return a->info().name < b->info().name; });

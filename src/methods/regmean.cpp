@@ -5,6 +5,7 @@
 // entries scaled by alpha (the paper's regularization toward the plain average: alpha 0 gives a
 // per-input-feature weighted average). Solved with LAPACK (Cholesky, else LU), never by
 // inverting. Tensors without Gram matrices (norms, embeddings) are averaged.
+#include "methods/regmean.h"
 #include "linalg/linalg.h"
 #include "methods/methods.h"
 #include "util/error.h"
@@ -43,34 +44,19 @@ public:
 
 private:
 	void solve(const MergeInput& input, const std::vector<size_t>& models, std::span<float> out) const {
-		const size_t rows = input.shape[0], cols = input.shape[1];
-		const double alpha = global_param(info_, input, "alpha");
-		// Σ G̃_i and Σ G̃_i W_iᵀ, the latter accumulated in place: besides it, one float64 copy of a
-		// model's W at a time and the solution (which replaces it).
-		linalg::MatrixD a(cols, cols), b(cols, rows);
+		std::vector<std::span<const float>> weights, grams;
 		for (size_t i : models) {
-			const auto gram = input.statistics[i];
-			linalg::MatrixD g(cols, cols);
-			for (size_t r = 0; r < cols; ++r)
-				for (size_t c = 0; c < cols; ++c)
-					g(r, c) = static_cast<double>(gram[r * cols + c]) * (r == c ? 1.0 : alpha);
-			for (size_t k = 0; k < cols * cols; ++k)
-				a.data[k] += g.data[k];
-			linalg::MatrixD w(rows, cols);
-			std::copy(input.sources[i].begin(), input.sources[i].end(), w.data.begin());
-			linalg::add_product(b, g, false, w, true);
+			weights.push_back(input.sources[i]);
+			grams.push_back(input.statistics[i]);
 		}
-		bool used_lu = false;
-		linalg::MatrixD x;
 		try {
-			x = linalg::solve_symmetric(std::move(a), std::move(b), &used_lu);
+			const bool used_lu =
+			    regmean_solve(weights, grams, input.shape[0], input.shape[1], global_param(info_, input, "alpha"), out);
+			if (input.notes)
+				input.notes->push_back(used_lu ? "Gram sum not positive definite: solved by LU" : "Cholesky");
 		} catch (const Error& e) {
 			throw Error(fmt::format("tensor '{}': RegMean: {}", input.tensor_name, e.what()));
 		}
-		if (input.notes) input.notes->push_back(used_lu ? "Gram sum not positive definite: solved by LU" : "Cholesky");
-		for (size_t r = 0; r < rows; ++r)
-			for (size_t c = 0; c < cols; ++c)
-				out[r * cols + c] = static_cast<float>(x(c, r));
 	}
 
 	MethodInfo info_{
@@ -99,6 +85,30 @@ private:
 };
 
 } // namespace
+
+bool regmean_solve(const std::vector<std::span<const float>>& weights, const std::vector<std::span<const float>>& grams,
+                   size_t rows, size_t cols, double alpha, std::span<float> out) {
+	// Σ G̃_i and Σ G̃_i W_iᵀ, the latter accumulated in place: besides it, one float64 copy of a
+	// model's W at a time and the solution (which replaces it).
+	linalg::MatrixD a(cols, cols), b(cols, rows);
+	for (size_t i = 0; i < weights.size(); ++i) {
+		linalg::MatrixD g(cols, cols);
+		for (size_t r = 0; r < cols; ++r)
+			for (size_t c = 0; c < cols; ++c)
+				g(r, c) = static_cast<double>(grams[i][r * cols + c]) * (r == c ? 1.0 : alpha);
+		for (size_t k = 0; k < cols * cols; ++k)
+			a.data[k] += g.data[k];
+		linalg::MatrixD w(rows, cols);
+		std::copy(weights[i].begin(), weights[i].end(), w.data.begin());
+		linalg::add_product(b, g, false, w, true);
+	}
+	bool used_lu = false;
+	const auto x = linalg::solve_symmetric(std::move(a), std::move(b), &used_lu);
+	for (size_t r = 0; r < rows; ++r)
+		for (size_t c = 0; c < cols; ++c)
+			out[r * cols + c] = static_cast<float>(x(c, r));
+	return used_lu;
+}
 
 const MergeMethod& regmean_method() {
 	static const RegMeanMethod method;
