@@ -2,25 +2,11 @@
 // coefficients are learned by the runtime (src/learned/adamerging.cpp), which then merges with
 // task_arithmetic; `weld merge` hands adamerging recipes to weld-torch for that.
 #include "methods/methods.h"
-#include "util/error.h"
-
-#include <fmt/format.h>
 
 namespace weld {
-namespace {
 
-class AdaMergingMethod final : public MergeMethod {
-public:
-	const MethodInfo& info() const override { return info_; }
-
-	void merge(const MergeInput& input, std::span<float>) const override {
-		throw Error(fmt::format("tensor '{}': adamerging learns its coefficients with the model runtime first; run it "
-		                        "with `weld merge` (built with libtorch)",
-		                        input.tensor_name));
-	}
-
-private:
-	MethodInfo info_{
+const MergeMethod& adamerging_method() {
+	static const RuntimeMethod method(MethodInfo{
 	    .name = "adamerging",
 	    .description = "Task arithmetic with a λ per task or per task and tensor, learned by minimizing the entropy "
 	                   "of the merged model's answers to unlabeled prompts",
@@ -42,13 +28,7 @@ private:
 	    .model_params = {},
 	    .base = BaseModel::Required,
 	    .learned = true,
-	};
-};
-
-} // namespace
-
-const MergeMethod& adamerging_method() {
-	static const AdaMergingMethod method;
+	});
 	return method;
 }
 

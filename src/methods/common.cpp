@@ -16,6 +16,20 @@ const ParamDef& find_def(const std::vector<ParamDef>& defs, std::string_view nam
 
 } // namespace
 
+void RuntimeMethod::merge(const MergeInput& input, std::span<float>) const {
+	throw Error(fmt::format("tensor '{}': {} runs in the model runtime; run it with `weld merge` (built with libtorch)",
+	                        input.tensor_name, info_.name));
+}
+
+std::vector<ParamDef> statistics_source_params(const std::string& stats_help, std::vector<ParamDef> before) {
+	before.push_back({.name = "data",
+	                  .type = ParamType::Text,
+	                  .has_default = false,
+	                  .help = "Or a data file: weld merge computes the statistics on it (cached beside the output)"});
+	before.push_back({.name = "stats", .type = ParamType::Text, .has_default = false, .help = stats_help});
+	return before;
+}
+
 void check_source_count(const MethodInfo& info, const MergeInput& input, size_t count) {
 	if (count == 0) throw Error(fmt::format("tensor '{}': {} merge got no sources", input.tensor_name, info.name));
 	if (count < info.min_sources || (info.max_sources != 0 && count > info.max_sources)) {

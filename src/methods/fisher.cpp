@@ -49,16 +49,9 @@ private:
 	                       .default_value = 1e-6,
 	                       .help = "Added to every Fisher value (parameters no data touched get the plain average)",
 	                       .min_value = 0}},
-	    .model_params = {{.name = "weight", .default_value = 1, .help = "Scales this model's Fisher", .min_value = 0},
-	                     {.name = "data",
-	                      .type = ParamType::Text,
-	                      .has_default = false,
-	                      .help =
-	                          "Or a data file: weld merge computes the statistics on it (cached beside the output)"},
-	                     {.name = "stats",
-	                      .type = ParamType::Text,
-	                      .has_default = false,
-	                      .help = "Folder of this model's Fisher (weld stats --kind fisher)"}},
+	    .model_params = statistics_source_params(
+	        "Folder of this model's Fisher (weld stats --kind fisher)",
+	        {{.name = "weight", .default_value = 1, .help = "Scales this model's Fisher", .min_value = 0}}),
 	    .base = BaseModel::Ignored,
 	    .statistics = "fisher",
 	};

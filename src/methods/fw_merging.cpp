@@ -2,25 +2,11 @@
 // Frank–Wolfe steps run in the model runtime (src/learned/fw_merging.cpp), which then merges
 // with task_arithmetic; `weld merge` hands fw_merging recipes to weld-torch for that.
 #include "methods/methods.h"
-#include "util/error.h"
-
-#include <fmt/format.h>
 
 namespace weld {
-namespace {
 
-class FwMergingMethod final : public MergeMethod {
-public:
-	const MethodInfo& info() const override { return info_; }
-
-	void merge(const MergeInput& input, std::span<float>) const override {
-		throw Error(fmt::format("tensor '{}': fw_merging runs Frank-Wolfe steps with the model runtime first; run it "
-		                        "with `weld merge` (built with libtorch)",
-		                        input.tensor_name));
-	}
-
-private:
-	MethodInfo info_{
+const MergeMethod& fw_merging_method() {
+	static const RuntimeMethod method(MethodInfo{
 	    .name = "fw_merging",
 	    .description = "Frank-Wolfe over a pool of models: each step moves every tensor toward the model that most "
 	                   "lowers the loss on labeled proxy data",
@@ -33,8 +19,8 @@ private:
 	                      {.name = "variant",
 	                       .type = ParamType::Text,
 	                       .has_default = false,
-	                       .help = "hard (Frank-Wolfe on the pool's convex hull, the default) or soft (task "
-	                               "arithmetic start, scaled steps along the best-aligned task vector)"},
+	                       .help = "hard (Frank-Wolfe on the hull of the base and the scaled models, the "
+	                               "default) or soft (then AdaMerging over the models the steps chose)"},
 	                      {.name = "steps", .default_value = 10, .help = "Frank-Wolfe steps", .min_value = 0},
 	                      {.name = "step_size",
 	                       .default_value = 1,
@@ -47,13 +33,7 @@ private:
 	    .model_params = {},
 	    .base = BaseModel::Required,
 	    .learned = true,
-	};
-};
-
-} // namespace
-
-const MergeMethod& fw_merging_method() {
-	static const FwMergingMethod method;
+	});
 	return method;
 }
 

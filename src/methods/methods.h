@@ -63,6 +63,22 @@ void check_source_count(const MethodInfo& info, const MergeInput& input, size_t 
 // that stream in blocks implement merge() with the same code.
 void merge_in_blocks(BlockMerge& kernel, const MergeInput& input, std::span<float> out);
 
+// A method the model runtime runs (MethodInfo::learned): its table entry declares the parameters;
+// merge() explains that `weld merge` (built with libtorch) runs it, as weld-torch does.
+class RuntimeMethod final : public MergeMethod {
+public:
+	explicit RuntimeMethod(MethodInfo info) : info_(std::move(info)) {}
+	const MethodInfo& info() const override { return info_; }
+	void merge(const MergeInput& input, std::span<float> out) const override;
+
+private:
+	MethodInfo info_;
+};
+
+// `before`, then the per-model `data` and `stats` parameters of a method that reads statistics;
+// stats_help says what the folder holds.
+std::vector<ParamDef> statistics_source_params(const std::string& stats_help, std::vector<ParamDef> before = {});
+
 // Indices of the sources other than the base, in recipe order.
 std::vector<size_t> model_indices(const MergeInput& input);
 

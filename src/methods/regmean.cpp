@@ -70,15 +70,7 @@ private:
 	                               "exact least squares)",
 	                       .min_value = 0,
 	                       .max_value = 1}},
-	    .model_params = {{.name = "data",
-	                      .type = ParamType::Text,
-	                      .has_default = false,
-	                      .help =
-	                          "Or a data file: weld merge computes the statistics on it (cached beside the output)"},
-	                     {.name = "stats",
-	                      .type = ParamType::Text,
-	                      .has_default = false,
-	                      .help = "Folder of this model's Gram matrices (weld stats --kind gram)"}},
+	    .model_params = statistics_source_params("Folder of this model's Gram matrices (weld stats --kind gram)"),
 	    .base = BaseModel::Ignored,
 	    .statistics = "gram",
 	};

@@ -2,25 +2,11 @@
 // Grams are taken through the merged model as it is built (src/learned/regmean_pp.cpp), so it
 // runs in the model runtime; `weld merge` hands regmean_pp recipes to weld-torch.
 #include "methods/methods.h"
-#include "util/error.h"
-
-#include <fmt/format.h>
 
 namespace weld {
-namespace {
 
-class RegMeanPlusPlusMethod final : public MergeMethod {
-public:
-	const MethodInfo& info() const override { return info_; }
-
-	void merge(const MergeInput& input, std::span<float>) const override {
-		throw Error(fmt::format("tensor '{}': regmean_pp takes its Gram matrices through the merged model, with the "
-		                        "model runtime; run it with `weld merge` (built with libtorch)",
-		                        input.tensor_name));
-	}
-
-private:
-	MethodInfo info_{
+const MergeMethod& regmean_pp_method() {
+	static const RuntimeMethod method(MethodInfo{
 	    .name = "regmean_pp",
 	    .description = "RegMean with each layer's Grams taken on each task's data through the already-merged earlier "
 	                   "layers, layer by layer",
@@ -37,13 +23,7 @@ private:
 	                      .help = "This model's task data: prompt/answer or token-id JSONL, or text lines"}},
 	    .base = BaseModel::Ignored,
 	    .learned = true,
-	};
-};
-
-} // namespace
-
-const MergeMethod& regmean_pp_method() {
-	static const RegMeanPlusPlusMethod method;
+	});
 	return method;
 }
 
