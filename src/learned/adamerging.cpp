@@ -26,6 +26,19 @@ size_t PromptOrder::operator()(uint64_t index) const {
 	return order_[index % n_];
 }
 
+double entropy_step(TaskVectorModel& tv, torch::optim::Optimizer& optimizer,
+                    const std::function<at::Tensor()>& coefficients, const std::vector<std::vector<int64_t>>& prompts,
+                    size_t max_new_tokens) {
+	tv.apply(coefficients().detach());
+	const auto answered = greedy_answers(tv.model(), prompts, max_new_tokens);
+	tv.apply(coefficients());
+	const auto entropy = mean_answer_entropy(tv.model(), answered);
+	optimizer.zero_grad();
+	entropy.backward();
+	optimizer.step();
+	return entropy.item<double>();
+}
+
 at::Tensor learn_adamerging(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts,
                             const AdaMergingOptions& o, const std::function<void(const AdaMergingStep&)>& on_step) {
 	if (o.steps < 0 || o.batch <= 0 || !(o.lr > 0)) throw Error("adamerging: steps >= 0, batch > 0 and lr > 0 needed");
@@ -40,14 +53,9 @@ at::Tensor learn_adamerging(TaskVectorModel& tv, const std::vector<std::vector<i
 		std::vector<std::vector<int64_t>> batch;
 		for (int64_t i = 0; i < o.batch; ++i)
 			batch.push_back(prompts[order(static_cast<uint64_t>(step * o.batch + i))]);
-		tv.apply(lambda.detach());
-		const auto answered = greedy_answers(tv.model(), batch, o.max_new_tokens);
-		tv.apply(lambda);
-		const auto entropy = mean_answer_entropy(tv.model(), answered);
-		optimizer.zero_grad();
-		entropy.backward();
-		optimizer.step();
-		if (on_step) on_step({step, entropy.item<double>()});
+		const double entropy = entropy_step(
+		    tv, optimizer, [&] { return lambda; }, batch, o.max_new_tokens);
+		if (on_step) on_step({step, entropy});
 	}
 	tv.apply(lambda.detach());
 	return lambda.detach();

@@ -8,6 +8,8 @@
 
 #include "learned/task_vector_model.h"
 
+#include <torch/optim/optimizer.h>
+
 #include <functional>
 
 namespace weld::learned {
@@ -39,6 +41,13 @@ struct AdaMergingStep {
 	int64_t step = 0;
 	double entropy = 0;
 };
+
+// One optimizer step on the entropy of the model's greedy answers to the prompts, the model at
+// θ(coefficients()): the answers are decoded first (no gradient), then the entropy is taken
+// with gradients into whatever coefficients() is computed from. Returns the entropy.
+double entropy_step(TaskVectorModel& tv, torch::optim::Optimizer& optimizer,
+                    const std::function<at::Tensor()>& coefficients, const std::vector<std::vector<int64_t>>& prompts,
+                    size_t max_new_tokens);
 
 // λ [experts, 1 or tensors], learned; tv's model is left at θ(λ).
 at::Tensor learn_adamerging(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts,

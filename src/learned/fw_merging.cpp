@@ -1,5 +1,8 @@
 #include "learned/fw_merging.h"
 
+#include "learned/adamerging.h"
+
+#include "nn/loss.h"
 #include "util/error.h"
 
 #include <torch/optim/adam.h>
@@ -25,27 +28,6 @@ std::vector<int64_t> fw_vertices(const at::Tensor& inner, const at::Tensor& c, d
 	return chosen;
 }
 
-at::Tensor mean_answer_loss(const nn::LlamaModel& model, const std::vector<nn::TrainingSequence>& sequences) {
-	size_t longest = 0;
-	for (const auto& s : sequences)
-		longest = std::max(longest, s.ids.size());
-	const auto B = static_cast<int64_t>(sequences.size()), L = static_cast<int64_t>(longest);
-	auto ids = at::zeros({B, L}, at::kLong);
-	auto targets = at::full({B, L - 1}, -100, at::kLong);
-	auto id = ids.accessor<int64_t, 2>();
-	auto target = targets.accessor<int64_t, 2>();
-	for (int64_t b = 0; b < B; ++b) {
-		const auto& s = sequences[static_cast<size_t>(b)];
-		for (size_t t = 0; t < s.ids.size(); ++t) {
-			id[b][static_cast<int64_t>(t)] = s.ids[t];
-			if (t >= s.loss_from) target[b][static_cast<int64_t>(t) - 1] = s.ids[t];
-		}
-	}
-	const auto logits = model.forward(ids);
-	return at::cross_entropy_loss(logits.slice(1, 0, L - 1).reshape({-1, logits.size(-1)}), targets.reshape({-1}), {},
-	                              at::Reduction::Mean, -100);
-}
-
 namespace {
 
 // AdaMerging over the chosen models: entropy of the greedy answers to the proxy prompts.
@@ -59,15 +41,9 @@ at::Tensor refine_chosen(TaskVectorModel& tv, const std::vector<nn::TrainingSequ
 		if (used[k]) keep[static_cast<int64_t>(k)].fill_(1);
 	auto c = start.clone().requires_grad_(true);
 	torch::optim::Adam optimizer({c}, torch::optim::AdamOptions(o.soft_lr));
-	for (int64_t step = 0; step < o.soft_steps; ++step) {
-		tv.apply((c * keep).detach());
-		const auto answered = greedy_answers(tv.model(), prompts, 16);
-		tv.apply(c * keep);
-		const auto entropy = mean_answer_entropy(tv.model(), answered);
-		optimizer.zero_grad();
-		entropy.backward();
-		optimizer.step();
-	}
+	for (int64_t step = 0; step < o.soft_steps; ++step)
+		entropy_step(
+		    tv, optimizer, [&] { return c * keep; }, prompts, 16);
 	return (c * keep).detach();
 }
 
@@ -83,7 +59,7 @@ at::Tensor learn_fw_merging(TaskVectorModel& tv, const std::vector<nn::TrainingS
 	for (int64_t step = 0; step < o.steps; ++step) {
 		auto coefficients = c.clone().requires_grad_(true);
 		tv.apply(coefficients);
-		const auto loss = mean_answer_loss(tv.model(), proxy);
+		const auto loss = nn::mean_target_loss(tv.model(), proxy);
 		loss.backward();
 		const auto chosen = fw_vertices(coefficients.grad(), c, o.scaling);
 		const double gamma = std::min(1.0, o.step_size * 2.0 / static_cast<double>(step + 2));

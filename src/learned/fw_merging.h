@@ -45,7 +45,4 @@ struct FwStep {
 at::Tensor learn_fw_merging(TaskVectorModel& tv, const std::vector<nn::TrainingSequence>& proxy,
                             const FwOptions& options, const std::function<void(const FwStep&)>& on_step);
 
-// Mean negative log-likelihood of the sequences' scored tokens (from loss_from on).
-at::Tensor mean_answer_loss(const nn::LlamaModel& model, const std::vector<nn::TrainingSequence>& sequences);
-
 } // namespace weld::learned

@@ -13,6 +13,7 @@
 
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -43,6 +44,13 @@ public:
 		if (!value && def(name)->required)
 			throw Error(fmt::format("recipe: method '{}' needs parameter '{}'", info_.name, name));
 		return value.value_or(fallback);
+	}
+	// A text parameter that must be one of `valid` (the first is the default).
+	std::string choice(const std::string& name, const std::vector<std::string>& valid) const {
+		const auto value = text(name, valid.front());
+		if (std::find(valid.begin(), valid.end(), value) == valid.end())
+			throw Error(fmt::format("recipe: parameters.{} is '{}'; valid: {}", name, value, fmt::join(valid, ", ")));
+		return value;
 	}
 	double number(const std::string& name) const {
 		const auto* d = def(name);
@@ -110,9 +118,7 @@ Learned learn_adamerging(const Settings& settings, TaskVectorModel& tv, const fs
                          bool quiet, uint64_t seed) {
 	const auto prompts = read_prompts(data, tv.model(), base_dir);
 	AdaMergingOptions o;
-	const auto granularity = settings.text("granularity", "layer");
-	if (granularity != "layer" && granularity != "task")
-		throw Error(fmt::format("recipe: parameters.granularity is '{}'; valid: task, layer", granularity));
+	const auto granularity = settings.choice("granularity", {"layer", "task"});
 	o.layer_wise = granularity == "layer";
 	o.steps = static_cast<int64_t>(settings.number("steps"));
 	o.lr = settings.number("lr");
@@ -133,9 +139,7 @@ Learned learn_fw(const Settings& settings, TaskVectorModel& tv, const fs::path& 
 	const auto& config = tv.model().config();
 	const auto proxy = nn::read_sequences(data, config.vocab_size, config.max_position_embeddings, base_dir.string());
 	FwOptions o;
-	const auto variant = settings.text("variant", "hard");
-	if (variant != "hard" && variant != "soft")
-		throw Error(fmt::format("recipe: parameters.variant is '{}'; valid: hard, soft", variant));
+	const auto variant = settings.choice("variant", {"hard", "soft"});
 	o.soft = variant == "soft";
 	o.steps = static_cast<int64_t>(settings.number("steps"));
 	o.step_size = settings.number("step_size");

@@ -3,6 +3,7 @@
 #include "io/output_folder.h"
 #include "io/safetensors.h"
 #include "nn/llama.h"
+#include "nn/loss.h"
 #include "nn/tasks.h"
 #include "nn/tokenizer.h"
 #include "tensor/kernels.h"
@@ -129,30 +130,6 @@ SequenceStream file_stream(const fs::path& file, uint64_t seed, int64_t vocab_si
 }
 
 namespace {
-
-// ids [batch, longest] right-padded with 0, and targets [batch, longest - 1] with -100 (ignored)
-// wherever no loss is taken.
-std::pair<at::Tensor, at::Tensor> make_batch(const SequenceStream& stream, uint64_t first, int64_t batch) {
-	std::vector<TrainingSequence> seqs;
-	size_t longest = 2;
-	for (int64_t b = 0; b < batch; ++b) {
-		seqs.push_back(stream(first + static_cast<uint64_t>(b)));
-		longest = std::max(longest, seqs.back().ids.size());
-	}
-	const auto L = static_cast<int64_t>(longest);
-	auto ids = at::zeros({batch, L}, at::TensorOptions().dtype(at::kLong));
-	auto targets = at::full({batch, L - 1}, -100, at::TensorOptions().dtype(at::kLong));
-	auto id = ids.accessor<int64_t, 2>();
-	auto target = targets.accessor<int64_t, 2>();
-	for (int64_t b = 0; b < batch; ++b) {
-		const auto& s = seqs[static_cast<size_t>(b)];
-		for (size_t t = 0; t < s.ids.size(); ++t) {
-			id[b][static_cast<int64_t>(t)] = s.ids[t];
-			if (t >= s.loss_from) target[b][static_cast<int64_t>(t) - 1] = s.ids[t];
-		}
-	}
-	return {ids, targets};
-}
 
 // libtorch keys optimizer state by the parameter's TensorImpl: as a string in 1.x, a pointer in 2.x.
 template <class StateMap> const torch::optim::AdamWParamState* adamw_state(StateMap& state, const at::Tensor& p) {
@@ -300,11 +277,10 @@ void train(const TrainJob& job, const TrainOptions& o, const std::function<void(
 		StepReport report{step, 0, learning_rate(o, step), 0};
 		for (auto& group : optimizer.param_groups())
 			static_cast<torch::optim::AdamWOptions&>(group.options()).lr(report.lr);
-		const auto [ids, targets] = make_batch(stream, static_cast<uint64_t>(step * o.batch), o.batch);
-		const auto logits = model.forward(ids);
-		const int64_t L = ids.size(1);
-		const auto loss = at::cross_entropy_loss(logits.slice(1, 0, L - 1).reshape({-1, config.vocab_size}),
-		                                         targets.reshape({-1}), {}, at::Reduction::Mean, -100);
+		std::vector<TrainingSequence> batch;
+		for (int64_t b = 0; b < o.batch; ++b)
+			batch.push_back(stream(static_cast<uint64_t>(step * o.batch + b)));
+		const auto loss = mean_target_loss(model, batch);
 		optimizer.zero_grad();
 		loss.backward();
 		if (!lora.empty()) lora_gradients(lora, lora_scale);
@@ -321,6 +297,29 @@ void train(const TrainJob& job, const TrainOptions& o, const std::function<void(
 	model.save(out.path());
 	if (job.save_optimizer) save_second_moments(optimizer, model, o, o.steps, out.path() / "optimizer");
 	out.publish();
+}
+
+at::Tensor mean_target_loss(const LlamaModel& model, const std::vector<TrainingSequence>& sequences) {
+	// ids [batch, longest] right-padded with 0, and targets [batch, longest - 1] with -100
+	// (ignored) wherever no loss is taken.
+	size_t longest = 2;
+	for (const auto& s : sequences)
+		longest = std::max(longest, s.ids.size());
+	const auto B = static_cast<int64_t>(sequences.size()), L = static_cast<int64_t>(longest);
+	auto ids = at::zeros({B, L}, at::TensorOptions().dtype(at::kLong));
+	auto targets = at::full({B, L - 1}, -100, at::TensorOptions().dtype(at::kLong));
+	auto id = ids.accessor<int64_t, 2>();
+	auto target = targets.accessor<int64_t, 2>();
+	for (int64_t b = 0; b < B; ++b) {
+		const auto& s = sequences[static_cast<size_t>(b)];
+		for (size_t t = 0; t < s.ids.size(); ++t) {
+			id[b][static_cast<int64_t>(t)] = s.ids[t];
+			if (t >= s.loss_from) target[b][static_cast<int64_t>(t) - 1] = s.ids[t];
+		}
+	}
+	const auto logits = model.forward(ids);
+	return at::cross_entropy_loss(logits.slice(1, 0, L - 1).reshape({-1, logits.size(-1)}), targets.reshape({-1}), {},
+	                              at::Reduction::Mean, -100);
 }
 
 } // namespace weld::nn
