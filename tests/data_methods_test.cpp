@@ -225,6 +225,44 @@ TEST_F(DataMethodsTest, OtaIsThePrecisionWeightedAverage) {
 	          std::string::npos);
 }
 
+// RCP: a's Fisher protects it; b's loss gradient says where b's task vector is grafted on.
+TEST_F(DataMethodsTest, RcpGraftsWhereTheDomainNeedsItMoreThanTheProtectedModelMinds) {
+	write_fisher("fa", a_, 5);
+	std::vector<Stat> gradient;
+	uint64_t seed = 6;
+	for (const auto& [name, values] : b_) {
+		Stat st{name, shape_of(name), std::vector<float>(values.size())};
+		for (auto& v : st.values)
+			v = (draw(seed) - 0.5f) * 0.2f;
+		gradient.push_back(std::move(st));
+	}
+	write_stats(dir_ / "gb", "gradient", gradient);
+	const auto fa = test::read_model(dir_ / "fa"), gb = test::read_model(dir_ / "gb");
+	auto rcp = [](const std::string& stats_a, const std::string& stats_b) {
+		return "merge_method: rcp\nparameters: {lambda: 50}\nbase_model: base\nmodels:\n  - model: a\n    "
+		       "parameters: {stats: " +
+		       stats_a + "}\n  - model: b\n    parameters: {stats: " + stats_b + "}\n";
+	};
+	const auto out = merged(rcp("fa", "gb"));
+	size_t grafted = 0, kept = 0;
+	for (const auto& [name, base] : base_)
+		for (size_t i = 0; i < base.size(); ++i) {
+			const double ta = a_[name][i], tb = b_[name][i];
+			const double constraint = gb.at(name)[i] * tb + 50 * fa.at(name)[i] * ta * ta * (ta - tb) * (ta - tb);
+			const bool graft = constraint <= 0;
+			(graft ? grafted : kept)++;
+			expect_near(out, name, i, ta + (graft ? tb - base[i] : 0));
+		}
+	EXPECT_GT(grafted, 0u);
+	EXPECT_GT(kept, 0u);
+	EXPECT_NE(merge_error(rcp("gb", "gb")).find("no model brings Fisher statistics"), std::string::npos);
+	write_fisher("fb", b_, 7);
+	EXPECT_NE(merge_error(rcp("fa", "fb")).find("both bring a Fisher"), std::string::npos);
+	write_stats(dir_ / "sg", "gram", grams(1, 20));
+	EXPECT_NE(merge_error(rcp("fa", "sg")).find("holds gram statistics; method 'rcp' needs fisher|gradient"),
+	          std::string::npos);
+}
+
 TEST_F(DataMethodsTest, StatisticsThatDoNotFitAreRefused) {
 	write_fisher("fa", a_, 1);
 	write_stats(dir_ / "sa", "gram", grams(1, 20));

@@ -54,6 +54,7 @@ TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	                                           "pcb",
 	                                           "ram",
 	                                           "ramplus_tl",
+	                                           "rcp",
 	                                           "regmean",
 	                                           "regmean_pp",
 	                                           "sce",

@@ -58,10 +58,16 @@ protected:
 	test::TempDir tmp;
 };
 
+// And the gradient kind: the mean of the same per-token gradients of -log p (batches of 2 and 1 agree).
 TEST_F(Stats, FisherIsTheMeanSquaredTokenGradient) {
 	const auto summary = run(stats::Kind::Fisher, "fisher");
-	std::map<std::string, std::string> meta;
+	run(stats::Kind::Gradient, "gradient", 2);
+	run(stats::Kind::Gradient, "gradient1", 1);
+	std::map<std::string, std::string> meta, gradient_meta;
 	const auto fisher = read_stats(tmp / "fisher", &meta);
+	const auto gradient = read_stats(tmp / "gradient", &gradient_meta), gradient1 = read_stats(tmp / "gradient1");
+	EXPECT_EQ(gradient_meta["weld_stats"], "gradient");
+	EXPECT_EQ(gradient_meta["tokens"], "5");
 	EXPECT_EQ(summary.tokens, 5u); // "ba\n" and "z\n": the answer tokens
 	EXPECT_EQ(meta["weld_stats"], "fisher");
 	EXPECT_EQ(meta["tokens"], "5");
@@ -94,11 +100,16 @@ TEST_F(Stats, FisherIsTheMeanSquaredTokenGradient) {
 			p[i] = v - h;
 			const auto down = token_lls();
 			p[i] = v;
-			double mean_sq = 0;
-			for (size_t t = 0; t < up.size(); ++t)
+			double mean_sq = 0, mean = 0;
+			for (size_t t = 0; t < up.size(); ++t) {
 				mean_sq += std::pow((up[t] - down[t]) / (2 * h), 2) / static_cast<double>(up.size());
+				mean -= (up[t] - down[t]) / (2 * h) / static_cast<double>(up.size());
+			}
 			const double got = fisher.at(name).view({-1})[i].item<double>();
 			EXPECT_NEAR(got, mean_sq, 1e-3 * mean_sq + 1e-9) << name << "[" << i << "]";
+			const double g = gradient.at(name).view({-1})[i].item<double>();
+			EXPECT_NEAR(g, mean, 1e-3 * std::abs(mean) + 1e-6) << name << "[" << i << "]";
+			EXPECT_NEAR(gradient1.at(name).view({-1})[i].item<double>(), g, 1e-6) << name << "[" << i << "]";
 			checked += mean_sq > 1e-8;
 		}
 	}

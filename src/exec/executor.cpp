@@ -116,6 +116,9 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const Ex
 				stats->file->release(*stats->info);
 			}
 			input.statistics.emplace_back(statistics[s]);
+			const auto model = job.sources[s].model;
+			input.statistics_kinds.emplace_back(model < plan.statistics_kinds.size() ? plan.statistics_kinds[model]
+			                                                                         : std::string_view());
 		}
 	}
 	std::vector<std::string> notes;

@@ -58,17 +58,12 @@ std::vector<Answered> greedy_answers(const nn::LlamaModel& model, const std::vec
 	std::vector<bool> done(out.size(), false);
 	const int64_t limit = model.config().max_position_embeddings;
 	for (size_t step = 0; step < max_new; ++step) {
-		size_t longest = 0;
+		std::vector<std::vector<int64_t>> seqs;
 		for (const auto& a : out)
-			longest = std::max(longest, a.ids.size());
-		if (limit > 0 && static_cast<int64_t>(longest) >= limit) break;
-		auto ids = at::zeros({static_cast<int64_t>(out.size()), static_cast<int64_t>(longest)}, at::kLong);
-		auto acc = ids.accessor<int64_t, 2>();
-		for (size_t b = 0; b < out.size(); ++b)
-			for (size_t t = 0; t < out[b].ids.size(); ++t)
-				acc[static_cast<int64_t>(b)][static_cast<int64_t>(t)] = out[b].ids[t];
-		// Right padding: each sequence's last real position sees only its own tokens.
-		const auto logits = model.forward(ids);
+			seqs.push_back(a.ids);
+		const auto ids = nn::right_padded_ids(seqs);
+		if (limit > 0 && ids.size(1) >= limit) break;
+		const auto logits = model.forward(ids); // each sequence's last real position sees only its own tokens
 		bool any = false;
 		for (size_t b = 0; b < out.size(); ++b) {
 			if (done[b]) continue;
@@ -84,24 +79,19 @@ std::vector<Answered> greedy_answers(const nn::LlamaModel& model, const std::vec
 }
 
 at::Tensor mean_answer_entropy(const nn::LlamaModel& model, const std::vector<Answered>& answered) {
-	size_t longest = 0, positions = 0;
+	size_t positions = 0;
+	std::vector<std::vector<int64_t>> seqs;
 	for (const auto& a : answered) {
-		longest = std::max(longest, a.ids.size());
 		positions += a.ids.size() - a.answer_from;
+		seqs.push_back(a.ids);
 	}
 	if (positions == 0) throw Error("no answer token to take the entropy of");
-	const auto B = static_cast<int64_t>(answered.size()), L = static_cast<int64_t>(longest);
-	auto ids = at::zeros({B, L}, at::kLong);
-	auto mask = at::zeros({B, L}, at::kBool);
-	auto id = ids.accessor<int64_t, 2>();
+	const auto ids = nn::right_padded_ids(seqs);
+	auto mask = at::zeros(ids.sizes(), at::kBool);
 	auto m = mask.accessor<bool, 2>();
-	for (int64_t b = 0; b < B; ++b) {
-		const auto& a = answered[static_cast<size_t>(b)];
-		for (size_t t = 0; t < a.ids.size(); ++t)
-			id[b][static_cast<int64_t>(t)] = a.ids[t];
-		for (size_t t = a.answer_from; t < a.ids.size(); ++t)
-			m[b][static_cast<int64_t>(t) - 1] = true; // position t - 1 predicts token t
-	}
+	for (size_t b = 0; b < answered.size(); ++b)
+		for (size_t t = answered[b].answer_from; t < answered[b].ids.size(); ++t)
+			m[static_cast<int64_t>(b)][static_cast<int64_t>(t) - 1] = true; // position t - 1 predicts token t
 	const auto logits = model.forward(ids);
 	const auto log_p = at::log_softmax(logits.to(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat), -1);
 	const auto entropy = -(log_p.exp() * log_p).sum(-1); // [B, L]

@@ -52,7 +52,9 @@ struct MethodInfo {
 	bool copy_only = false;
 	// Statistics every model other than the base brings (`parameters: {stats: FOLDER}`, a
 	// `weld stats` output of this kind): "fisher" (same shape as each tensor) or "gram" ([in, in]
-	// for a 2-D weight [out, in]; other tensors have none). Empty: the method takes none.
+	// for a 2-D weight [out, in]; other tensors have none), or several kinds separated by '|'
+	// when the kind gives a model its role (rcp: "fisher|gradient"; the method reads
+	// MergeInput::statistics_kinds). Empty: the method takes none.
 	std::string statistics = {};
 	// Learned from data by the runtime (weld-torch) before its tensors are merged, as AdaMerging:
 	// `weld merge` hands the recipe over to weld-torch.
@@ -73,6 +75,8 @@ struct MergeInput {
 	// Per source, its statistics for this tensor (MethodInfo::statistics) as float32; an empty
 	// span where the source has none (the base, or a tensor the kind does not cover).
 	std::vector<std::span<const float>> statistics;
+	// Per source, the kind of its statistics folder ("" where it has none).
+	std::vector<std::string_view> statistics_kinds;
 	// Where a method may say how it computed this tensor (e.g. which SVD path); shown by
 	// `weld merge --verbose`. nullptr when nobody listens.
 	std::vector<std::string>* notes = nullptr;
@@ -137,7 +141,10 @@ public:
 
 // Where statistics of a kind come from, for messages: "the optimizer/ folder of `weld train
 // --save-optimizer`" for exp_avg_sq, else "a `weld stats --kind KIND` output".
+// For several kinds ("fisher|gradient"), each kind's origin.
 inline std::string statistics_origin(const std::string& kind) {
+	if (const auto bar = kind.find('|'); bar != std::string::npos)
+		return statistics_origin(kind.substr(0, bar)) + " or " + statistics_origin(kind.substr(bar + 1));
 	return kind == "exp_avg_sq" ? "the optimizer/ folder of `weld train --save-optimizer`"
 	                            : "a `weld stats --kind " + kind + "` output";
 }

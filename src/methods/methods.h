@@ -47,6 +47,7 @@ const MergeMethod& fisher_method();
 const MergeMethod& regmean_method();
 const MergeMethod& ota_method();
 const MergeMethod& ffg_method();
+const MergeMethod& rcp_method();
 // methods that learn from data with the model runtime (src/learned)
 const MergeMethod& adamerging_method();
 const MergeMethod& fw_merging_method();

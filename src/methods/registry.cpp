@@ -42,6 +42,7 @@ const std::vector<const MergeMethod*>& sorted_methods() {
 		                                       &regmean_method(),
 		                                       &ota_method(),
 		                                       &ffg_method(),
+		                                       &rcp_method(),
 		                                       &adamerging_method(),
 		                                       &fw_merging_method(),
 		                                       &regmean_pp_method(),

@@ -380,7 +380,7 @@ at::Tensor LlamaModel::apply(const Linear& l, const at::Tensor& x) const {
 	return y;
 }
 
-at::Tensor LlamaModel::forward(const at::Tensor& input_ids) const {
+at::Tensor LlamaModel::forward(const at::Tensor& input_ids, std::vector<at::Tensor>* hidden) const {
 	const auto ids = input_ids.dim() == 1 ? input_ids.unsqueeze(0) : input_ids;
 	if (ids.dim() != 2 || ids.scalar_type() != at::kLong || ids.size(1) == 0)
 		throw Error("forward: input_ids must be a non-empty int64 tensor [batch, seq]");
@@ -398,11 +398,24 @@ at::Tensor LlamaModel::forward(const at::Tensor& input_ids) const {
 		const auto x = rms_norm(h, layer.post_norm, eps);
 		const auto mlp = at::silu(apply(layer.gate, x)) * apply(layer.up, x);
 		h = h + apply(layer.down, mlp);
+		if (hidden) hidden->push_back(h);
 	}
 	h = rms_norm(h, final_norm_, eps);
 	const Linear head{lm_head_.defined() ? lm_head_ : embed_, at::Tensor(),
 	                  lm_head_.defined() ? "lm_head.weight" : "model.embed_tokens.weight"};
 	return apply(head, h);
+}
+
+at::Tensor right_padded_ids(const std::vector<std::vector<int64_t>>& sequences, size_t min_length) {
+	size_t longest = min_length;
+	for (const auto& s : sequences)
+		longest = std::max(longest, s.size());
+	auto ids = at::zeros({static_cast<int64_t>(sequences.size()), static_cast<int64_t>(longest)}, at::kLong);
+	auto id = ids.accessor<int64_t, 2>();
+	for (size_t b = 0; b < sequences.size(); ++b)
+		for (size_t t = 0; t < sequences[b].size(); ++t)
+			id[static_cast<int64_t>(b)][static_cast<int64_t>(t)] = sequences[b][t];
+	return ids;
 }
 
 at::Tensor token_log_likelihoods(const at::Tensor& logits, const at::Tensor& input_ids) {

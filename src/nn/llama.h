@@ -61,8 +61,10 @@ public:
 
 	// input_ids: int64 [batch, seq] (or [seq]). Returns logits [batch, seq, vocab] in the model's
 	// dtype. Sequences in a batch share positions 0..seq-1; right padding does not change the
-	// logits of earlier tokens.
-	at::Tensor forward(const at::Tensor& input_ids) const;
+	// logits of earlier tokens. With `hidden`, it also receives the residual stream after each
+	// decoder layer ([batch, seq, hidden] each, num_hidden_layers of them; the last before the
+	// final norm), as transformers' output_hidden_states less the embeddings.
+	at::Tensor forward(const at::Tensor& input_ids, std::vector<at::Tensor>* hidden = nullptr) const;
 
 	// The weights by their Hugging Face names (a tied lm_head is not listed: it is the embedding).
 	std::map<std::string, at::Tensor>& parameters() { return params_; }
@@ -116,6 +118,10 @@ private:
 	at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& rope_cos,
 	                     const at::Tensor& rope_sin, const at::Tensor& mask) const;
 };
+
+// Token id sequences as one int64 [count, longest] batch (at least min_length wide), right-padded
+// with 0: where forward() gives each sequence's logits as if it ran alone.
+at::Tensor right_padded_ids(const std::vector<std::vector<int64_t>>& sequences, size_t min_length = 1);
 
 // Log-likelihood of each token given the ones before it: logits [batch, seq, vocab] and
 // input_ids [batch, seq] -> float32 (float64 for a float64

@@ -302,20 +302,17 @@ void train(const TrainJob& job, const TrainOptions& o, const std::function<void(
 at::Tensor mean_target_loss(const LlamaModel& model, const std::vector<TrainingSequence>& sequences) {
 	// ids [batch, longest] right-padded with 0, and targets [batch, longest - 1] with -100
 	// (ignored) wherever no loss is taken.
-	size_t longest = 2;
+	std::vector<std::vector<int64_t>> rows;
 	for (const auto& s : sequences)
-		longest = std::max(longest, s.ids.size());
-	const auto B = static_cast<int64_t>(sequences.size()), L = static_cast<int64_t>(longest);
-	auto ids = at::zeros({B, L}, at::TensorOptions().dtype(at::kLong));
+		rows.push_back(s.ids);
+	const auto ids = right_padded_ids(rows, 2);
+	const auto B = ids.size(0), L = ids.size(1);
 	auto targets = at::full({B, L - 1}, -100, at::TensorOptions().dtype(at::kLong));
-	auto id = ids.accessor<int64_t, 2>();
 	auto target = targets.accessor<int64_t, 2>();
 	for (int64_t b = 0; b < B; ++b) {
 		const auto& s = sequences[static_cast<size_t>(b)];
-		for (size_t t = 0; t < s.ids.size(); ++t) {
-			id[b][static_cast<int64_t>(t)] = s.ids[t];
-			if (t >= s.loss_from) target[b][static_cast<int64_t>(t) - 1] = s.ids[t];
-		}
+		for (size_t t = std::max<size_t>(s.loss_from, 1); t < s.ids.size(); ++t)
+			target[b][static_cast<int64_t>(t) - 1] = s.ids[t];
 	}
 	const auto logits = model.forward(ids);
 	return at::cross_entropy_loss(logits.slice(1, 0, L - 1).reshape({-1, logits.size(-1)}), targets.reshape({-1}), {},

@@ -390,6 +390,7 @@ std::string statistics_kind(const ModelFolder& stats) {
 // and every statistic named after one of the model's tensors, of the shape the kind implies.
 void Planner::open_statistics(const std::vector<Slice>& slices) {
 	plan_.statistics.resize(plan_.models.size());
+	plan_.statistics_kinds.resize(plan_.models.size());
 	const auto& kind = method_.info().statistics;
 	std::vector<std::string> paths(plan_.models.size());
 	for (size_t i = 0; i < slices.size(); ++i)
@@ -436,7 +437,8 @@ void Planner::check_statistics(size_t m, const std::string& path) {
 		throw Error(fmt::format("recipe: stats of model '{}': {} is not a weld stats output (no weld_stats in its "
 		                        "safetensors metadata)",
 		                        ref(m), path));
-	if (found != kind)
+	const auto accepted = "|" + kind + "|";
+	if (accepted.find("|" + found + "|") == std::string::npos)
 		throw Error(fmt::format("recipe: stats of model '{}': {} holds {} statistics; method '{}' needs {} ({})",
 		                        ref(m), path, found, method_.info().name, kind, statistics_origin(kind)));
 	for (const auto& t : stats->tensors()) {
@@ -446,21 +448,22 @@ void Planner::check_statistics(size_t m, const std::string& path) {
 			    fmt::format("stats {}: tensor '{}' is not a tensor of model '{}' (statistics of another model?)", path,
 			                t.info->name, ref(m)));
 		const auto& shape = weight->info->shape;
-		const auto expected = kind == "gram" && shape.size() == 2 ? std::vector<uint64_t>{shape[1], shape[1]} : shape;
+		const auto expected = found == "gram" && shape.size() == 2 ? std::vector<uint64_t>{shape[1], shape[1]} : shape;
 		if (t.info->shape != expected || !dtype_is_arithmetic(t.info->dtype))
 			throw Error(fmt::format("stats {}: tensor '{}' has shape {}; {} statistics of model '{}' need {}", path,
-			                        t.info->name, shape_string(t.info->shape), kind, ref(m), shape_string(expected)));
+			                        t.info->name, shape_string(t.info->shape), found, ref(m), shape_string(expected)));
 	}
 	plan_.statistics[m] = std::move(stats);
+	plan_.statistics_kinds[m] = found;
 }
 
 const ModelFolder::Tensor* Planner::statistics_for(size_t m, const ModelFolder::Tensor& tensor) const {
 	if (m >= plan_.statistics.size() || !plan_.statistics[m]) return nullptr;
 	const auto* found = plan_.statistics[m]->find(tensor.info->name);
 	// Only Gram matrices are sparse (linear weights alone); the other kinds cover every tensor.
-	if (!found && method_.info().statistics != "gram")
+	if (!found && plan_.statistics_kinds[m] != "gram")
 		throw Error(fmt::format("stats {}: no {} statistics for tensor '{}' of model '{}'",
-		                        plan_.statistics[m]->dir().string(), method_.info().statistics, tensor.info->name,
+		                        plan_.statistics[m]->dir().string(), plan_.statistics_kinds[m], tensor.info->name,
 		                        ref(m)));
 	return found;
 }

@@ -50,6 +50,7 @@ struct Plan {
 	int base_model = -1; // index into models
 	// Per model, the `weld stats` folder its `stats` parameter names (nullptr: none).
 	std::vector<std::unique_ptr<ModelFolder>> statistics;
+	std::vector<std::string> statistics_kinds; // per model, its folder's kind ("" where none)
 	std::vector<TensorJob> jobs;
 	std::string config_json;             // config.json for the output ("" when none)
 	std::filesystem::path tokenizer_dir; // where tokenizer files are copied from

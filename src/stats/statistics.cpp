@@ -14,8 +14,8 @@
 #include <chrono>
 #include <fstream>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 
 namespace weld::stats {
 namespace fs = std::filesystem;
@@ -34,23 +34,15 @@ struct Batch {
 
 Batch make_batch(const std::vector<nn::TrainingSequence>& all, size_t first, size_t count) {
 	Batch b;
-	size_t longest = 1;
+	std::vector<std::vector<int64_t>> ids;
 	for (size_t i = first; i < first + count; ++i) {
 		b.sequences.push_back(all[i]);
-		longest = std::max(longest, all[i].ids.size());
+		ids.push_back(all[i].ids);
 	}
-	const auto B = static_cast<int64_t>(count), L = static_cast<int64_t>(longest);
-	b.ids = at::zeros({B, L}, at::TensorOptions().dtype(at::kLong));
-	b.valid = at::zeros({B, L}, at::TensorOptions().dtype(at::kBool));
-	auto id = b.ids.accessor<int64_t, 2>();
-	auto ok = b.valid.accessor<bool, 2>();
-	for (int64_t r = 0; r < B; ++r) {
-		const auto& s = b.sequences[static_cast<size_t>(r)];
-		for (size_t t = 0; t < s.ids.size(); ++t) {
-			id[r][static_cast<int64_t>(t)] = s.ids[t];
-			ok[r][static_cast<int64_t>(t)] = true;
-		}
-	}
+	b.ids = nn::right_padded_ids(ids);
+	b.valid = at::zeros(b.ids.sizes(), at::TensorOptions().dtype(at::kBool));
+	for (size_t r = 0; r < ids.size(); ++r)
+		b.valid[static_cast<int64_t>(r)].slice(0, 0, static_cast<int64_t>(ids[r].size())).fill_(true);
 	return b;
 }
 
@@ -145,6 +137,24 @@ void observe_activations(Collected& sums, const at::Tensor& valid, const std::st
 	}
 }
 
+// The gradient of the batch's summed negative log-likelihood of scored tokens (one backward pass).
+void accumulate_gradient(nn::LlamaModel& model, const Batch& batch, std::vector<at::Tensor>& sums) {
+	std::vector<at::Tensor> params;
+	for (auto& [name, p] : model.parameters())
+		params.push_back(p);
+	const auto ll = nn::token_log_likelihoods(model.forward(batch.ids), batch.ids);
+	auto scored = at::zeros(ll.sizes(), ll.options());
+	for (size_t r = 0; r < batch.sequences.size(); ++r) {
+		const auto& s = batch.sequences[r];
+		scored[static_cast<int64_t>(r)]
+		    .slice(0, static_cast<int64_t>(s.loss_from) - 1, static_cast<int64_t>(s.ids.size()) - 1)
+		    .fill_(1);
+	}
+	const auto grads = torch::autograd::grad({-(ll * scored).sum()}, params);
+	for (size_t i = 0; i < params.size(); ++i)
+		sums[i].add_(grads[i].detach());
+}
+
 // Squared gradients of each scored token's log-likelihood, one backward pass per token.
 void accumulate_fisher(nn::LlamaModel& model, const Batch& batch, std::vector<at::Tensor>& sums) {
 	std::vector<at::Tensor> params;
@@ -182,7 +192,8 @@ Kind parse_kind(std::string_view name) {
 	if (name == "fisher") return Kind::Fisher;
 	if (name == "gram") return Kind::Gram;
 	if (name == "activations") return Kind::Activations;
-	throw Error(fmt::format("statistics kind {} is unknown (valid: fisher, gram, activations)",
+	if (name == "gradient") return Kind::Gradient;
+	throw Error(fmt::format("statistics kind {} is unknown (valid: fisher, gram, activations, gradient)",
 	                        quote_for_message(std::string(name))));
 }
 
@@ -194,6 +205,8 @@ std::string_view kind_name(Kind kind) {
 		return "gram";
 	case Kind::Activations:
 		return "activations";
+	case Kind::Gradient:
+		return "gradient";
 	}
 	return "?";
 }
@@ -226,9 +239,11 @@ StatsSummary compute_statistics(const StatsJob& job, const std::function<void(co
 
 	StatsSummary summary;
 	summary.data_sha256 = file_sha256(job.data);
-	// Tokens counted as the kind counts them: scored tokens for fisher, input tokens otherwise.
+	// Tokens counted as the kind counts them: scored tokens for fisher and gradient, input tokens
+	// otherwise.
+	const bool per_weight = job.kind == Kind::Fisher || job.kind == Kind::Gradient;
 	auto count = [&](const nn::TrainingSequence& s) {
-		return job.kind == Kind::Fisher ? scored_tokens(s) : static_cast<uint64_t>(s.ids.size());
+		return per_weight ? scored_tokens(s) : static_cast<uint64_t>(s.ids.size());
 	};
 	uint64_t total = 0;
 	size_t used = 0;
@@ -241,11 +256,11 @@ StatsSummary compute_statistics(const StatsJob& job, const std::function<void(co
 	at::Tensor valid;
 	GramObserver gram(&valid);
 	Collected sums;
-	std::vector<at::Tensor> fisher;
-	if (job.kind == Kind::Fisher) {
+	std::vector<at::Tensor> fisher; // fisher and gradient: one model-sized float32 buffer
+	if (per_weight) {
 		model.set_requires_grad(true);
 		for (auto& [name, p] : model.parameters())
-			fisher.push_back(at::zeros(p.sizes(), at::TensorOptions().dtype(at::kFloat))); // one model-sized buffer
+			fisher.push_back(at::zeros(p.sizes(), at::TensorOptions().dtype(at::kFloat)));
 	} else if (job.kind == Kind::Gram) {
 		model.set_linear_observer(
 		    [&](const std::string& n, const at::Tensor& x, const at::Tensor& y) { gram(n, x, y); });
@@ -261,6 +276,8 @@ StatsSummary compute_statistics(const StatsJob& job, const std::function<void(co
 		valid = b.valid;
 		if (job.kind == Kind::Fisher) {
 			accumulate_fisher(model, b, fisher);
+		} else if (job.kind == Kind::Gradient) {
+			accumulate_gradient(model, b, fisher);
 		} else {
 			const at::NoGradGuard no_grad;
 			gram.start_batch();
@@ -277,7 +294,7 @@ StatsSummary compute_statistics(const StatsJob& job, const std::function<void(co
 	// Means computed in place, and the model dropped first: the output is the largest buffer left.
 	std::vector<std::pair<std::string, at::Tensor>> tensors;
 	const double n = static_cast<double>(summary.tokens);
-	if (job.kind == Kind::Fisher) {
+	if (per_weight) {
 		size_t i = 0;
 		for (auto& [name, p] : model.parameters())
 			tensors.emplace_back(name, fisher[i++].div_(n));

@@ -12,6 +12,9 @@
 //   activations  for every linear map (its weight's name without ".weight"): <name>.input_mean,
 //                <name>.input_sq_mean (E[x], E[x^2] per input feature), <name>.output_mean and
 //                <name>.output_sq_mean, over input tokens.
+//   gradient     for every weight, the gradient of the mean negative log-likelihood of the
+//                scored tokens (signed; one backward pass per batch): the first-order change of
+//                the loss, as RCP-Merging's domain sensitivity reads it. Same name and shape.
 //
 // The folder holds model.safetensors whose __metadata__ says weld_stats (the kind), data (the
 // file name), data_sha256, tokens, sequences and model. Torch-free header.
@@ -25,9 +28,9 @@
 
 namespace weld::stats {
 
-enum class Kind { Fisher, Gram, Activations };
+enum class Kind { Fisher, Gram, Activations, Gradient };
 
-// "fisher", "gram", "activations"; anything else throws weld::Error listing them.
+// "fisher", "gram", "activations", "gradient"; anything else throws weld::Error listing them.
 Kind parse_kind(std::string_view name);
 std::string_view kind_name(Kind kind);
 
