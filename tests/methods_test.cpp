@@ -30,6 +30,7 @@ TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	                                           "arcee_fusion",
 	                                           "breadcrumbs",
 	                                           "breadcrumbs_ties",
+	                                           "concrete",
 	                                           "consensus_ta",
 	                                           "consensus_ties",
 	                                           "dare_linear",
@@ -37,6 +38,7 @@ TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	                                           "della",
 	                                           "della_linear",
 	                                           "doge",
+	                                           "expert_merging",
 	                                           "ffg",
 	                                           "fisher",
 	                                           "fw_merging",
@@ -62,6 +64,7 @@ TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	                                           "task_arithmetic",
 	                                           "ties",
 	                                           "tsv",
+	                                           "twin",
 	                                           "varm",
 	                                           "widen"}));
 	for (const MergeMethod* m : all_methods()) {

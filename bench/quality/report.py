@@ -55,7 +55,8 @@ PROXY_EXAMPLES, PROXY_SEED = 16, 2
 POOL_TASKS = 4
 POOL_METHODS = ["task_arithmetic", "fw_merging"]
 # The methods that read statistics or data (the rest are data-free).
-DATA_METHODS = {"fisher", "regmean", "regmean_pp", "ota", "ffg", "adamerging", "fw_merging"}
+DATA_METHODS = {"fisher", "regmean", "regmean_pp", "ota", "ffg", "adamerging", "fw_merging", "rcp", "expert_merging",
+                "concrete", "localize_stitch_learned", "twin"}
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Spec:
     params: dict = field(default_factory=dict)
     sweep: dict = field(default_factory=dict)
     derive: object = None
+    method: str = None  # the recipe's merge_method when the row's name is not one (a mode of a method)
 
 
 def della_epsilon(p):
@@ -139,6 +141,19 @@ METHODS = {
     # --save-optimizer); FFG first keeps the top density of v⊙τ² per task (the paper's sweep range).
     "ota": Spec("experts", {"stats": "adam"}),
     "ffg": Spec("base", {"stats": "adam", "density": 0.2}, {"density": [0.05, 0.1, 0.2, 0.4]}),
+    # RCP protects the first expert (its Fisher, "rcp" stats) and grafts the others where their
+    # loss gradient on their training prompts asks for it; lambda spans the scales of F·θ²·Δ².
+    "rcp": Spec("base", {"stats": "rcp", "lambda": 1000}, {"lambda": [0, 1000, 1e6, 1e9]}),
+    # Expert Merging on each expert's training prompts (answers ignored, re-decoded by the expert).
+    "expert_merging": Spec("base", {"data": "train"}, {"regularization": [0, 5], "hidden_weight": [0, 1],
+                                                       "variant": ["standard", "plus"]}),
+    # Concrete adapts on the test prompts without answers, as AdaMerging.
+    "concrete": Spec("base", {"data": "test"}, {"lambda": [0.3, 0.5], "variant": ["task_arithmetic", "adamerging"]}),
+    # Localize-and-Stitch's learned masks on each expert's training prompts (labeled).
+    "localize_stitch_learned": Spec("base", {"mode": "learned", "data": "train", "density": 0.1},
+                                    {"density": [0.01, 0.1], "sigmoid_bias": [1, 3]}, method="localize_stitch"),
+    # Twin-Merging's router learns from each expert's training prompts; weld eval routes per prompt.
+    "twin": Spec("base", {"data": "train"}, {"density": [0.02, 0.1], "lambda": [0.3, 0.5]}),
 }
 
 # Methods defined for two models only: run on each pair of PAIRS, expert A then expert B.
@@ -201,7 +216,7 @@ def weld_methods(weld):
 
 
 def check_coverage(methods):
-    covered = set(METHODS) | set(PAIR_METHODS) | set(NOT_APPLICABLE)
+    covered = {spec.method or name for name, spec in METHODS.items()} | set(PAIR_METHODS) | set(NOT_APPLICABLE)
     unknown = sorted(set(methods) - covered)
     if unknown:
         raise Fail(f"`weld methods` lists {', '.join(unknown)}, which bench/quality/report.py does not know: "
@@ -363,16 +378,19 @@ def recipe_text(method, spec, params, members, models_dir, scopes, data=None, ex
         base_model, listed = paths[0], [(paths[1], True, names[1])]
     else:
         raise Fail(f"{method}: unknown recipe form {spec.form!r}")
-    lines = [f"merge_method: {method}"]
+    lines = [f"merge_method: {spec.method or method}"]
     if base_model:
         lines.append(f"base_model: {yaml_value(base_model)}")
     lines.append("models:")
     for path, takes, name in listed:
         lines.append(f"  - model: {yaml_value(path)}")
         if takes and model_params:
+            mine = dict(model_params)
+            if mine.get("stats") == "rcp":  # the first expert is protected (Fisher), the rest graft
+                mine["stats"] = "fisher" if name == names[0] else "gradient"
             own = {k: (data.stats(name, v) if k == "stats" else
                        data.task_file(name, "train", STATS_SEED, STATS_EXAMPLES) if k == "data" else v)
-                   for k, v in model_params.items()}
+                   for k, v in mine.items()}
             lines.append("    parameters: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in own.items()) + "}")
     if global_params:
         lines.append("parameters: {" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in global_params.items()) + "}")
@@ -498,7 +516,7 @@ def execute_one(args, run, i, total, scopes, work, data):
     start = time.monotonic()
     try:
         recipe.write_text(recipe_text(run.method, spec_of(run), run.params, run.members, args.models,
-                                      scopes[run.method], data, run.extra))
+                                      scopes[spec_of(run).method or run.method], data, run.extra))
     except RuntimeError as e:  # making the data or statistics failed
         run.error = f"data: {e}"
         print(f"\n!!!! [{i}/{total}] {tag} ({run.label()}) FAILED: {run.error}\n", file=sys.stderr, flush=True)
@@ -1019,7 +1037,8 @@ def main():
         check_coverage(scopes)
         runs = plan(args, args.quick)
         for r in runs:  # check every recipe against weld's parameter list before spending time
-            recipe_text(r.method, spec_of(r), r.params, r.members, args.models, scopes[r.method], extra=r.extra)
+            recipe_text(r.method, spec_of(r), r.params, r.members, args.models, scopes[spec_of(r).method or r.method],
+                        extra=r.extra)
     except Fail as e:
         die(str(e))
 

@@ -4,6 +4,7 @@
 #include "exec/merge.h"
 #include "io/output_folder.h"
 #include "methods/method.h"
+#include "plan/plan.h"
 #include "plan/recipe.h"
 #include "util/error.h"
 #include "util/size.h"
@@ -89,7 +90,7 @@ bool learns_from_data(const std::string& recipe_path) {
 	try {
 		const auto recipe = parse_recipe(read_text_file(recipe_path), recipe_path);
 		const auto* method = find_method(recipe.merge_method);
-		return method && method->info().learned;
+		return method && learns_from_data(method->info(), recipe);
 	} catch (const Error&) {
 		return false; // run_merge reports it
 	}

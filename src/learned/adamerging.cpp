@@ -27,16 +27,24 @@ size_t PromptOrder::operator()(uint64_t index) const {
 }
 
 double entropy_step(TaskVectorModel& tv, torch::optim::Optimizer& optimizer,
-                    const std::function<at::Tensor()>& coefficients, const std::vector<std::vector<int64_t>>& prompts,
+                    const std::function<void(bool track)>& set_model, const std::vector<std::vector<int64_t>>& prompts,
                     size_t max_new_tokens) {
-	tv.apply(coefficients().detach());
+	set_model(false);
 	const auto answered = greedy_answers(tv.model(), prompts, max_new_tokens);
-	tv.apply(coefficients());
+	set_model(true);
 	const auto entropy = mean_answer_entropy(tv.model(), answered);
 	optimizer.zero_grad();
 	entropy.backward();
 	optimizer.step();
 	return entropy.item<double>();
+}
+
+std::vector<std::vector<int64_t>> prompt_batch(const std::vector<std::vector<int64_t>>& prompts,
+                                               const PromptOrder& order, int64_t step, int64_t batch) {
+	std::vector<std::vector<int64_t>> out;
+	for (int64_t i = 0; i < batch; ++i)
+		out.push_back(prompts[order(static_cast<uint64_t>(step * batch + i))]);
+	return out;
 }
 
 at::Tensor learn_adamerging(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts,
@@ -50,11 +58,9 @@ at::Tensor learn_adamerging(TaskVectorModel& tv, const std::vector<std::vector<i
 	torch::optim::Adam optimizer({lambda}, torch::optim::AdamOptions(o.lr));
 	const PromptOrder order(prompts.size(), o.seed);
 	for (int64_t step = 0; step < o.steps; ++step) {
-		std::vector<std::vector<int64_t>> batch;
-		for (int64_t i = 0; i < o.batch; ++i)
-			batch.push_back(prompts[order(static_cast<uint64_t>(step * o.batch + i))]);
 		const double entropy = entropy_step(
-		    tv, optimizer, [&] { return lambda; }, batch, o.max_new_tokens);
+		    tv, optimizer, [&](bool track) { tv.apply(track ? lambda : lambda.detach()); },
+		    prompt_batch(prompts, order, step, o.batch), o.max_new_tokens);
 		if (on_step) on_step({step, entropy});
 	}
 	tv.apply(lambda.detach());

@@ -42,12 +42,17 @@ struct AdaMergingStep {
 	double entropy = 0;
 };
 
-// One optimizer step on the entropy of the model's greedy answers to the prompts, the model at
-// θ(coefficients()): the answers are decoded first (no gradient), then the entropy is taken
-// with gradients into whatever coefficients() is computed from. Returns the entropy.
+// One optimizer step on the entropy of the model's greedy answers to the prompts. set_model(false)
+// puts tv's model at the current point without gradients, to decode the answers; set_model(true)
+// puts it there again with gradients flowing into whatever the optimizer trains (coefficients,
+// masks). Returns the entropy.
 double entropy_step(TaskVectorModel& tv, torch::optim::Optimizer& optimizer,
-                    const std::function<at::Tensor()>& coefficients, const std::vector<std::vector<int64_t>>& prompts,
+                    const std::function<void(bool track)>& set_model, const std::vector<std::vector<int64_t>>& prompts,
                     size_t max_new_tokens);
+
+// The prompts of the step-th batch of `batch` from an order shuffled anew each pass.
+std::vector<std::vector<int64_t>> prompt_batch(const std::vector<std::vector<int64_t>>& prompts,
+                                               const PromptOrder& order, int64_t step, int64_t batch);
 
 // λ [experts, 1 or tensors], learned; tv's model is left at θ(λ).
 at::Tensor learn_adamerging(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts,

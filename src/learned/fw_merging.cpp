@@ -43,7 +43,7 @@ at::Tensor refine_chosen(TaskVectorModel& tv, const std::vector<nn::TrainingSequ
 	torch::optim::Adam optimizer({c}, torch::optim::AdamOptions(o.soft_lr));
 	for (int64_t step = 0; step < o.soft_steps; ++step)
 		entropy_step(
-		    tv, optimizer, [&] { return c * keep; }, prompts, 16);
+		    tv, optimizer, [&](bool track) { tv.apply(track ? c * keep : (c * keep).detach()); }, prompts, 16);
 	return (c * keep).detach();
 }
 

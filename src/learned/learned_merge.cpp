@@ -4,9 +4,14 @@
 #include "io/model.h"
 #include "io/output_folder.h"
 #include "learned/adamerging.h"
+#include "learned/concrete.h"
+#include "learned/expert_merging.h"
 #include "learned/fw_merging.h"
+#include "learned/localize_stitch.h"
 #include "learned/regmean_pp.h"
+#include "learned/twin.h"
 #include "methods/method.h"
+#include "plan/plan.h"
 #include "plan/recipe.h"
 #include "stats/statistics.h"
 #include "util/error.h"
@@ -61,6 +66,19 @@ public:
 		if (s->number < d->min_value || s->number > d->max_value || (d->min_exclusive && s->number == d->min_value))
 			throw Error(fmt::format("recipe: parameters.{} is {:g}, outside {}{:g}, {:g}]", name, s->number,
 			                        d->min_exclusive ? "(" : "[", d->min_value, d->max_value));
+		return s->number;
+	}
+
+	// A per-model number: as the model's parameters set it, else its default.
+	double model_number(const SourceSpec& model, const std::string& name) const {
+		const auto* s = find_setting(model.parameters, name);
+		if (!s) {
+			for (const auto& d : info_.model_params)
+				if (d.name == name) return d.default_value;
+			return 0;
+		}
+		if (s->kind != ParamSetting::Kind::Number)
+			throw Error(fmt::format("recipe: models: '{}': {}: expected one number", model.model, name));
 		return s->number;
 	}
 
@@ -189,23 +207,78 @@ std::string run_regmean_pp(const Recipe& recipe, const Settings& settings, const
 	return text;
 }
 
+// The learned coefficients [experts, 1 or tensors] as a task_arithmetic recipe, merged by the
+// ordinary engine: the output's weld_recipe.yml reruns without data.
+std::string merge_coefficients(const Recipe& recipe, const std::vector<std::string>& experts, const TaskVectorModel& tv,
+                               const at::Tensor& coefficients, const std::string& provenance,
+                               const LearnedMergeOptions& options) {
+	const auto text = coefficients_recipe(recipe, experts, tv.names(), coefficients, provenance);
+	MergeOptions merge;
+	merge.recipe_path = options.recipe;
+	merge.recipe_text = text;
+	merge.out_dir = options.out;
+	merge.force = options.force;
+	merge.seed = options.seed;
+	merge.exec.threads = std::max(1u, options.threads);
+	run_merge(merge);
+	return text;
+}
+
+// The per-model data: file of every listed model other than the base (one per model, in order).
+std::vector<fs::path> model_data_files(const Recipe& recipe, const std::vector<std::string>& experts,
+                                       const std::string& method) {
+	std::vector<fs::path> files;
+	for (const auto& name : experts)
+		for (const auto& m : recipe.models)
+			if (m.model == name) {
+				const auto where = fmt::format("model '{}'", m.model);
+				const auto file = text_setting(m.parameters, "data", where);
+				if (!file) throw Error(fmt::format("recipe: {}: method '{}' needs its data: file", where, method));
+				files.emplace_back(*file);
+				break;
+			}
+	return files;
+}
+
+std::string data_provenance(const std::vector<std::string>& experts, const std::vector<fs::path>& files) {
+	std::string out;
+	for (size_t k = 0; k < files.size(); ++k)
+		out += fmt::format("# {}: {} (sha256 {})\n", experts[k], files[k].string(), stats::file_sha256(files[k]));
+	return out;
+}
+
+// A merge that ends as weights (masks, chunks: no task_arithmetic recipe holds it): tv's model is
+// written, with the recipe and its provenance as weld_recipe.yml.
+std::string write_learned_model(TaskVectorModel& tv, const Recipe& recipe, const std::string& provenance,
+                                const LearnedMergeOptions& options) {
+	OutputFolder out(options.out, options.force);
+	tv.model().save(out.path());
+	const auto text = provenance + recipe.text;
+	write_text_file(out.path() / "weld_recipe.yml", text);
+	out.publish();
+	return text;
+}
+
 std::string run_learned_merge(const LearnedMergeOptions& options) {
 	const auto label = options.recipe.string();
 	const Recipe recipe = parse_recipe(read_text_file(options.recipe), label);
 	const MergeMethod* method = find_method(recipe.merge_method);
-	if (!method || !method->info().learned)
+	if (!method || !learns_from_data(method->info(), recipe))
 		throw Error(fmt::format("recipe: merge_method '{}' does not learn from data", recipe.merge_method));
 	const auto& info = method->info();
 	if (!recipe.slices.empty()) throw Error(fmt::format("recipe: method '{}' takes models:, not slices:", info.name));
 	if (fs::exists(options.out) && !options.force)
 		throw Error(fmt::format("{}: already exists (use --force to replace it)", options.out.string()));
-	if (info.name == "regmean_pp") {
-		at::set_num_threads(1); // same bytes for any --threads
-		return run_regmean_pp(recipe, Settings(recipe, info), options);
+	// One thread: what is learned, and so the merged bytes, do not depend on --threads.
+	at::set_num_threads(1);
+	if (info.name == "regmean_pp") return run_regmean_pp(recipe, Settings(recipe, info), options);
+	if (info.name == "twin") {
+		const Settings s(recipe, info);
+		return run_twin(recipe, s.number("lambda"), s.number("density"), s.number("router_lr"),
+		                static_cast<int64_t>(s.number("router_epochs")), options.seed, options.out, options.force,
+		                options.quiet);
 	}
 	if (!recipe.base_model) throw Error(fmt::format("recipe: method '{}' needs a base_model", info.name));
-	if (fs::exists(options.out) && !options.force)
-		throw Error(fmt::format("{}: already exists (use --force to replace it)", options.out.string()));
 	const Settings settings(recipe, info);
 
 	std::vector<std::string> experts;
@@ -216,26 +289,110 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 			expert_dirs.push_back(resolve_model_reference(m.model));
 		}
 	const auto base_dir = resolve_model_reference(*recipe.base_model);
-	// One thread: the learned coefficients, and so the merged bytes, do not depend on --threads.
-	at::set_num_threads(1);
 	TaskVectorModel tv(base_dir, expert_dirs, at::kFloat);
+	const std::string header = fmt::format("# Learned by weld's {} from {}", info.name, label);
+
+	if (info.name == "localize_stitch") {
+		const auto files = model_data_files(recipe, experts, info.name);
+		LocalizeOptions o;
+		o.steps = static_cast<int64_t>(settings.number("steps"));
+		o.lr = settings.number("lr");
+		o.l1 = settings.number("l1");
+		o.sigmoid_bias = settings.number("sigmoid_bias");
+		std::vector<std::vector<at::Tensor>> masks;
+		for (size_t k = 0; k < experts.size(); ++k) {
+			for (const auto& m : recipe.models)
+				if (m.model == experts[k]) o.density = settings.model_number(m, "density");
+			const auto& c = tv.model().config();
+			const auto examples =
+			    nn::read_sequences(files[k], c.vocab_size, c.max_position_embeddings, base_dir.string());
+			masks.push_back(learn_localize_mask(tv, k, examples, o, [&](const LocalizeStep& s) {
+				if (!options.quiet && (s.step + 1 == o.steps))
+					std::fprintf(stderr, "weld: localize_stitch model %zu/%zu: loss %.4f, mask keeps %.4f\n",
+					             s.expert + 1, experts.size(), s.loss, s.kept);
+			}));
+		}
+		stitch(tv, masks);
+		return write_learned_model(
+		    tv, recipe,
+		    header +
+		        fmt::format(" (mode learned, {} steps, lr {:g}, l1 {:g}, sigmoid_bias {:g}) on:\n", o.steps, o.lr, o.l1,
+		                    o.sigmoid_bias) +
+		        data_provenance(experts, files),
+		    options);
+	}
+	if (info.name == "concrete") {
+		const fs::path data = settings.text("data");
+		ConcreteOptions o;
+		const auto variant = settings.choice("variant", {"task_arithmetic", "adamerging"});
+		o.adamerging = variant == "adamerging";
+		o.lambda = settings.number("lambda");
+		o.temperature = settings.number("temperature");
+		o.steps = static_cast<int64_t>(settings.number("steps"));
+		o.lr = settings.number("lr");
+		o.batch = static_cast<int64_t>(settings.number("batch"));
+		o.seed = options.seed;
+		o.ada.lambda_init = o.lambda;
+		o.ada.seed = options.seed;
+		const auto prompts = read_prompts(data, tv.model(), base_dir);
+		const double kept = learn_concrete(tv, prompts, o, [&](const ConcreteStep& s) {
+			if (!options.quiet && ((s.step + 1) % 10 == 0 || s.step + 1 == o.steps))
+				std::fprintf(stderr, "weld: concrete step %lld/%lld entropy %.4f, mean mask probability %.4f\n",
+				             static_cast<long long>(s.step + 1), static_cast<long long>(o.steps), s.entropy,
+				             s.mean_keep);
+		});
+		return write_learned_model(
+		    tv, recipe,
+		    header + fmt::format(" (variant {}, {} steps, lr {:g}, temperature {:g}, λ {:g}, seed {}; final mask "
+		                         "above 1/2 on {:.4f} of the weights) on {} (sha256 {})\n",
+		                         variant, o.steps, o.lr, o.temperature, o.lambda, o.seed, kept,
+		                         data.filename().string(), stats::file_sha256(data)),
+		    options);
+	}
+	if (info.name == "expert_merging") {
+		const auto files = model_data_files(recipe, experts, info.name);
+		ExpertMergingOptions o;
+		const auto variant = settings.choice("variant", {"standard", "plus"});
+		o.plus = variant == "plus";
+		o.lambda_init = settings.number("lambda_init");
+		o.steps = static_cast<int64_t>(settings.number("steps"));
+		o.lr = settings.number("lr");
+		o.batch = static_cast<int64_t>(settings.number("batch"));
+		o.temperature = settings.number("temperature");
+		o.hidden_weight = settings.number("hidden_weight");
+		o.regularization = settings.number("regularization");
+		o.chunks = settings.number("chunks");
+		o.seed = options.seed;
+		std::vector<std::vector<std::vector<int64_t>>> prompts;
+		for (const auto& f : files)
+			prompts.push_back(read_prompts(f, tv.model(), base_dir));
+		const auto result = learn_expert_merging(tv, prompts, o, [&](const ExpertMergingStep& s) {
+			if (!options.quiet && ((s.step + 1) % 10 == 0 || s.step + 1 == o.steps))
+				std::fprintf(stderr, "weld: expert_merging stage %d step %lld/%lld loss %.5f\n", s.stage,
+				             static_cast<long long>(s.step + 1), static_cast<long long>(o.steps), s.loss);
+		});
+		const auto settings_line = fmt::format(
+		    "variant {}, {} steps, lr {:g}, lambda_init {:g}, temperature {:g}, hidden_weight {:g}, regularization "
+		    "{:g}, chunks {:g}, seed {}",
+		    variant, o.steps, o.lr, o.lambda_init, o.temperature, o.hidden_weight, o.regularization, o.chunks, o.seed);
+		if (result.chunked)
+			return write_learned_model(
+			    tv, recipe, header + " (" + settings_line + ") on:\n" + data_provenance(experts, files), options);
+		std::vector<at::Tensor> columns;
+		for (const auto& a : result.alpha)
+			columns.push_back(a);
+		return merge_coefficients(recipe, experts, tv, at::cat(columns, 1),
+		                          fmt::format("Learned by weld's expert_merging from {} ({}) on per-model data:\n{}",
+		                                      label, settings_line, data_provenance(experts, files)),
+		                          options);
+	}
 	const fs::path data = settings.text("data");
 	const auto learned = info.name == "fw_merging"
 	                         ? learn_fw(settings, tv, data, base_dir, options.quiet)
 	                         : learn_adamerging(settings, tv, data, base_dir, options.quiet, options.seed);
 	const auto provenance = fmt::format("Learned by weld's {} from {} ({}) on {} (sha256 {}).", info.name, label,
 	                                    learned.settings, data.filename().string(), stats::file_sha256(data));
-	const auto text = coefficients_recipe(recipe, experts, tv.names(), learned.coefficients, provenance);
-
-	MergeOptions merge;
-	merge.recipe_path = options.recipe;
-	merge.recipe_text = text;
-	merge.out_dir = options.out;
-	merge.force = options.force;
-	merge.seed = options.seed;
-	merge.exec.threads = std::max(1u, options.threads);
-	run_merge(merge);
-	return text;
+	return merge_coefficients(recipe, experts, tv, learned.coefficients, provenance, options);
 }
 
 } // namespace weld::learned

@@ -39,14 +39,19 @@ void TaskVectorModel::apply(const at::Tensor& c) {
 	if (c.dim() != 2 || c.size(0) != static_cast<int64_t>(experts()) ||
 	    (groups != 1 && groups != static_cast<int64_t>(names_.size())))
 		throw Error("coefficients must be [experts, 1] or [experts, tensors]");
-	std::map<std::string, at::Tensor> merged;
-	for (size_t n = 0; n < names_.size(); ++n) {
+	apply_tensors([&](size_t n) {
 		auto theta = base_[n];
 		for (size_t k = 0; k < experts(); ++k)
 			theta = theta + c[static_cast<int64_t>(k)][groups == 1 ? 0 : static_cast<int64_t>(n)] * deltas_[k][n];
-		merged[names_[n]] = theta;
-	}
-	model_.replace_parameters(merged);
+		return theta;
+	});
+}
+
+void TaskVectorModel::apply_tensors(const std::function<at::Tensor(size_t tensor)>& merged) {
+	std::map<std::string, at::Tensor> values;
+	for (size_t n = 0; n < names_.size(); ++n)
+		values[names_[n]] = merged(n);
+	model_.replace_parameters(values);
 }
 
 std::vector<Answered> greedy_answers(const nn::LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,

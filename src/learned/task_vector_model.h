@@ -10,6 +10,7 @@
 #include "nn/llama.h"
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,11 @@ public:
 	// Sets the model's weights to θ(c); c is [experts, 1] (one coefficient per task) or
 	// [experts, names().size()] (one per task and tensor). Gradients flow into c.
 	void apply(const at::Tensor& coefficients);
+	// Sets the model's weights to merged(n) for every tensor n (names()[n]); gradients flow into
+	// whatever merged computes from (masks, chunked coefficients).
+	void apply_tensors(const std::function<at::Tensor(size_t tensor)>& merged);
+	// τ_k of one tensor multiplied in place (a mask applied once, for the methods after it).
+	void scale_delta(size_t expert, size_t tensor, const at::Tensor& factor) { deltas_[expert][tensor].mul_(factor); }
 	nn::LlamaModel& model() { return model_; }
 
 private:

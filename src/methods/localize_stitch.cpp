@@ -42,17 +42,40 @@ public:
 private:
 	MethodInfo info_{
 	    .name = "localize_stitch",
-	    .description = "Localize-and-Stitch (dataless): top-|delta| masks per task, averaged where they overlap",
+	    .description = "Localize-and-Stitch: top-|delta| masks per task (dataless), or masks learned on a few "
+	                   "labeled examples of each task (mode: learned), averaged where they overlap",
 	    .reference = "https://arxiv.org/abs/2408.13656",
-	    .global_params = {},
+	    .global_params =
+	        {{.name = "mode",
+	          .type = ParamType::Text,
+	          .has_default = false,
+	          .help = "dataless (the default) or learned (needs each model's data: file; runs in the "
+	                  "model runtime)"},
+	         {.name = "steps", .default_value = 20, .help = "learned: Adam steps per task", .min_value = 0},
+	         {.name = "lr",
+	          .default_value = 0.1,
+	          .help = "learned: Adam learning rate of the mask logits",
+	          .min_value = 0,
+	          .min_exclusive = true},
+	         {.name = "l1", .default_value = 1, .help = "learned: weight of the mean mask value", .min_value = 0},
+	         {.name = "sigmoid_bias",
+	          .default_value = 3,
+	          .help = "learned: initial mask logits, + on the top density of |delta| and - elsewhere",
+	          .min_value = 0}},
 	    .model_params = {{.name = "density",
 	                      .default_value = 0.01,
-	                      .help = "Fraction of this model's delta elements (largest |delta|) stitched in",
+	                      .help = "Fraction of this model's delta elements (largest |delta|) stitched in (learned: "
+	                              "where its mask starts)",
 	                      .min_value = 0,
 	                      .max_value = 1,
-	                      .min_exclusive = true}},
+	                      .min_exclusive = true},
+	                     {.name = "data",
+	                      .type = ParamType::Text,
+	                      .has_default = false,
+	                      .help = "learned: a few labeled examples of this model's task (prompt/answer JSONL)"}},
 	    .base = BaseModel::Required,
 	    .min_sources = 2,
+	    .learned_when = {"mode", "learned"},
 	};
 };
 

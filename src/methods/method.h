@@ -59,6 +59,9 @@ struct MethodInfo {
 	// Learned from data by the runtime (weld-torch) before its tensors are merged, as AdaMerging:
 	// `weld merge` hands the recipe over to weld-torch.
 	bool learned = false;
+	// A text parameter and value that make a recipe learned (localize_stitch: {"mode", "learned"});
+	// empty: `learned` alone decides.
+	std::pair<std::string, std::string> learned_when = {};
 };
 
 using ParamValues = std::map<std::string, double, std::less<>>;

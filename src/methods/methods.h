@@ -52,6 +52,9 @@ const MergeMethod& rcp_method();
 const MergeMethod& adamerging_method();
 const MergeMethod& fw_merging_method();
 const MergeMethod& regmean_pp_method();
+const MergeMethod& concrete_method();
+const MergeMethod& expert_merging_method();
+const MergeMethod& twin_method();
 
 // Throws weld::Error naming the tensor unless the sources are non-empty, equally long, as long
 // as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.

@@ -66,7 +66,7 @@ private:
 	    .name = "rcp",
 	    .description = "Protects one model's skills (its Fisher) and grafts the other models' task vectors where "
 	                   "their domain loss needs them more (RCP-Merging)",
-	    .reference = "https://arxiv.org/abs/2508.03140",
+	    .reference = "https://github.com/ZeroNLP/RCP-Merging",
 	    .global_params = {{.name = "lambda",
 	                       .default_value = 1000,
 	                       .help = "Weight of the protected model's importance against the domain's sensitivity "

@@ -46,6 +46,9 @@ const std::vector<const MergeMethod*>& sorted_methods() {
 		                                       &adamerging_method(),
 		                                       &fw_merging_method(),
 		                                       &regmean_pp_method(),
+		                                       &concrete_method(),
+		                                       &expert_merging_method(),
+		                                       &twin_method(),
 		                                       &doge_method()};
 		std::sort(all.begin(), all.end(),
 		          [](const MergeMethod* a, const MergeMethod* b) { return a->info().name < b->info().name; });

@@ -4,12 +4,14 @@
 #include "nn/llama.h"
 #include "nn/tasks.h"
 #include "nn/tokenizer.h"
+#include "nn/twin.h"
 #include "util/error.h"
 
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 
 #include <cmath>
+#include <optional>
 
 namespace weld::nn {
 namespace fs = std::filesystem;
@@ -40,9 +42,35 @@ ByteTokenizer byte_tokenizer(const fs::path& model_dir, const LlamaConfig& confi
 	return ByteTokenizer(config.vocab_size, model_dir.string());
 }
 
-EvalReport perplexity(const LlamaModel& model, const std::vector<std::vector<int64_t>>& sequences,
-                      const fs::path& data) {
-	const int64_t max_positions = model.config().max_position_embeddings;
+// The model that scores each sequence: a plain folder's one model, or for a twin folder (nn/twin.h)
+// θ(x) for the router's weights on the sequence (or its prompt).
+class Scorer {
+public:
+	Scorer(const fs::path& dir, at::ScalarType dtype) {
+		if (is_twin_folder(dir))
+			twin_.emplace(TwinModel::load(dir, dtype));
+		else
+			model_.emplace(LlamaModel::load(dir, dtype));
+	}
+	const LlamaConfig& config() const { return twin_ ? twin_->config() : model_->config(); }
+	bool routed() const { return twin_.has_value(); }
+	const LlamaModel& plain() const { return *model_; }
+	TwinModel& twin() { return *twin_; }
+	// The model for a sequence routed on route_ids (a plain folder's model whatever they are; the
+	// shared model for no ids).
+	const LlamaModel& for_ids(const std::vector<int64_t>& route_ids) {
+		if (!twin_) return *model_;
+		if (route_ids.empty()) return twin_->shared();
+		return twin_->model_for(twin_->route(route_ids));
+	}
+
+private:
+	std::optional<LlamaModel> model_;
+	std::optional<TwinModel> twin_;
+};
+
+EvalReport perplexity(Scorer& scorer, const std::vector<std::vector<int64_t>>& sequences, const fs::path& data) {
+	const int64_t max_positions = scorer.config().max_position_embeddings;
 	EvalReport report;
 	double nll = 0;
 	for (size_t i = 0; i < sequences.size(); ++i) {
@@ -53,6 +81,7 @@ EvalReport perplexity(const LlamaModel& model, const std::vector<std::vector<int
 		++report.sequences;
 		if (seq.size() < 2) continue;
 		const auto ids = as_tensor(seq);
+		const auto& model = scorer.for_ids(seq);
 		nll -= token_log_likelihoods(model.forward(ids), ids).to(at::kDouble).sum().item<double>();
 		report.tokens += seq.size() - 1;
 	}
@@ -97,12 +126,13 @@ std::string continue_greedily(const LlamaModel& model, const ByteTokenizer& toke
 	return tokenizer.decode(generated);
 }
 
-EvalReport accuracy(const LlamaModel& model, const ByteTokenizer& tokenizer, const std::vector<PromptAnswer>& tasks,
+EvalReport accuracy(Scorer& scorer, const ByteTokenizer& tokenizer, const std::vector<PromptAnswer>& tasks,
                     const fs::path& data) {
 	if (tasks.empty()) throw Error(fmt::format("{}: no prompt/answer records", show(data)));
 	EvalReport report;
 	report.kind = EvalReport::Kind::Accuracy;
 	for (const auto& task : tasks) {
+		const auto& model = scorer.for_ids(scorer.routed() ? tokenizer.encode(task.prompt) : std::vector<int64_t>{});
 		const auto answer = continue_greedily(model, tokenizer, task.prompt, task.answer.size() + kExtraAnswerBytes);
 		if (strip(answer) == strip(task.answer)) ++report.correct;
 		++report.n;
@@ -114,24 +144,36 @@ EvalReport accuracy(const LlamaModel& model, const ByteTokenizer& tokenizer, con
 // Examples of one task scored in batches of kScoreBatch sequences.
 constexpr size_t kScoreBatch = 256;
 
-uint64_t count_exact_matches(const LlamaModel& model, const ByteTokenizer& tokenizer,
+// A twin folder scores each example with θ(x) routed on BOS + prompt (the sequence less the answer).
+uint64_t count_exact_matches(Scorer& scorer, const ByteTokenizer& tokenizer,
                              const std::vector<tasks::Example>& examples) {
 	uint64_t correct = 0;
 	for (size_t first = 0; first < examples.size(); first += kScoreBatch) {
 		const size_t n = std::min(kScoreBatch, examples.size() - first);
 		std::vector<std::vector<int64_t>> seqs;
-		size_t longest = 0;
 		for (size_t i = 0; i < n; ++i) {
 			const auto& e = examples[first + i];
 			seqs.push_back(tokenizer.encode(e.prompt + e.answer));
-			longest = std::max(longest, seqs.back().size());
 		}
-		auto ids = at::zeros({static_cast<int64_t>(n), static_cast<int64_t>(longest)}, at::kLong);
-		for (size_t i = 0; i < n; ++i)
-			ids[static_cast<int64_t>(i)]
-			    .slice(0, 0, static_cast<int64_t>(seqs[i].size()))
-			    .copy_(at::tensor(at::ArrayRef<int64_t>(seqs[i]), at::kLong));
-		const auto predicted = model.forward(ids).argmax(-1); // [n, longest]: the token after each position
+		at::Tensor predicted; // [n, longest]: the token after each position
+		if (!scorer.routed()) {
+			predicted = scorer.plain().forward(right_padded_ids(seqs)).argmax(-1);
+		} else {
+			std::vector<std::vector<int64_t>> prompts;
+			for (size_t i = 0; i < n; ++i)
+				prompts.emplace_back(seqs[i].begin(),
+				                     seqs[i].end() - static_cast<std::ptrdiff_t>(examples[first + i].answer.size()));
+			const auto weights = scorer.twin().route(prompts);
+			const auto ids = right_padded_ids(seqs);
+			predicted = at::zeros(ids.sizes(), at::kLong);
+			for (size_t i = 0; i < n; ++i) {
+				const auto row = ids[static_cast<int64_t>(i)].slice(0, 0, static_cast<int64_t>(seqs[i].size()));
+				const auto& model = scorer.twin().model_for(weights[static_cast<int64_t>(i)]);
+				predicted[static_cast<int64_t>(i)]
+				    .slice(0, 0, row.size(0))
+				    .copy_(model.forward(row.unsqueeze(0)).argmax(-1)[0]);
+			}
+		}
 		const auto p = predicted.accessor<int64_t, 2>();
 		for (size_t i = 0; i < n; ++i) {
 			const auto& seq = seqs[i];
@@ -153,13 +195,13 @@ std::vector<TaskScore> evaluate_tasks(const fs::path& model_dir, const std::vect
 	if (options.threads > 0) at::set_num_threads(options.threads);
 	if (count == 0) throw Error("--held-out must be positive");
 	const auto chosen = tasks::find_tasks(names);
-	const auto model = LlamaModel::load(model_dir, dtype);
-	const auto tokenizer = byte_tokenizer(model_dir, model.config());
+	Scorer scorer(model_dir, dtype);
+	const auto tokenizer = byte_tokenizer(model_dir, scorer.config());
 	const at::NoGradGuard no_grad;
 	std::vector<TaskScore> scores;
 	for (const auto task : chosen) {
 		const auto examples = tasks::split_examples(task, seed, count, true);
-		TaskScore score{std::string(tasks::task_info(task).name), count_exact_matches(model, tokenizer, examples),
+		TaskScore score{std::string(tasks::task_info(task).name), count_exact_matches(scorer, tokenizer, examples),
 		                examples.size(), 0};
 		score.accuracy = static_cast<double>(score.correct) / static_cast<double>(score.n);
 		scores.push_back(std::move(score));
@@ -172,18 +214,18 @@ EvalReport evaluate(const fs::path& model_dir, const fs::path& data, const EvalO
 	if (options.threads > 0) at::set_num_threads(options.threads);
 	if (!fs::is_regular_file(data)) throw Error(fmt::format("{}: no such file", show(data)));
 	const auto kind = detect_data_kind(data);
-	const auto model = LlamaModel::load(model_dir, dtype);
+	Scorer scorer(model_dir, dtype);
 	const at::NoGradGuard no_grad;
-	const auto& config = model.config();
+	const auto& config = scorer.config();
 	switch (kind) {
 	case DataKind::TokenIds:
-		return perplexity(model, read_token_id_lines(data, config.vocab_size), data);
+		return perplexity(scorer, read_token_id_lines(data, config.vocab_size), data);
 	case DataKind::Text: {
 		const auto tokenizer = byte_tokenizer(model_dir, config);
-		return perplexity(model, text_sequences(data, tokenizer, config.max_position_embeddings), data);
+		return perplexity(scorer, text_sequences(data, tokenizer, config.max_position_embeddings), data);
 	}
 	case DataKind::PromptAnswer:
-		return accuracy(model, byte_tokenizer(model_dir, config), read_prompt_answer_lines(data), data);
+		return accuracy(scorer, byte_tokenizer(model_dir, config), read_prompt_answer_lines(data), data);
 	}
 	return {};
 }

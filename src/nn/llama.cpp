@@ -434,7 +434,8 @@ namespace {
 // The files beside the weights that describe the model and its tokenizer.
 bool is_metadata_file(const fs::path& path) {
 	const auto name = path.filename().string(), ext = path.extension().string();
-	if (name == "model.safetensors.index.json") return false;
+	// Not the weights' index, nor a twin folder's description (its factors are not copied along).
+	if (name == "model.safetensors.index.json" || name == "twin.json") return false;
 	return ext == ".json" || ext == ".txt" || ext == ".model" || ext == ".tiktoken";
 }
 

@@ -392,6 +392,7 @@ void Planner::open_statistics(const std::vector<Slice>& slices) {
 	plan_.statistics.resize(plan_.models.size());
 	plan_.statistics_kinds.resize(plan_.models.size());
 	const auto& kind = method_.info().statistics;
+	if (kind.empty()) return; // a method without statistics does not declare stats, and its data: is its own
 	std::vector<std::string> paths(plan_.models.size());
 	for (size_t i = 0; i < slices.size(); ++i)
 		for (const auto& source : slices[i].sources) {
@@ -553,6 +554,13 @@ std::string describe_plan(const Plan& plan) {
 		}
 	}
 	return out;
+}
+
+bool learns_from_data(const MethodInfo& info, const Recipe& recipe) {
+	if (info.learned) return true;
+	if (info.learned_when.first.empty()) return false;
+	const auto value = text_setting(recipe.parameters, info.learned_when.first, "parameters");
+	return value == info.learned_when.second;
 }
 
 } // namespace weld

@@ -71,4 +71,8 @@ Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed
 // A human-readable listing of the plan (for --dry-run).
 std::string describe_plan(const Plan& plan);
 
+// Whether `weld merge` hands the recipe to the model runtime (weld-torch): info.learned, or the
+// recipe sets info.learned_when's text parameter to its value.
+bool learns_from_data(const MethodInfo& info, const Recipe& recipe);
+
 } // namespace weld
