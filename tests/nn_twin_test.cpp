@@ -242,7 +242,7 @@ TEST_F(Twin, ErrorsNameTheModelOrTheTensor) {
 	EXPECT_NE(error.find("twin.json"), std::string::npos) << error;
 	EXPECT_NE(error.find("model.layers.9.mlp.up_proj.weight"), std::string::npos) << error;
 	error = load_with([](json& j) { j["router_layers"] = {8, 16, 16, 2, 2}; });
-	EXPECT_NE(error.find("twin.safetensors: tensor 'router."), std::string::npos) << error; // missing or misshapen
+	EXPECT_NE(error.find("twin.safetensors: tensor 'router."), std::string::npos) << error;  // missing or misshapen
 	error = load_with([](json& j) { j["ranks"]["model.layers.0.mlp.up_proj.weight"] = 3; }); // it is 1
 	EXPECT_NE(error.find("tensor 'model.layers.0.mlp.up_proj.weight.twin0.u' has shape [12, 1], expected [12, 3]"),
 	          std::string::npos)
