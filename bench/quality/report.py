@@ -835,6 +835,14 @@ def data_section(runs, refs, expert_acc, quick):
         if n is not None and n_lin is not None:
             L.append(f"- {method} ({r.label()}) ≥ plain averaging (linear): {pct(n)} vs {pct(n_lin)}: "
                      f"{verdict(n >= n_lin)}.")
+    # The methods without a target in the issue, each against the method it builds on.
+    for method, reference in (("expert_merging", "task_arithmetic"), ("concrete", "task_arithmetic"),
+                              ("localize_stitch_learned", "localize_stitch"), ("rcp", "task_arithmetic"),
+                              ("twin", "ties")):
+        (r, n), (ref, n_ref) = norm_of(method), norm_of(reference)
+        if n is not None and n_ref is not None:
+            L.append(f"- {method} ({r.label()}): {pct(n)}; {reference} ({ref.label()}) {pct(n_ref)} "
+                     f"({100 * (n - n_ref):+.1f}).")
     targets = TASKS[:POOL_TASKS]
     L += ["", f"FW-Merging with irrelevant models in the pool: the first {POOL_TASKS} experts "
           f"({', '.join(targets)}) are the targets; the other {len(TASKS) - POOL_TASKS} join the pool as "
