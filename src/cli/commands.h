@@ -16,6 +16,7 @@ std::function<int()> add_tall_command(CLI::App& app);
 std::function<int()> add_eval_command(CLI::App& app);
 std::function<int()> add_train_command(CLI::App& app);
 std::function<int()> add_stats_command(CLI::App& app);
+std::function<int()> add_search_command(CLI::App& app);
 std::function<int()> add_task_data_command(CLI::App& app);
 
 } // namespace weld::cli

@@ -2,9 +2,11 @@
 #include "cli/eval_options.h"
 #include "cli/stats_options.h"
 #include "cli/train_options.h"
+#include "exec/distributed.h"
 #include "io/model.h"
 #include "learned/learned_merge.h"
 #include "nn/eval.h"
+#include "search/search.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -94,6 +96,21 @@ int compute_stats(weld::cli::StatsArgs& args) {
 	return 0;
 }
 
+int search(weld::search::SearchOptions& args, const std::string& spec, const std::string& out) {
+	args.spec = spec;
+	args.out = out;
+	const auto distributed = weld::Distributed::join();
+	const auto result = weld::search::run_search(args, distributed);
+	if (distributed.is_root()) {
+		const double minutes = result.seconds / 60;
+		fmt::print("weld search: best fitness {:.6f} after {} evaluations ({} replayed from the journal); {:.1f} "
+		           "evaluations per minute per rank; wrote {}/best.yml and {}/model\n",
+		           result.best_fitness, result.evaluations, result.replayed,
+		           minutes > 0 ? static_cast<double>(result.evaluations - result.replayed) / minutes : 0.0, out, out);
+	}
+	return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -117,6 +134,14 @@ int main(int argc, char** argv) {
 	merge_cmd->add_flag("--force", merge_args.force);
 	merge_cmd->add_flag("--quiet", merge_args.quiet);
 	weld::cli::add_stats_options(*stats_cmd, stats_args);
+	weld::search::SearchOptions search_args;
+	std::string search_spec, search_out;
+	auto* search_cmd = app.add_subcommand("search", "search recipe parameters (weld search SPEC OUT)");
+	search_cmd->add_option("spec", search_spec, "the search SPEC (YAML)")->required();
+	search_cmd->add_option("out", search_out, "output folder: journal.jsonl, best.yml, model/")->required();
+	search_cmd->add_flag("--resume", search_args.resume, "continue the search whose journal OUT holds");
+	search_cmd->add_flag("--force", search_args.force, "replace OUT");
+	search_cmd->add_flag("--quiet", search_args.quiet, "no progress lines");
 	try {
 		app.parse(argc, argv);
 	} catch (const CLI::ParseError& e) {
@@ -124,6 +149,7 @@ int main(int argc, char** argv) {
 	}
 	try {
 		if (stats_cmd->parsed()) return compute_stats(stats_args);
+		if (search_cmd->parsed()) return search(search_args, search_spec, search_out);
 		if (merge_cmd->parsed()) {
 			merge_args.recipe = merge_recipe;
 			merge_args.out = merge_out;
