@@ -6,8 +6,8 @@
 namespace weld::cli {
 
 std::function<int()> add_search_command(CLI::App& app) {
-	auto* cmd = app.add_subcommand("search", "Search recipe parameters that maximize weld eval measures (cma_es, "
-	                                         "m2n2, map, sweep), on one process or many (mpirun); see weld search "
+	auto* cmd = app.add_subcommand("search", "Search recipe parameters that maximize weld eval measures (cma_es, m2n2, "
+	                                         "map, bayes_mo, sweep), on one process or many (mpirun); see weld search "
 	                                         "--help");
 	cmd->prefix_command();
 	cmd->set_help_flag();

@@ -375,6 +375,135 @@ private:
 	std::vector<Evaluated> seen_;
 };
 
+// --- bayes_mo ---
+
+// ParEGO-style multi-objective Bayesian optimisation: each step draws a weight vector λ on the
+// simplex, scalarizes every evaluated point by the augmented Chebyshev function of its objectives
+// (scaled to [0, 1] over what was seen), fits a Gaussian process (RBF kernel, lengthscale by the
+// marginal likelihood over a small grid) to it, and evaluates the random candidate of highest
+// expected improvement.
+class BayesMo final : public Algorithm {
+public:
+	BayesMo(size_t n, const std::map<std::string, double>& settings, uint64_t seed) : n_(n), draws_(seed, "bayes_mo") {
+		check_settings(settings, "bayes_mo", {"initial", "candidates", "batch"});
+		initial_ = static_cast<size_t>(setting(settings, "initial", static_cast<double>(2 * n + 2), 2, 1e6));
+		candidates_ = static_cast<size_t>(setting(settings, "candidates", 2048, 1, 1e7));
+		batch_ = static_cast<size_t>(setting(settings, "batch", 4, 1, 1000));
+	}
+
+	std::vector<std::vector<double>> ask(uint64_t left) override {
+		std::vector<std::vector<double>> out;
+		if (seen_.empty()) {
+			for (size_t k = 0; k < std::min<uint64_t>(initial_, left); ++k)
+				out.push_back(random_point());
+			return out;
+		}
+		for (size_t b = 0; b < std::min<uint64_t>(batch_, left); ++b)
+			out.push_back(next_point());
+		return out;
+	}
+	void tell(const std::vector<Evaluated>& results) override {
+		seen_.insert(seen_.end(), results.begin(), results.end());
+	}
+
+private:
+	std::vector<double> random_point() {
+		std::vector<double> x(n_);
+		for (auto& v : x)
+			v = draws_.uniform();
+		return x;
+	}
+	// Augmented Chebyshev scalarization of every seen point for a random λ, in [0, 1]-scaled objectives.
+	std::vector<double> scalarized() {
+		const size_t m = seen_.front().objectives.size();
+		std::vector<double> lambda(m), lo(m, 1e300), hi(m, -1e300), out;
+		double total = 0;
+		for (auto& l : lambda)
+			total += (l = -std::log(std::max(draws_.uniform(), 1e-300)));
+		for (const auto& e : seen_)
+			for (size_t j = 0; j < m; ++j)
+				lo[j] = std::min(lo[j], e.objectives[j]), hi[j] = std::max(hi[j], e.objectives[j]);
+		for (const auto& e : seen_) {
+			double worst = 1e300, sum = 0;
+			for (size_t j = 0; j < m; ++j) {
+				const double scaled = hi[j] > lo[j] ? (e.objectives[j] - lo[j]) / (hi[j] - lo[j]) : 0.5;
+				worst = std::min(worst, lambda[j] / total * scaled);
+				sum += lambda[j] / total * scaled;
+			}
+			out.push_back(worst + 0.05 * sum);
+		}
+		return out;
+	}
+	double kernel(const std::vector<double>& a, const std::vector<double>& b, double length) const {
+		double d = 0;
+		for (size_t i = 0; i < n_; ++i)
+			d += (a[i] - b[i]) * (a[i] - b[i]);
+		return std::exp(-d / (2 * length * length));
+	}
+	std::vector<double> next_point() {
+		auto y = scalarized();
+		const size_t N = seen_.size();
+		const double mean = std::accumulate(y.begin(), y.end(), 0.0) / static_cast<double>(N);
+		double sd = 0;
+		for (auto& v : y)
+			sd += (v - mean) * (v - mean);
+		sd = std::sqrt(sd / static_cast<double>(N)) + 1e-9;
+		for (auto& v : y)
+			v = (v - mean) / sd;
+		// The lengthscale of highest marginal likelihood, and K⁻¹y for it.
+		double best_ll = -1e300, length = 0.3;
+		MatrixD alpha;
+		for (double l : {0.1, 0.2, 0.3, 0.5, 0.8, 1.2}) {
+			const double ls = l * std::sqrt(static_cast<double>(n_));
+			MatrixD K(N, N), Y(N, 1);
+			for (size_t i = 0; i < N; ++i) {
+				Y(i, 0) = y[i];
+				for (size_t j = 0; j < N; ++j)
+					K(i, j) = kernel(seen_[i].genome, seen_[j].genome, ls) + (i == j ? 1e-4 : 0);
+			}
+			const auto a = linalg::solve_symmetric(K, Y);
+			double fit = 0;
+			for (size_t i = 0; i < N; ++i)
+				fit += y[i] * a(i, 0);
+			// −½ yᵀK⁻¹y − ½ log det K, with log det taken from the diagonal of K's SVD.
+			const auto svd = linalg::svd(K);
+			double logdet = 0;
+			for (double s : svd.S)
+				logdet += std::log(std::max(s, 1e-300));
+			const double ll = -0.5 * fit - 0.5 * logdet;
+			if (ll > best_ll) best_ll = ll, length = ls, alpha = a;
+		}
+		const double incumbent = *std::max_element(y.begin(), y.end());
+		std::vector<double> pick;
+		double best_ei = -1;
+		MatrixD K(N, N);
+		for (size_t i = 0; i < N; ++i)
+			for (size_t j = 0; j < N; ++j)
+				K(i, j) = kernel(seen_[i].genome, seen_[j].genome, length) + (i == j ? 1e-4 : 0);
+		for (size_t c = 0; c < candidates_; ++c) {
+			auto x = random_point();
+			MatrixD k(N, 1);
+			double mu = 0;
+			for (size_t i = 0; i < N; ++i)
+				mu += (k(i, 0) = kernel(x, seen_[i].genome, length)) * alpha(i, 0);
+			if (c % 16 != 0 && mu < incumbent - 3) continue; // far below: not worth a variance solve
+			const auto v = linalg::solve_symmetric(K, k);
+			double var = 1;
+			for (size_t i = 0; i < N; ++i)
+				var -= k(i, 0) * v(i, 0);
+			const double s = std::sqrt(std::max(var, 1e-12)), z = (mu - incumbent) / s;
+			const double ei = (mu - incumbent) * 0.5 * std::erfc(-z / std::sqrt(2.0)) +
+			                  s * std::exp(-z * z / 2) / std::sqrt(2 * M_PI);
+			if (ei > best_ei) best_ei = ei, pick = x;
+		}
+		return pick.empty() ? random_point() : pick;
+	}
+
+	size_t n_, initial_ = 8, candidates_ = 2048, batch_ = 4;
+	Draws draws_;
+	std::vector<Evaluated> seen_;
+};
+
 // --- sweep ---
 
 class Sweep final : public Algorithm {
@@ -442,6 +571,7 @@ std::unique_ptr<Algorithm> make_algorithm(const std::string& name, const std::ma
 	if (name == "m2n2") return std::make_unique<M2n2>(genes, settings, seed);
 	if (name == "map") return std::make_unique<Map>(genes, settings, objective_weights, seed, budget);
 	if (name == "sweep") return std::make_unique<Sweep>(genes, settings);
+	if (name == "bayes_mo") return std::make_unique<BayesMo>(genes, settings, seed);
 	throw Error(fmt::format("unknown search algorithm '{}'", name));
 }
 

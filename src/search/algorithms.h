@@ -16,6 +16,9 @@
 //           objective (ridge least squares), predict many random points, keep the predicted Pareto
 //           front, and spend the rest of the budget on its points of highest predicted fitness.
 //           Settings: samples (half the budget), candidates (4096), ridge (1e-3).
+//   bayes_mo  multi-objective Bayesian optimisation (ParEGO: a random Chebyshev scalarization per
+//           point, a Gaussian process on it, expected improvement over random candidates).
+//           Settings: initial (2n + 2), candidates (2048), batch (4).
 //   sweep   every point of the simplex grid of the per-model weights with `steps` divisions, in
 //           order. Settings: steps (4).
 #pragma once

@@ -119,7 +119,7 @@ void write_outputs(const SearchOptions& o, const SearchSpec& spec, const std::ve
 	merge.force = true;
 	merge.seed = spec.seed;
 	run_merge(merge);
-	if (spec.algorithm != "map") return;
+	if (spec.algorithm != "map" && spec.algorithm != "bayes_mo") return;
 	std::vector<std::vector<double>> points;
 	for (const auto& e : seen)
 		points.push_back(e.objectives);

@@ -11,7 +11,7 @@
 //                      (the recipe), genome, fitness, objectives, rank, seconds
 //   OUT/best.yml       the best recipe (mergekit YAML; `weld merge` runs it unchanged)
 //   OUT/model/         the best recipe merged
-//   OUT/pareto.md, OUT/pareto.png   map: the Pareto front of the evaluated candidates
+//   OUT/pareto.md, OUT/pareto.png   map and bayes_mo: the Pareto front of the evaluated candidates
 // --resume replays OUT/journal.jsonl: candidates it holds are not evaluated again, and since the
 // algorithm sees the same results, the search continues as if never interrupted. A budget in
 // minutes stops at a time, so only an evaluation budget gives the same result on every run.

@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::vector<std::string> kAlgorithms = {"cma_es", "m2n2", "map", "sweep"};
+const std::vector<std::string> kAlgorithms = {"cma_es", "m2n2", "map", "bayes_mo", "sweep"};
 
 class Reader {
 public:
@@ -243,14 +243,13 @@ SearchSpec parse_search_spec(const std::string& yaml_text, const std::string& la
 		if (groups < 1 || groups > 64) r.fail("layer_groups", "expected 1 to 64");
 		spec.layer_groups = static_cast<int>(groups);
 	}
-	if (!root["algorithm"]) r.fail("algorithm", "missing: one of cma_es, m2n2, map, sweep");
+	if (!root["algorithm"]) r.fail("algorithm", "missing: one of cma_es, m2n2, map, bayes_mo, sweep");
 	const auto& algorithm = root["algorithm"].IsScalar() ? YAML::Node() : root["algorithm"];
 	spec.algorithm = root["algorithm"].IsScalar() ? r.text(root["algorithm"], "algorithm")
 	                                              : r.text(algorithm["name"], "algorithm.name");
 	if (std::find(kAlgorithms.begin(), kAlgorithms.end(), spec.algorithm) == kAlgorithms.end())
 		r.fail("algorithm",
-		       fmt::format("unknown algorithm '{}' (valid: {}{})", spec.algorithm, fmt::join(kAlgorithms, ", "),
-		                   spec.algorithm == "bayes_mo" ? "; bayes_mo is not built yet" : ""));
+		       fmt::format("unknown algorithm '{}' (valid: {})", spec.algorithm, fmt::join(kAlgorithms, ", ")));
 	if (algorithm)
 		for (const auto& kv : algorithm) {
 			const auto key = kv.first.as<std::string>();
