@@ -258,9 +258,8 @@ SearchResult run_search(const SearchOptions& o, const Distributed& d) {
 		++generation;
 		if (!o.quiet && d.is_root()) {
 			const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-			const double each = result.evaluations + told.size() > result.replayed
-			                        ? elapsed / static_cast<double>(seen.size() - result.replayed)
-			                        : 0;
+			const auto evaluated = seen.size() - result.replayed; // in this run: what the ETA is judged by
+			const double each = evaluated > 0 ? elapsed / static_cast<double>(evaluated) : 0;
 			const auto eta = spec.evaluations
 			                     ? fmt::format(", ETA {:.0f}s", each * static_cast<double>(limit - seen.size()))
 			                     : std::string();
