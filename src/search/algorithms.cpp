@@ -276,11 +276,12 @@ public:
 	Map(size_t n, const std::map<std::string, double>& settings, const std::vector<double>& weights, uint64_t seed,
 	    uint64_t budget)
 	    : n_(n), weights_(weights), draws_(seed, "map") {
-		check_settings(settings, "map", {"samples", "candidates", "ridge"});
+		check_settings(settings, "map", {"samples", "candidates", "ridge", "batch"});
 		samples_ = static_cast<size_t>(
 		    setting(settings, "samples", std::max<double>(2, static_cast<double>(budget / 2)), 2, 1e7));
 		candidates_ = static_cast<size_t>(setting(settings, "candidates", 4096, 1, 1e7));
 		ridge_ = setting(settings, "ridge", 1e-3, 0, 1e6);
+		batch_ = static_cast<size_t>(setting(settings, "batch", 20, 1, 1e7));
 	}
 
 	std::vector<std::vector<double>> ask(uint64_t left) override {
@@ -292,8 +293,8 @@ public:
 					v = draws_.uniform();
 				out.push_back(x);
 			}
-		} else if (phase_ == 1) {
-			out = predicted_front(left);
+		} else { // refit on everything seen, then the predicted front's best `batch` points
+			out = predicted_front(std::min<uint64_t>(left, batch_));
 		}
 		++phase_;
 		return out;
@@ -367,7 +368,7 @@ private:
 		return out;
 	}
 
-	size_t n_, samples_ = 0, candidates_ = 4096;
+	size_t n_, samples_ = 0, candidates_ = 4096, batch_ = 20;
 	double ridge_ = 1e-3;
 	std::vector<double> weights_;
 	Draws draws_;

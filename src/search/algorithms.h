@@ -12,10 +12,11 @@
 //           B scores where A is weak), children mixed with ratio w before a random split point of
 //           the genome and 1 − w after, plus a small mutation. Settings: archive (8), children
 //           (4 per generation), mutation (0.05).
-//   map     MAP (Li et al. 2024): sample coefficient vectors, fit a quadratic surrogate per
-//           objective (ridge least squares), predict many random points, keep the predicted Pareto
-//           front, and spend the rest of the budget on its points of highest predicted fitness.
-//           Settings: samples (half the budget), candidates (4096), ridge (1e-3).
+//   map     MAP (Li et al. 2024), with its adaptive sampling: sample coefficient vectors, fit a
+//           quadratic surrogate per objective (ridge least squares), predict many random points,
+//           keep the predicted Pareto front and evaluate its `batch` points of highest predicted
+//           fitness; refit with them and repeat until the budget is spent. Settings: samples (half
+//           the budget), candidates (4096), ridge (1e-3), batch (20).
 //   bayes_mo  multi-objective Bayesian optimisation (ParEGO: a random Chebyshev scalarization per
 //           point, a Gaussian process on it, expected improvement over random candidates).
 //           Settings: initial (2n + 2), candidates (2048), batch (4).
