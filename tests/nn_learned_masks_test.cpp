@@ -10,6 +10,7 @@
 #include "learned/learned_merge.h"
 #include "learned/localize_stitch.h"
 #include "nn/twin.h"
+#include "nn_family.h"
 #include "nn_test_util.h"
 #include "util/error.h"
 
@@ -31,14 +32,7 @@ const char* kConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 2
 class LearnedMasks : public ::testing::Test {
 protected:
 	void SetUp() override {
-		nn::LlamaModel::create(kConfig, "tiny", 3).save(tmp / "base");
-		for (int k = 0; k < 2; ++k) {
-			auto expert = nn::LlamaModel::load(tmp / "base");
-			auto gen = at::make_generator<at::CPUGeneratorImpl>(200 + k);
-			for (auto& [name, p] : expert.parameters())
-				p.add_(at::normal(0.0, 0.2, p.sizes(), gen, p.options()));
-			expert.save(tmp / fmt::format("e{}", k));
-		}
+		test::write_noisy_family(tmp.path(), kConfig, 2, 200, 0.2);
 		test::write_file(tmp / "d0.jsonl", "{\"prompt\": \"ab=\", \"answer\": \"ba\\n\"}\n"
 		                                   "{\"prompt\": \"xyz=\", \"answer\": \"zyx\\n\"}\n");
 		test::write_file(tmp / "d1.jsonl", "{\"prompt\": \"12+\", \"answer\": \"3\\n\"}\n"

@@ -7,6 +7,7 @@
 #include "learned/adamerging.h"
 #include "learned/fw_merging.h"
 #include "learned/learned_merge.h"
+#include "nn_family.h"
 #include "nn_test_util.h"
 #include "util/error.h"
 
@@ -28,14 +29,7 @@ const char* kConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 2
 class Learned : public ::testing::Test {
 protected:
 	void SetUp() override {
-		nn::LlamaModel::create(kConfig, "tiny", 3).save(tmp / "base");
-		for (int k = 0; k < 2; ++k) {
-			auto expert = nn::LlamaModel::load(tmp / "base");
-			auto gen = at::make_generator<at::CPUGeneratorImpl>(100 + k);
-			for (auto& [name, p] : expert.parameters())
-				p.add_(at::normal(0.0, 0.2, p.sizes(), gen, p.options()));
-			expert.save(tmp / fmt::format("e{}", k));
-		}
+		test::write_noisy_family(tmp.path(), kConfig, 2, 100, 0.2);
 		test::write_file(tmp / "prompts.jsonl", "{\"prompt\": \"ab=\", \"answer\": \"?\"}\n"
 		                                        "{\"prompt\": \"xyz=\", \"answer\": \"?\"}\n"
 		                                        "{\"prompt\": \"q=\", \"answer\": \"?\"}\n");

@@ -4,6 +4,7 @@
 // same SPEC and seed give the same best recipe, and a journal cut off mid-line resumes to it.
 #include "exec/distributed.h"
 #include "nn/llama.h"
+#include "nn_family.h"
 #include "nn_test_util.h"
 #include "search/algorithms.h"
 #include "search/search.h"
@@ -119,14 +120,7 @@ const char* kConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 2
 class Search : public ::testing::Test {
 protected:
 	void SetUp() override {
-		nn::LlamaModel::create(kConfig, "tiny", 3).save(tmp / "base");
-		for (int k = 0; k < 2; ++k) {
-			auto expert = nn::LlamaModel::load(tmp / "base");
-			auto gen = at::make_generator<at::CPUGeneratorImpl>(300 + k);
-			for (auto& [name, p] : expert.parameters())
-				p.add_(at::normal(0.0, 0.3, p.sizes(), gen, p.options()));
-			expert.save(tmp / fmt::format("e{}", k));
-		}
+		test::write_noisy_family(tmp.path(), kConfig, 2, 300, 0.3);
 		test::write_file(tmp / "val.txt", "hello world\nmerge me\n"); // -log perplexity: a fitness that varies
 	}
 	std::string spec(const std::string& algorithm, const std::string& extra = "") const {

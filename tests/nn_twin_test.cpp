@@ -6,6 +6,7 @@
 #include "learned/twin.h"
 #include "nn/eval.h"
 #include "nn/twin.h"
+#include "nn_family.h"
 #include "nn_test_util.h"
 #include "plan/recipe.h"
 #include "util/error.h"
@@ -45,14 +46,7 @@ double max_abs(const at::Tensor& t) {
 class Twin : public ::testing::Test {
 protected:
 	void SetUp() override {
-		nn::LlamaModel::create(kConfig, "tiny", 3).save(tmp / "base");
-		for (int k = 0; k < 2; ++k) {
-			auto expert = nn::LlamaModel::load(tmp / "base");
-			auto gen = at::make_generator<at::CPUGeneratorImpl>(100 + k);
-			for (auto& [name, p] : expert.parameters())
-				p.add_(at::normal(0.0, 0.2, p.sizes(), gen, p.options()));
-			expert.save(tmp / fmt::format("e{}", k));
-		}
+		test::write_noisy_family(tmp.path(), kConfig, 2, 100, 0.2);
 		std::string d0, d1;
 		for (const char* p : {"aaa=", "abab=", "baa=", "aab=", "bbba=", "abba=", "aaaa=", "ba="})
 			d0 += fmt::format("{{\"prompt\": \"{}\", \"answer\": \"x\"}}\n", p);

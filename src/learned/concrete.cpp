@@ -13,8 +13,9 @@ namespace {
 std::vector<at::Tensor> draw_noise(TaskVectorModel& tv, at::Generator& generator) {
 	std::vector<at::Tensor> noise;
 	for (size_t n = 0; n < tv.names().size(); ++n) {
-		const auto u = at::rand(tv.base(n).sizes(), generator, at::TensorOptions().dtype(tv.base(n).scalar_type()));
-		noise.push_back((at::log(u.clamp(1e-7, 1 - 1e-7)) - at::log1p(-u.clamp(1e-7, 1 - 1e-7))));
+		const auto u = at::rand(tv.base(n).sizes(), generator, at::TensorOptions().dtype(tv.base(n).scalar_type()))
+		                   .clamp(1e-7, 1 - 1e-7);
+		noise.push_back(at::log(u) - at::log1p(-u));
 	}
 	return noise;
 }

@@ -12,11 +12,7 @@ const MergeMethod& adamerging_method() {
 	                   "of the merged model's answers to unlabeled prompts",
 	    .reference = "https://arxiv.org/abs/2310.02575",
 	    .global_params =
-	        {{.name = "data",
-	          .type = ParamType::Text,
-	          .required = true,
-	          .has_default = false,
-	          .help = "Unlabeled prompts: prompt/answer JSONL (answers ignored) or text lines"},
+	        {unlabeled_prompts_param(),
 	         {.name = "granularity",
 	          .type = ParamType::Text,
 	          .has_default = false,

@@ -21,6 +21,14 @@ void RuntimeMethod::merge(const MergeInput& input, std::span<float>) const {
 	                        input.tensor_name, info_.name));
 }
 
+ParamDef unlabeled_prompts_param() {
+	return {.name = "data",
+	        .type = ParamType::Text,
+	        .required = true,
+	        .has_default = false,
+	        .help = "Unlabeled prompts: prompt/answer JSONL (answers ignored) or text lines"};
+}
+
 std::vector<ParamDef> statistics_source_params(const std::string& stats_help, std::vector<ParamDef> before) {
 	before.push_back({.name = "data",
 	                  .type = ParamType::Text,

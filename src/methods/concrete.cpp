@@ -12,11 +12,7 @@ const MergeMethod& concrete_method() {
 	                   "minimizing the entropy of the merged model's answers to unlabeled prompts",
 	    .reference = "https://github.com/tanganke/subspace_fusion",
 	    .global_params =
-	        {{.name = "data",
-	          .type = ParamType::Text,
-	          .required = true,
-	          .has_default = false,
-	          .help = "Unlabeled prompts: prompt/answer JSONL (answers ignored) or text lines"},
+	        {unlabeled_prompts_param(),
 	         {.name = "variant",
 	          .type = ParamType::Text,
 	          .has_default = false,

@@ -79,6 +79,9 @@ private:
 	MethodInfo info_;
 };
 
+// The required global `data` of the methods that adapt on unlabeled prompts (AdaMerging, Concrete).
+ParamDef unlabeled_prompts_param();
+
 // `before`, then the per-model `data` and `stats` parameters of a method that reads statistics;
 // stats_help says what the folder holds.
 std::vector<ParamDef> statistics_source_params(const std::string& stats_help, std::vector<ParamDef> before = {});

@@ -124,15 +124,10 @@ void write_outputs(const SearchOptions& o, const SearchSpec& spec, const std::ve
 	for (const auto& e : seen)
 		points.push_back(e.objectives);
 	const auto front = pareto_front(points);
-	std::string table = "# Pareto front of the evaluated candidates\n\n| candidate | fitness |";
+	std::string header = "| candidate | fitness |", rule = "|---:|---:|";
 	for (const auto& m : spec.measures)
-		table += " " + m.name + " |";
-	table += "\n|---:|---:|" + std::string() + [&] {
-		std::string s;
-		for (size_t i = 0; i < spec.measures.size(); ++i)
-			s += "---:|";
-		return s;
-	}() + "\n";
+		header += " " + m.name + " |", rule += "---:|";
+	std::string table = "# Pareto front of the evaluated candidates\n\n" + header + "\n" + rule + "\n";
 	for (size_t i : front) {
 		table += fmt::format("| {} | {:.4f} |", i, seen[i].fitness);
 		for (double v : seen[i].objectives)
