@@ -85,7 +85,24 @@ TEST_F(CliTest, UnknownRecipeKeyListsValidKeys) {
 }
 
 TEST_F(CliTest, UnknownParameterIsRejected) {
-	expect_merge_error(models_recipe("ties") + "parameters: {desnity: 0.5}\n", "unknown parameter 'desnity'");
+	expect_merge_error(models_recipe("ties") + "parameters: {desnity: 0.5}\n",
+	                   "parameters: unknown parameter 'desnity' for method 'ties'; did you mean 'density'?");
+}
+
+// Model cards carry leftovers such as `weight` on methods that take none: mergekit ignores them,
+// and so does weld, with one warning line naming the parameter and the method.
+TEST_F(CliTest, ParameterAnotherMethodTakesIsIgnoredWithAWarning) {
+	test::write_file(dir_ / "recipe.yml", models_recipe("sce") + "parameters: {density: 0.5}\n");
+	std::string err;
+	ASSERT_EQ(test::run_weld("merge " + (dir_ / "recipe.yml").string() + " " + (dir_ / "out").string(), &err), 0)
+	    << err;
+	EXPECT_NE(err.find("weld: warning: recipe: models[0].parameters: parameter 'weight' is ignored: method "
+	                   "'sce' does not take it"),
+	          std::string::npos)
+	    << err;
+	EXPECT_NE(err.find("parameter 'density' is ignored"), std::string::npos) << err;
+	EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 2) << err;
+	EXPECT_TRUE(fs::exists(dir_ / "out" / "config.json"));
 }
 
 TEST_F(CliTest, MissingRequiredParameterIsNamed) {

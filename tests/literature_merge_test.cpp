@@ -131,7 +131,8 @@ TEST_P(LiteratureRecipeErrorTest, RejectsBadRecipes) {
 	fails("merge_method: mwa\nmodels:\n  - model: a\n    parameters: {loss: 0}\n  - model: b\n    parameters: {loss: "
 	      "1}\n",
 	      "'loss'");
-	fails("merge_method: varm\nparameters: {weight: 1}\n" + kTwoModels, "unknown parameter");
+	fails("merge_method: varm\nparameters: {wieght: 1}\n" + kTwoModels,
+	      "unknown parameter 'wieght' for method 'varm'; did you mean 'weight'?");
 }
 
 INSTANTIATE_TEST_SUITE_P(Literature, LiteratureRecipeErrorTest, ::testing::Values(DType::F32),

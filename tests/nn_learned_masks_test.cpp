@@ -180,7 +180,8 @@ TEST_F(LearnedMasks, MissingDataIsOneClearError) {
 	fails("merge_method: twin\n" + no_data, "model 'e0'");
 	fails("merge_method: concrete\n" + no_data, "needs parameter 'data'");
 	fails(per_model("expert_merging", "variant: huge"), "variant is 'huge'");
-	fails(per_model("concrete", "data: d0.jsonl"), "models: 'e0': unknown parameter 'data' for method 'concrete'");
+	fails(per_model("concrete", "data: d0.jsonl, temprature: 0.5"),
+	      "unknown parameter 'temprature' for method 'concrete'; did you mean 'temperature'?");
 	fails("merge_method: concrete\nparameters: {data: d0.jsonl, temperature: 0}\n" + no_data,
 	      "parameters.temperature is 0");
 	fails(per_model("localize_stitch", "mode: learned, l1: -1"), "parameters.l1 is -1");

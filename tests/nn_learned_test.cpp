@@ -181,7 +181,9 @@ TEST_F(Learned, BadRecipesAndDataAreOneClearError) {
 	EXPECT_NE(error("{data: missing.jsonl}").find("missing.jsonl: no such file"), std::string::npos);
 	EXPECT_NE(error("{data: prompts.jsonl, granularity: block}").find("granularity is 'block'"), std::string::npos);
 	EXPECT_NE(error("{data: prompts.jsonl, lr: -1}").find("parameters.lr is -1"), std::string::npos);
-	EXPECT_NE(error("{data: prompts.jsonl, temperature: 2}").find("unknown parameter 'temperature'"),
+	EXPECT_NE(error("{data: prompts.jsonl, temprature: 2}")
+	              .find("unknown parameter 'temprature' for method "
+	                    "'adamerging'; did you mean 'temperature'?"),
 	          std::string::npos);
 	fs::create_directories(tmp / "taken");
 	EXPECT_NE(error("{data: prompts.jsonl}", "taken").find("already exists"), std::string::npos);

@@ -34,15 +34,8 @@ namespace {
 class Settings {
 public:
 	Settings(const Recipe& recipe, const MethodInfo& info) : recipe_(recipe), info_(info) {
-		for (const auto& [name, setting] : recipe.parameters)
-			if (!def(name))
-				throw Error(fmt::format("recipe: parameters: unknown parameter '{}' for method '{}'", name, info.name));
-		for (const auto& m : recipe.models)
-			for (const auto& [name, setting] : m.parameters)
-				if (std::none_of(info.model_params.begin(), info.model_params.end(),
-				                 [&](const ParamDef& d) { return d.name == name; }))
-					throw Error(fmt::format("recipe: models: '{}': unknown parameter '{}' for method '{}'", m.model,
-					                        name, info.name));
+		for (const auto& warning : check_parameter_names(info, recipe))
+			std::fprintf(stderr, "weld: warning: %s\n", warning.c_str());
 	}
 	std::string text(const std::string& name, const std::string& fallback = "") const {
 		const auto value = text_setting(recipe_.parameters, name, "parameters");

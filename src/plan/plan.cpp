@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <map>
+#include <numeric>
 #include <optional>
+#include <set>
 
 namespace weld {
 namespace {
@@ -66,7 +68,6 @@ private:
 	size_t open_model(const std::string& reference);
 	int64_t layer_count(size_t model) const;
 	std::vector<Slice> make_slices();
-	void check_parameter_names() const;
 	void plan_tensor(const std::string& out_name, double t, const Slice& slice,
 	                 const std::vector<std::string>& source_names);
 	void plan_layers(const std::vector<Slice>& slices);
@@ -158,28 +159,82 @@ std::vector<Slice> Planner::make_slices() {
 	return slices;
 }
 
-void Planner::check_parameter_names() const {
-	const auto& info = method_.info();
+// Levenshtein distance, for "did you mean" on misspelled parameter names.
+size_t edit_distance(std::string_view a, std::string_view b) {
+	std::vector<size_t> row(b.size() + 1);
+	std::iota(row.begin(), row.end(), size_t{0});
+	for (size_t i = 1; i <= a.size(); ++i) {
+		size_t diagonal = row[0];
+		row[0] = i;
+		for (size_t j = 1; j <= b.size(); ++j) {
+			const size_t above = row[j];
+			row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+			diagonal = above;
+		}
+	}
+	return row[b.size()];
+}
+
+// Every parameter name some weld method declares (recipes copied from model cards carry leftovers
+// such as `weight` on methods that take none; mergekit ignores them).
+std::set<std::string, std::less<>> every_method_parameter() {
+	std::set<std::string, std::less<>> names;
+	for (const auto* method : all_methods()) {
+		for (const auto& def : method->info().global_params)
+			names.insert(def.name);
+		for (const auto& def : method->info().model_params)
+			names.insert(def.name);
+	}
+	return names;
+}
+
+std::string closest_name(std::string_view name, const std::set<std::string, std::less<>>& names) {
+	std::string best;
+	size_t best_distance = std::max<size_t>(2, name.size() / 3) + 1;
+	for (const auto& candidate : names)
+		if (const size_t d = edit_distance(name, candidate); d < best_distance) best = candidate, best_distance = d;
+	return best;
+}
+
+} // namespace
+
+std::vector<std::string> check_parameter_names(const MethodInfo& info, const Recipe& recipe) {
+	std::vector<std::string> warnings;
 	std::vector<std::string> valid;
 	for (const auto& def : info.global_params)
 		valid.push_back(def.name);
 	for (const auto& def : info.model_params)
 		valid.push_back(def.name);
+	const auto known = every_method_parameter();
+	std::set<std::string> warned;
 	auto check = [&](const ParamSettings& settings, const std::string& where) {
-		for (const auto& [name, setting] : settings)
-			if (std::find(valid.begin(), valid.end(), name) == valid.end())
-				throw Error(fmt::format("recipe: {}: unknown parameter '{}' for method '{}' (valid: {})", where, name,
-				                        info.name, valid.empty() ? "none" : fmt::format("{}", fmt::join(valid, ", "))));
+		for (const auto& [name, setting] : settings) {
+			if (std::find(valid.begin(), valid.end(), name) != valid.end()) continue;
+			if (known.count(name)) {
+				if (warned.insert(name).second)
+					warnings.push_back(fmt::format("recipe: {}: parameter '{}' is ignored: method '{}' does not "
+					                               "take it (as mergekit)",
+					                               where, name, info.name));
+				continue;
+			}
+			const auto guess = closest_name(name, known);
+			throw Error(fmt::format("recipe: {}: unknown parameter '{}' for method '{}'{} (valid: {})", where, name,
+			                        info.name, guess.empty() ? "" : fmt::format("; did you mean '{}'?", guess),
+			                        valid.empty() ? "none" : fmt::format("{}", fmt::join(valid, ", "))));
+		}
 	};
-	check(recipe_.parameters, "parameters");
-	for (size_t i = 0; i < recipe_.models.size(); i++)
-		check(recipe_.models[i].parameters, fmt::format("models[{}].parameters", i));
-	for (size_t i = 0; i < recipe_.slices.size(); i++) {
-		check(recipe_.slices[i].parameters, fmt::format("slices[{}].parameters", i));
-		for (size_t j = 0; j < recipe_.slices[i].sources.size(); j++)
-			check(recipe_.slices[i].sources[j].parameters, fmt::format("slices[{}].sources[{}].parameters", i, j));
+	check(recipe.parameters, "parameters");
+	for (size_t i = 0; i < recipe.models.size(); i++)
+		check(recipe.models[i].parameters, fmt::format("models[{}].parameters", i));
+	for (size_t i = 0; i < recipe.slices.size(); i++) {
+		check(recipe.slices[i].parameters, fmt::format("slices[{}].parameters", i));
+		for (size_t j = 0; j < recipe.slices[i].sources.size(); j++)
+			check(recipe.slices[i].sources[j].parameters, fmt::format("slices[{}].sources[{}].parameters", i, j));
 	}
+	return warnings;
 }
+
+namespace {
 
 std::optional<ParamValue> Planner::lookup(const ParamDef& def, const std::vector<const ParamSettings*>& levels,
                                           const std::string& tensor, double t) const {
@@ -470,7 +525,8 @@ const ModelFolder::Tensor* Planner::statistics_for(size_t m, const ModelFolder::
 }
 
 void Planner::run() {
-	check_parameter_names();
+	for (auto& warning : check_parameter_names(method_.info(), recipe_))
+		plan_.warnings.push_back(std::move(warning));
 	const auto slices = make_slices();
 	open_statistics(slices);
 	plan_layers(slices);

@@ -75,4 +75,9 @@ std::string describe_plan(const Plan& plan);
 // recipe sets info.learned_when's text parameter to its value.
 bool learns_from_data(const MethodInfo& info, const Recipe& recipe);
 
+// Checks every parameter name of the recipe against the method: a name the method does not take
+// but another weld method does is ignored, with a warning returned (as mergekit ignores it); any
+// other name throws weld::Error naming where it is, with the closest known name.
+std::vector<std::string> check_parameter_names(const MethodInfo& info, const Recipe& recipe);
+
 } // namespace weld
