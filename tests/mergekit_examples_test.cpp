@@ -1,5 +1,6 @@
-// Runs mergekit's own example recipes unchanged (opt-in: set WELD_MERGEKIT_EXAMPLES to the
-// folder holding them). Every model a recipe names is created as a tiny Llama-shaped model with
+// Runs mergekit's own example recipes unchanged: those in $WELD_MERGEKIT_EXAMPLES, else in the
+// shared folder beside the repository (../shared/recipes/mergekit-examples); skipped when neither
+// exists (a clone without the shared folder). Every model a recipe names is created as a tiny Llama-shaped model with
 // the real layer count (40 for 13B models, 32 for 7B ones) in a temporary Hugging Face cache.
 #include "exec/merge.h"
 #include "plan/recipe.h"
@@ -34,8 +35,11 @@ void add_to_cache(const fs::path& hub, const std::string& repo_id, uint64_t seed
 }
 
 TEST(MergekitExamples, RunUnchanged) {
-	const char* examples = std::getenv("WELD_MERGEKIT_EXAMPLES");
-	if (!examples) GTEST_SKIP() << "set WELD_MERGEKIT_EXAMPLES to mergekit's examples folder";
+	const char* from_env = std::getenv("WELD_MERGEKIT_EXAMPLES");
+	const fs::path examples =
+	    from_env ? fs::path(from_env) : fs::path(WELD_SOURCE_DIR) / ".." / "shared" / "recipes" / "mergekit-examples";
+	if (!fs::is_directory(examples))
+		GTEST_SKIP() << examples << " does not exist: set WELD_MERGEKIT_EXAMPLES to mergekit's examples folder";
 	test::TempDir dir;
 	setenv("HF_HUB_CACHE", (dir / "hub").c_str(), 1);
 	size_t ran = 0;
