@@ -1,6 +1,7 @@
 // End-to-end merges with mergekit's `modules:` on a tiny two-module model (a Mistral3-style text
 // decoder, vision tower and projector), each module's output checked against its own recipe;
-// bad module recipes; and int8_mask, which changes no byte.
+// bad module recipes; int8_mask, which changes no byte; and cabs' pruning_order, which the plan
+// turns into each model's place.
 #include "family_fixture.h"
 #include "test_util.h"
 
@@ -152,6 +153,20 @@ TEST_F(ModulesMergeTest, Int8MaskChangesNoByte) {
 		          test::read_file(dir_ / "int8" / "model.safetensors"))
 		    << method;
 	}
+}
+
+// With n = m every position goes to the first model in the order: the output is that model.
+// Without pruning_order the references sorted by name decide (a before b).
+TEST_F(ModulesMergeTest, CabsPruningOrderComesFromTheRecipe) {
+	make_family(DType::F32, 2, 2);
+	const std::string head = "merge_method: cabs\nbase_model: base\nparameters: {default_n_val: 4, default_m_val: 4";
+	const std::string models = "models: [{model: b}, {model: a}]\n";
+	EXPECT_EQ(merged(head + "}\n" + models), a_);
+	EXPECT_EQ(merged(head + ", pruning_order: [b, a]}\n" + models), b_);
+	EXPECT_EQ(merged(head + ", pruning_order: [base, b]}\n" + models), b_);
+	EXPECT_NE(merge_error(head + ", pruning_order: [b, c]}\n" + models)
+	              .find("parameters.pruning_order: 'c' is not a model of the recipe"),
+	          std::string::npos);
 }
 
 } // namespace
