@@ -42,6 +42,13 @@ ComputedStatistics compute_recipe_statistics(const std::string& recipe_path, con
 	for (const auto& slice : recipe.slices)
 		for (const auto& s : slice.sources)
 			sources.push_back(&s);
+	for (const auto& module : recipe.modules) {
+		for (const auto& m : module.models)
+			sources.push_back(&m);
+		for (const auto& slice : module.slices)
+			for (const auto& s : slice.sources)
+				sources.push_back(&s);
+	}
 	ComputedStatistics computed;
 	for (const auto* source : sources) {
 		const auto where = fmt::format("model '{}'", source->model);

@@ -259,7 +259,8 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 	if (!method || !learns_from_data(method->info(), recipe))
 		throw Error(fmt::format("recipe: merge_method '{}' does not learn from data", recipe.merge_method));
 	const auto& info = method->info();
-	if (!recipe.slices.empty()) throw Error(fmt::format("recipe: method '{}' takes models:, not slices:", info.name));
+	if (recipe.models.empty())
+		throw Error(fmt::format("recipe: method '{}' takes models:, not slices: or modules:", info.name));
 	if (fs::exists(options.out) && !options.force)
 		throw Error(fmt::format("{}: already exists (use --force to replace it)", options.out.string()));
 	// One thread: what is learned, and so the merged bytes, do not depend on --threads.

@@ -245,7 +245,8 @@ std::string run_twin(const Recipe& recipe, double lambda, double density, double
                      uint64_t seed, const fs::path& out, bool force, bool quiet) {
 	const auto& method = recipe.merge_method;
 	if (!recipe.base_model) throw Error(fmt::format("recipe: method '{}' needs a base_model", method));
-	if (!recipe.slices.empty()) throw Error(fmt::format("recipe: method '{}' takes models:, not slices:", method));
+	if (recipe.models.empty())
+		throw Error(fmt::format("recipe: method '{}' takes models:, not slices: or modules:", method));
 	std::vector<std::string> experts;
 	std::vector<fs::path> expert_dirs, data;
 	std::string provenance;

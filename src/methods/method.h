@@ -62,6 +62,11 @@ struct MethodInfo {
 	// A text parameter and value that make a recipe learned (localize_stitch: {"mode", "learned"});
 	// empty: `learned` alone decides.
 	std::pair<std::string, std::string> learned_when = {};
+	// A global Text parameter listing model references in the order the method takes them
+	// (cabs: pruning_order). The plan gives every source a per-model value of the same name: its
+	// place in the list, -1 where the list leaves it out; without the list, its place among the
+	// recipe's references sorted by name (mergekit's default). Empty: none.
+	std::string model_order = {};
 };
 
 using ParamValues = std::map<std::string, double, std::less<>>;

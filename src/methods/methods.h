@@ -31,6 +31,10 @@ const MergeMethod& ram_method();
 const MergeMethod& ramplus_tl_method();
 const MergeMethod& arcee_fusion_method();
 const MergeMethod& passthrough_method();
+// mergekit's open pull requests (#568, #646, #677)
+const MergeMethod& cabs_method();
+const MergeMethod& core_space_method();
+const MergeMethod& lrp_method();
 // data-free methods of the research literature
 const MergeMethod& consensus_ta_method();
 const MergeMethod& consensus_ties_method();

@@ -1,5 +1,7 @@
 #include "plan/plan.h"
 
+#include "plan/modules.h"
+
 #include "util/error.h"
 
 #include <fmt/format.h>
@@ -67,10 +69,13 @@ public:
 private:
 	size_t open_model(const std::string& reference);
 	int64_t layer_count(size_t model) const;
-	std::vector<Slice> make_slices();
+	std::vector<Slice> make_slices(const std::vector<SourceSpec>& models, const std::vector<SliceSpec>& slice_specs,
+	                               const std::string& where);
+	void run_modules();
+	bool in_scope(const std::string& tensor) const;
 	void plan_tensor(const std::string& out_name, double t, const Slice& slice,
 	                 const std::vector<std::string>& source_names);
-	void plan_layers(const std::vector<Slice>& slices);
+	int64_t plan_layers(const std::vector<Slice>& slices);
 	const std::vector<LayerName>& names_at(size_t model, int64_t layer);
 	void check_same_tensors(const SliceSource& tmpl, const SliceSource& source, int64_t offset);
 	const SliceSource& template_source(const Slice& slice) const;
@@ -78,7 +83,11 @@ private:
 	                    const std::vector<std::string>& source_names);
 	std::optional<ParamValue> lookup(const ParamDef& def, const std::vector<const ParamSettings*>& levels,
 	                                 const std::string& tensor, double t) const;
-	void make_config(int64_t out_layers);
+	void check_model_order() const;
+	void choose_tokenizer(size_t first_model);
+	void order_sources(TensorJob& job, const Slice& slice) const;
+	// Sets each config.json key (nested "a.b" where it exists) to its output layer count.
+	void make_config(const std::vector<std::pair<std::string, int64_t>>& layer_counts);
 	void open_statistics(const std::vector<Slice>& slices);
 	void check_statistics(size_t model, const std::string& path);
 	const ModelFolder::Tensor* statistics_for(size_t model, const ModelFolder::Tensor& tensor) const;
@@ -91,7 +100,15 @@ private:
 	const MergeMethod& method_;
 	const ComputedStatistics& computed_;
 	std::vector<std::map<int64_t, std::vector<LayerName>>> names_; // per model, by layer (-1: none)
+	// With `modules:`, which module owns each tensor and the one being planned (-1: all tensors).
+	std::unique_ptr<ModuleMap> modules_;
+	int module_ = -1;
+	const ParamSettings* module_params_ = nullptr;
 };
+
+bool Planner::in_scope(const std::string& tensor) const {
+	return module_ < 0 || modules_->owner(tensor) == module_;
+}
 
 size_t Planner::open_model(const std::string& reference) {
 	for (size_t i = 0; i < plan_.models.size(); i++)
@@ -103,14 +120,17 @@ size_t Planner::open_model(const std::string& reference) {
 
 int64_t Planner::layer_count(size_t model) const {
 	const auto& config = folder(model).config();
-	if (config && config->num_hidden_layers) return *config->num_hidden_layers;
+	const bool whole_model = module_ < 0 || modules_->modules()[static_cast<size_t>(module_)].prefix.empty();
+	if (config && config->num_hidden_layers && whole_model) return *config->num_hidden_layers;
 	int64_t count = 0;
 	for (const auto& tensor : folder(model).tensors())
-		if (auto layer = split_layer_name(tensor.info->name)) count = std::max(count, layer->layer + 1);
+		if (auto layer = split_layer_name(tensor.info->name); layer && in_scope(tensor.info->name))
+			count = std::max(count, layer->layer + 1);
 	return count;
 }
 
-std::vector<Slice> Planner::make_slices() {
+std::vector<Slice> Planner::make_slices(const std::vector<SourceSpec>& models,
+                                        const std::vector<SliceSpec>& slice_specs, const std::string& where) {
 	const bool needs_base = method_.info().base == BaseModel::Required;
 	const bool wants_base = method_.info().base != BaseModel::Ignored && recipe_.base_model;
 	if (recipe_.base_model) plan_.base_model = static_cast<int>(open_model(*recipe_.base_model));
@@ -118,11 +138,11 @@ std::vector<Slice> Planner::make_slices() {
 		throw Error(fmt::format("recipe: method '{}' needs a base_model", method_.info().name));
 
 	std::vector<Slice> slices;
-	if (!recipe_.models.empty()) {
+	if (!models.empty()) {
 		// mergekit turns `models:` into one slice over every layer, adding the base if absent.
 		Slice slice{{}, nullptr};
 		bool has_base = false;
-		for (const auto& spec : recipe_.models) {
+		for (const auto& spec : models) {
 			const size_t m = open_model(spec.model);
 			has_base = has_base || static_cast<int>(m) == plan_.base_model;
 			slice.sources.push_back({m, 0, layer_count(m), &spec.parameters});
@@ -134,8 +154,8 @@ std::vector<Slice> Planner::make_slices() {
 		slices.push_back(std::move(slice));
 		return slices;
 	}
-	for (size_t i = 0; i < recipe_.slices.size(); i++) {
-		const auto& spec = recipe_.slices[i];
+	for (size_t i = 0; i < slice_specs.size(); i++) {
+		const auto& spec = slice_specs[i];
 		Slice slice{{}, &spec.parameters};
 		bool has_base = false;
 		for (const auto& source : spec.sources) {
@@ -143,17 +163,19 @@ std::vector<Slice> Planner::make_slices() {
 			has_base = has_base || static_cast<int>(m) == plan_.base_model;
 			const auto [first, last] = *source.layer_range;
 			if (last > layer_count(m))
-				throw Error(fmt::format("recipe: slices[{}]: layer_range [{}, {}) exceeds the {} layers of model '{}'",
-				                        i, first, last, layer_count(m), source.model));
+				throw Error(
+				    fmt::format("recipe: {}slices[{}]: layer_range [{}, {}) exceeds the {} layers of model '{}'", where,
+				                i, first, last, layer_count(m), source.model));
 			slice.sources.push_back({m, first, last, &source.parameters});
 		}
 		const auto length = slice.sources[0].last_layer - slice.sources[0].first_layer;
 		for (const auto& s : slice.sources)
 			if (s.last_layer - s.first_layer != length)
-				throw Error(fmt::format("recipe: slices[{}]: every source must span the same number of layers", i));
+				throw Error(
+				    fmt::format("recipe: {}slices[{}]: every source must span the same number of layers", where, i));
 		if (needs_base && !has_base)
-			throw Error(fmt::format("recipe: slices[{}]: base model '{}' must be one of the sources for method '{}'", i,
-			                        *recipe_.base_model, method_.info().name));
+			throw Error(fmt::format("recipe: {}slices[{}]: base model '{}' must be one of the sources for method '{}'",
+			                        where, i, *recipe_.base_model, method_.info().name));
 		slices.push_back(std::move(slice));
 	}
 	return slices;
@@ -231,6 +253,18 @@ std::vector<std::string> check_parameter_names(const MethodInfo& info, const Rec
 		for (size_t j = 0; j < recipe.slices[i].sources.size(); j++)
 			check(recipe.slices[i].sources[j].parameters, fmt::format("slices[{}].sources[{}].parameters", i, j));
 	}
+	for (const auto& module : recipe.modules) {
+		const auto where = "modules." + module.name;
+		check(module.parameters, where + ".parameters");
+		for (size_t i = 0; i < module.models.size(); i++)
+			check(module.models[i].parameters, fmt::format("{}.models[{}].parameters", where, i));
+		for (size_t i = 0; i < module.slices.size(); i++) {
+			check(module.slices[i].parameters, fmt::format("{}.slices[{}].parameters", where, i));
+			for (size_t j = 0; j < module.slices[i].sources.size(); j++)
+				check(module.slices[i].sources[j].parameters,
+				      fmt::format("{}.slices[{}].sources[{}].parameters", where, i, j));
+		}
+	}
 	return warnings;
 }
 
@@ -267,7 +301,7 @@ void Planner::resolve_params(TensorJob& job, const std::string& out_name, double
 	const ParamSettings* slice_params = slice.params;
 	for (const auto& def : info.global_params) {
 		if (def.type == ParamType::Text) continue; // read once per recipe, not per tensor
-		if (auto value = lookup(def, {slice_params, &recipe_.parameters}, out_name, t))
+		if (auto value = lookup(def, {slice_params, module_params_, &recipe_.parameters}, out_name, t))
 			job.params[def.name] = value->number;
 		else if (def.required)
 			throw Error(
@@ -280,8 +314,8 @@ void Planner::resolve_params(TensorJob& job, const std::string& out_name, double
 		const bool is_base = static_cast<int>(s) == job.base_index;
 		for (const auto& def : info.model_params) {
 			if (def.type == ParamType::Text) continue;
-			if (auto value =
-			        lookup(def, {slice.sources[s].params, slice_params, &recipe_.parameters}, source_names[s], t))
+			if (auto value = lookup(def, {slice.sources[s].params, slice_params, module_params_, &recipe_.parameters},
+			                        source_names[s], t))
 				values[def.name] = value->number;
 			else if (def.required && !is_base)
 				throw Error(fmt::format("recipe: method '{}' needs parameter '{}' for model '{}' (tensor '{}')",
@@ -290,6 +324,38 @@ void Planner::resolve_params(TensorJob& job, const std::string& out_name, double
 				values[def.name] = def.default_value;
 		}
 		job.source_params.push_back(std::move(values));
+	}
+	if (!info.model_order.empty()) order_sources(job, slice);
+}
+
+// Every name in the method's model-order list (cabs' pruning_order) must be a recipe model.
+void Planner::check_model_order() const {
+	const auto& name = method_.info().model_order;
+	if (name.empty()) return;
+	const auto listed = text_list_setting(recipe_.parameters, name, "parameters");
+	if (!listed) return;
+	std::vector<std::string> refs;
+	for (const auto& model : plan_.models)
+		refs.push_back(model.reference);
+	for (const auto& entry : *listed)
+		if (std::find(refs.begin(), refs.end(), entry) == refs.end())
+			throw Error(fmt::format("recipe: parameters.{}: '{}' is not a model of the recipe (models: {})", name,
+			                        entry, fmt::join(refs, ", ")));
+}
+
+// Each source's place in the method's model order (MethodInfo::model_order).
+void Planner::order_sources(TensorJob& job, const Slice& slice) const {
+	const auto& name = method_.info().model_order;
+	auto order = text_list_setting(recipe_.parameters, name, "parameters");
+	if (!order) {
+		order.emplace();
+		for (const auto& source : slice.sources)
+			order->push_back(ref(source.model));
+		std::sort(order->begin(), order->end());
+	}
+	for (size_t s = 0; s < slice.sources.size(); s++) {
+		const auto it = std::find(order->begin(), order->end(), ref(slice.sources[s].model));
+		job.source_params[s][name] = it == order->end() ? -1.0 : static_cast<double>(it - order->begin());
 	}
 }
 
@@ -350,6 +416,7 @@ const std::vector<LayerName>& Planner::names_at(size_t model, int64_t layer) {
 		by_layer[-1];
 		for (const auto& tensor : folder(model).tensors()) {
 			const auto& name = tensor.info->name;
+			if (!in_scope(name)) continue;
 			auto parts = split_layer_name(name);
 			if (parts)
 				by_layer[parts->layer].push_back(*parts);
@@ -386,7 +453,7 @@ const SliceSource& Planner::template_source(const Slice& slice) const {
 	return slice.sources[0];
 }
 
-void Planner::plan_layers(const std::vector<Slice>& slices) {
+int64_t Planner::plan_layers(const std::vector<Slice>& slices) {
 	std::vector<std::string> pre, post;
 	for (const auto* slice : {&slices.front(), &slices.back()})
 		for (const auto& source : slice->sources)
@@ -420,17 +487,27 @@ void Planner::plan_layers(const std::vector<Slice>& slices) {
 	}
 	for (const auto& name : post)
 		plan_tensor(name, 0, slices.back(), same_names(slices.back(), name));
-	make_config(out_layer);
+	return out_layer;
 }
 
-void Planner::make_config(int64_t out_layers) {
+void Planner::make_config(const std::vector<std::pair<std::string, int64_t>>& layer_counts) {
 	const size_t source = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : 0;
 	const auto& config = folder(source).config();
 	if (!config) return;
 	auto json = nlohmann::ordered_json::parse(config->text);
 	if (const auto wanted = recipe_.out_dtype ? recipe_.out_dtype : recipe_.dtype)
 		json["torch_dtype"] = std::string(dtype_torch_name(*wanted));
-	if (json.contains("num_hidden_layers")) json["num_hidden_layers"] = out_layers;
+	for (const auto& [key, count] : layer_counts) {
+		nlohmann::ordered_json* node = &json;
+		const auto dot = key.find('.');
+		if (dot != std::string::npos) {
+			const auto outer = key.substr(0, dot);
+			if (!json.contains(outer) || !json[outer].is_object()) continue;
+			node = &json[outer];
+		}
+		const auto leaf = dot == std::string::npos ? key : key.substr(dot + 1);
+		if (node->contains(leaf)) (*node)[leaf] = count;
+	}
 	plan_.config_json = json.dump(2) + "\n";
 }
 
@@ -527,11 +604,48 @@ const ModelFolder::Tensor* Planner::statistics_for(size_t m, const ModelFolder::
 void Planner::run() {
 	for (auto& warning : check_parameter_names(method_.info(), recipe_))
 		plan_.warnings.push_back(std::move(warning));
-	const auto slices = make_slices();
+	if (!recipe_.modules.empty()) return run_modules();
+	const auto slices = make_slices(recipe_.models, recipe_.slices, "");
+	check_model_order();
 	open_statistics(slices);
-	plan_layers(slices);
+	make_config({{"num_hidden_layers", plan_layers(slices)}});
+	choose_tokenizer(slices[0].sources[0].model);
+}
 
-	size_t tokenizer_model = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : slices[0].sources[0].model;
+// mergekit's modules: each module's tensors planned from its own models or slices and parameters.
+void Planner::run_modules() {
+	if (recipe_.base_model) plan_.base_model = static_cast<int>(open_model(*recipe_.base_model));
+	const auto& first = recipe_.modules[0];
+	const size_t layout_model =
+	    plan_.base_model >= 0
+	        ? static_cast<size_t>(plan_.base_model)
+	        : open_model(first.models.empty() ? first.slices[0].sources[0].model : first.models[0].model);
+	modules_ = std::make_unique<ModuleMap>(folder(layout_model), ref(layout_model), recipe_.modules);
+	std::vector<std::vector<Slice>> slices(recipe_.modules.size());
+	std::vector<Slice> every_slice;
+	for (size_t i = 0; i < recipe_.modules.size(); i++) {
+		const auto& module = recipe_.modules[i];
+		module_ = static_cast<int>(modules_->of_spec(i));
+		slices[i] = make_slices(module.models, module.slices, "modules." + module.name + ".");
+		every_slice.insert(every_slice.end(), slices[i].begin(), slices[i].end());
+	}
+	check_model_order();
+	open_statistics(every_slice);
+	std::vector<std::pair<std::string, int64_t>> layer_counts;
+	for (size_t i = 0; i < recipe_.modules.size(); i++) {
+		module_ = static_cast<int>(modules_->of_spec(i));
+		module_params_ = &recipe_.modules[i].parameters;
+		names_.clear();
+		const int64_t layers = plan_layers(slices[i]);
+		if (const auto& key = modules_->modules()[static_cast<size_t>(module_)].layers_key; !key.empty())
+			layer_counts.emplace_back(key, layers);
+	}
+	make_config(layer_counts);
+	choose_tokenizer(every_slice[0].sources[0].model);
+}
+
+void Planner::choose_tokenizer(size_t first_model) {
+	size_t tokenizer_model = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : first_model;
 	if (recipe_.tokenizer_source && *recipe_.tokenizer_source != "base") {
 		if (*recipe_.tokenizer_source == "union")
 			throw Error("recipe: tokenizer_source: 'union' (merged vocabularies) is not supported yet; use 'base' or "

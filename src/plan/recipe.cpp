@@ -3,6 +3,7 @@
 #include "util/error.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -75,6 +76,18 @@ ParamSetting parse_rules(const Context& ctx, const YAML::Node& node, const std::
 	return setting;
 }
 
+// A list of names (cabs' pruning_order): every item a string.
+ParamSetting parse_text_list(const Context& ctx, const YAML::Node& node, const std::string& where) {
+	ParamSetting setting;
+	setting.kind = ParamSetting::Kind::TextList;
+	for (size_t i = 0; i < node.size(); i++) {
+		if (!node[i].IsScalar() || as_number(node[i]) || as_bool(node[i]))
+			ctx.fail(fmt::format("{}[{}]", where, i), "a list of names holds names only");
+		setting.texts.push_back(node[i].Scalar());
+	}
+	return setting;
+}
+
 ParamSetting parse_setting(const Context& ctx, const YAML::Node& node, const std::string& where) {
 	ParamSetting setting;
 	if (node.IsScalar()) {
@@ -92,6 +105,7 @@ ParamSetting parse_setting(const Context& ctx, const YAML::Node& node, const std
 	if (!node.IsSequence() || node.size() == 0)
 		ctx.fail(where, "expected a number, a bool, a list of numbers (gradient) or a list of {filter, value}");
 	if (node[0].IsMap()) return parse_rules(ctx, node, where);
+	if (node[0].IsScalar() && !as_number(node[0]) && !as_bool(node[0])) return parse_text_list(ctx, node, where);
 	setting.kind = ParamSetting::Kind::Gradient;
 	for (size_t i = 0; i < node.size(); i++) {
 		auto n = node[i].IsScalar() ? as_number(node[i]) : std::nullopt;
@@ -149,29 +163,62 @@ std::optional<DType> parse_dtype(const Context& ctx, const YAML::Node& node, con
 	return dtype;
 }
 
-void parse_sources(const Context& ctx, const YAML::Node& root, Recipe& recipe) {
-	if (root["models"] && root["slices"]) ctx.fail("models", "give either 'models' or 'slices', not both");
-	if (const auto& models = root["models"]) {
-		if (!models.IsSequence() || models.size() == 0) ctx.fail("models", "expected a non-empty list");
-		for (size_t i = 0; i < models.size(); i++)
-			recipe.models.push_back(parse_source(ctx, models[i], fmt::format("models[{}]", i), false));
-	} else if (const auto& slices = root["slices"]) {
-		if (!slices.IsSequence() || slices.size() == 0) ctx.fail("slices", "expected a non-empty list");
-		for (size_t i = 0; i < slices.size(); i++) {
-			const auto where = fmt::format("slices[{}]", i);
-			check_keys(ctx, slices[i], where, {"sources", "parameters"});
-			const auto& sources = slices[i]["sources"];
-			if (!sources || !sources.IsSequence() || sources.size() == 0)
-				ctx.fail(where + ".sources", "expected a non-empty list");
-			SliceSpec slice;
-			for (size_t j = 0; j < sources.size(); j++)
-				slice.sources.push_back(parse_source(ctx, sources[j], fmt::format("{}.sources[{}]", where, j), true));
-			slice.parameters = parse_parameters(ctx, slices[i]["parameters"], where + ".parameters");
-			recipe.slices.push_back(std::move(slice));
-		}
-	} else {
-		ctx.fail("recipe", "needs 'models' or 'slices'");
+std::vector<SourceSpec> parse_models(const Context& ctx, const YAML::Node& models, const std::string& where) {
+	if (!models.IsSequence() || models.size() == 0) ctx.fail(where, "expected a non-empty list");
+	std::vector<SourceSpec> out;
+	for (size_t i = 0; i < models.size(); i++)
+		out.push_back(parse_source(ctx, models[i], fmt::format("{}[{}]", where, i), false));
+	return out;
+}
+
+std::vector<SliceSpec> parse_slices(const Context& ctx, const YAML::Node& slices, const std::string& where) {
+	if (!slices.IsSequence() || slices.size() == 0) ctx.fail(where, "expected a non-empty list");
+	std::vector<SliceSpec> out;
+	for (size_t i = 0; i < slices.size(); i++) {
+		const auto slice_where = fmt::format("{}[{}]", where, i);
+		check_keys(ctx, slices[i], slice_where, {"sources", "parameters"});
+		const auto& sources = slices[i]["sources"];
+		if (!sources || !sources.IsSequence() || sources.size() == 0)
+			ctx.fail(slice_where + ".sources", "expected a non-empty list");
+		SliceSpec slice;
+		for (size_t j = 0; j < sources.size(); j++)
+			slice.sources.push_back(parse_source(ctx, sources[j], fmt::format("{}.sources[{}]", slice_where, j), true));
+		slice.parameters = parse_parameters(ctx, slices[i]["parameters"], slice_where + ".parameters");
+		out.push_back(std::move(slice));
 	}
+	return out;
+}
+
+// mergekit's `modules: {NAME: {models: [...] | slices: [...], parameters: {...}}}`.
+std::vector<ModuleSpec> parse_modules(const Context& ctx, const YAML::Node& modules) {
+	if (!modules.IsMap() || modules.size() == 0) ctx.fail("modules", "expected a non-empty mapping of module names");
+	std::vector<ModuleSpec> out;
+	for (const auto& item : modules) {
+		ModuleSpec module;
+		module.name = item.first.as<std::string>();
+		const auto where = "modules." + module.name;
+		check_keys(ctx, item.second, where, {"models", "slices", "parameters"});
+		if (item.second["models"].IsDefined() == item.second["slices"].IsDefined())
+			ctx.fail(where, "give either 'models' or 'slices'");
+		if (const auto& models = item.second["models"]) module.models = parse_models(ctx, models, where + ".models");
+		if (const auto& slices = item.second["slices"]) module.slices = parse_slices(ctx, slices, where + ".slices");
+		module.parameters = parse_parameters(ctx, item.second["parameters"], where + ".parameters");
+		out.push_back(std::move(module));
+	}
+	return out;
+}
+
+void parse_sources(const Context& ctx, const YAML::Node& root, Recipe& recipe) {
+	const int given = root["models"].IsDefined() + root["slices"].IsDefined() + root["modules"].IsDefined();
+	if (given > 1) ctx.fail("recipe", "give exactly one of 'models', 'slices' or 'modules'");
+	if (const auto& models = root["models"])
+		recipe.models = parse_models(ctx, models, "models");
+	else if (const auto& slices = root["slices"])
+		recipe.slices = parse_slices(ctx, slices, "slices");
+	else if (const auto& modules = root["modules"])
+		recipe.modules = parse_modules(ctx, modules);
+	else
+		ctx.fail("recipe", "needs 'models', 'slices' or 'modules'");
 }
 
 } // namespace
@@ -186,9 +233,9 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& label) {
 		                        e.msg));
 	}
 	if (!root.IsMap()) ctx.fail("recipe", "expected a YAML mapping at the top level");
-	check_keys(
-	    ctx, root, "recipe",
-	    {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source"});
+	check_keys(ctx, root, "recipe",
+	           {"merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype", "out_dtype",
+	            "tokenizer_source"});
 
 	Recipe recipe;
 	recipe.text = yaml_text;
@@ -220,6 +267,14 @@ std::optional<std::string> text_setting(const ParamSettings& settings, std::stri
 	return setting->text;
 }
 
+std::optional<std::vector<std::string>> text_list_setting(const ParamSettings& settings, std::string_view name,
+                                                          const std::string& where) {
+	const auto* setting = find_setting(settings, name);
+	if (!setting) return std::nullopt;
+	if (setting->kind == ParamSetting::Kind::TextList) return setting->texts;
+	return std::vector<std::string>{*text_setting(settings, name, where)};
+}
+
 std::optional<ParamValue> evaluate_setting(const ParamSetting& setting, std::string_view tensor_name, double t) {
 	switch (setting.kind) {
 	case ParamSetting::Kind::Number:
@@ -228,6 +283,8 @@ std::optional<ParamValue> evaluate_setting(const ParamSetting& setting, std::str
 		return ParamValue{setting.number, true};
 	case ParamSetting::Kind::Text:
 		return ParamValue{0, false, true, setting.text};
+	case ParamSetting::Kind::TextList:
+		return ParamValue{0, false, true, fmt::format("[{}]", fmt::join(setting.texts, ", "))};
 	case ParamSetting::Kind::Gradient: {
 		// mergekit: position t * (n - 1), linear between the two neighbouring points.
 		const auto& g = setting.gradient;

@@ -16,12 +16,13 @@ namespace weld {
 // over the layers), or filter rules ({filter: substring, value: setting}; first match wins, a
 // rule without filter or with "*" matches every tensor).
 struct ParamSetting {
-	enum class Kind { Number, Bool, Gradient, Rules, Text };
+	enum class Kind { Number, Bool, Gradient, Rules, Text, TextList };
 	struct Rule;
 
 	Kind kind = Kind::Number;
-	double number = 0; // Number, Bool (0 or 1)
-	std::string text;  // Text: any other scalar (a path, a choice)
+	double number = 0;              // Number, Bool (0 or 1)
+	std::string text;               // Text: any other scalar (a path, a choice)
+	std::vector<std::string> texts; // TextList: a list of such scalars (cabs' pruning_order)
 	std::vector<double> gradient;
 	std::vector<Rule> rules;
 };
@@ -47,6 +48,9 @@ const ParamSetting* find_setting(const ParamSettings& settings, std::string_view
 // A Text parameter's value in settings, nullopt when absent. Throws weld::Error naming `where`
 // and the parameter when it is set to something other than one string.
 std::optional<std::string> text_setting(const ParamSettings& settings, std::string_view name, const std::string& where);
+// A list of strings (one string counts as a list of one), nullopt when absent; throws like text_setting.
+std::optional<std::vector<std::string>> text_list_setting(const ParamSettings& settings, std::string_view name,
+                                                          const std::string& where);
 
 struct SourceSpec {
 	std::string model;
@@ -59,11 +63,21 @@ struct SliceSpec {
 	ParamSettings parameters;
 };
 
+// One entry of mergekit's `modules:` (multimodal models): the tensors of one part of the model
+// (text_decoder, vision_tower, ...) merged from their own models or slices and parameters.
+struct ModuleSpec {
+	std::string name;
+	std::vector<SourceSpec> models; // exactly one of models / slices is non-empty
+	std::vector<SliceSpec> slices;
+	ParamSettings parameters;
+};
+
 struct Recipe {
 	std::string merge_method;
 	std::optional<std::string> base_model;
-	std::vector<SourceSpec> models; // exactly one of models / slices is non-empty
+	std::vector<SourceSpec> models; // exactly one of models / slices / modules is non-empty
 	std::vector<SliceSpec> slices;
+	std::vector<ModuleSpec> modules; // in the order written
 	ParamSettings parameters;
 	std::optional<DType> dtype;
 	std::optional<DType> out_dtype;

@@ -1,0 +1,119 @@
+// Core Space merging (Panariello et al., NeurIPS 2025, https://arxiv.org/abs/2509.17786) as
+// mergekit's open pull request #646 (core_space.py) defines it for full checkpoints: each task
+// vector Δᵢ is cut to its top r singular triplets, Δᵢ ≈ Bᵢ Aᵢ (Bᵢ = U[:, :r],
+// Aᵢ = diag(S[:r]) Vt[:r]); U_B holds the left singular vectors of [B₁ … B_N], V_A the right
+// singular vectors of [A₁; …; A_N], both cut to c = min of their widths; the cores
+// U_Bᵀ Bᵢ Aᵢ V_A are averaged, scaled by the global weight and mapped back. Tensors that are not
+// matrices take base + weight · mean Δᵢ (mergekit's fallback).
+#include "methods/methods.h"
+#include "methods/subspace_util.h"
+#include "tensor/kernels.h"
+
+#include <algorithm>
+
+namespace weld {
+namespace {
+
+// mergekit's rank of each task vector's low-rank factors: max(1, min(16, min(m, n) / 4)).
+size_t core_rank(size_t rows, size_t cols) {
+	return std::max<size_t>(1, std::min<size_t>(16, std::min(rows, cols) / 4));
+}
+
+// The first `count` columns of a.
+linalg::MatrixF first_columns(const linalg::MatrixF& a, size_t count) {
+	linalg::MatrixF out(a.rows, count);
+	for (size_t r = 0; r < a.rows; ++r)
+		std::copy_n(a.data.begin() + static_cast<std::ptrdiff_t>(r * a.cols), count,
+		            out.data.begin() + static_cast<std::ptrdiff_t>(r * count));
+	return out;
+}
+
+class CoreSpaceMethod final : public MergeMethod {
+public:
+	CoreSpaceMethod() {
+		info_ = {
+		    .name = "core_space",
+		    .description = "Core Space: rank-r task vectors averaged in the shared SVD bases of all tasks",
+		    .reference = "https://arxiv.org/abs/2509.17786",
+		    .global_params = {{.name = "weight",
+		                       .default_value = 1.0,
+		                       .help = "Scale of the merged task vector (global only, as in mergekit)"}},
+		    .model_params = {},
+		    .base = BaseModel::Optional,
+		};
+	}
+
+	const MethodInfo& info() const override { return info_; }
+
+	void merge(const MergeInput& input, std::span<float> out) const override {
+		check_merge_input(info_, input, out);
+		// mergekit: one source is copied; without a base the first source serves as one.
+		MergeInput based = input;
+		if (based.base_index < 0) based.base_index = 0;
+		if (input.sources.size() == 1) {
+			std::copy(input.sources[0].begin(), input.sources[0].end(), out.begin());
+			return;
+		}
+		const double weight = global_param(info_, input, "weight");
+		subspace::naming_tensor(input, info_.name, [&] {
+			const std::vector<linalg::MatrixF> tasks = subspace::task_matrices(based);
+			std::vector<float> delta = subspace::is_matrix(input) ? core_merge(tasks, based) : mean(tasks);
+			for (float& d : delta)
+				d = static_cast<float>(weight * d);
+			subspace::write_base_plus(based, delta, out);
+		});
+	}
+
+private:
+	MethodInfo info_;
+
+	static std::vector<float> mean(const std::vector<linalg::MatrixF>& tasks) {
+		std::vector<float> out(tasks[0].data.size());
+		for (size_t j = 0; j < out.size(); ++j) {
+			double sum = 0;
+			for (const auto& t : tasks)
+				sum += t.data[j];
+			out[j] = static_cast<float>(sum / static_cast<double>(tasks.size()));
+		}
+		return out;
+	}
+
+	// U_B (U_Bᵀ D̄ V_A) V_Aᵀ with D̄ the mean of the rank-r task vectors: the average of the cores
+	// mapped back, since projecting is linear.
+	static std::vector<float> core_merge(const std::vector<linalg::MatrixF>& tasks, const MergeInput& input) {
+		const size_t rows = tasks[0].rows, cols = tasks[0].cols, r = core_rank(rows, cols);
+		const size_t rank = std::min({r, rows, cols});
+		linalg::MatrixF b_cat(rows, tasks.size() * rank), a_cat(tasks.size() * rank, cols), mean_low(rows, cols);
+		for (size_t t = 0; t < tasks.size(); ++t) {
+			const uint64_t key = random_stream_key(input.random_seed, input.tensor_name, t);
+			const linalg::Svd<float> s = linalg::truncated_svd(tasks[t], rank, key);
+			linalg::MatrixF b(rows, rank), a(rank, cols);
+			for (size_t k = 0; k < rank; ++k) {
+				for (size_t i = 0; i < rows; ++i)
+					b_cat(i, t * rank + k) = b(i, k) = s.U(i, k);
+				for (size_t j = 0; j < cols; ++j)
+					a_cat(t * rank + k, j) = a(k, j) = s.S[k] * s.Vt(k, j);
+			}
+			linalg::add_product(mean_low, b, false, a, false);
+		}
+		for (float& x : mean_low.data)
+			x /= static_cast<float>(tasks.size());
+		const linalg::MatrixF u_b = linalg::svd(b_cat).U;     // rows × min(rows, N·r)
+		const linalg::MatrixF v_a_t = linalg::svd(a_cat).Vt;  // min(cols, N·r) × cols
+		const size_t common = std::min(u_b.cols, v_a_t.rows); // mergekit's common_rank
+		const linalg::MatrixF u = first_columns(u_b, common);
+		linalg::MatrixF vt(common, cols);
+		std::copy_n(v_a_t.data.begin(), common * cols, vt.data.begin());
+		const linalg::MatrixF core = linalg::matmul(linalg::matmul(u, true, mean_low, false), false, vt, true);
+		return linalg::matmul(linalg::matmul(u, false, core, false), false, vt, false).data;
+	}
+};
+
+} // namespace
+
+const MergeMethod& core_space_method() {
+	static const CoreSpaceMethod method;
+	return method;
+}
+
+} // namespace weld
