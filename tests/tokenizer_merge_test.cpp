@@ -30,8 +30,10 @@ struct Vocab {
 
 class TokenizerMergeTest : public ::testing::Test {
 protected:
-	// Writes a model folder: a tiny Llama with `rows` embedding and lm_head rows, and Vocab's tokenizer.json.
-	void make_model(const std::string& name, const Vocab& vocab, int rows, uint64_t seed) {
+	// Writes a model folder: a tiny Llama with `rows` embedding and lm_head rows, and Vocab's
+	// tokenizer.json (a BPE model, or Unigram: model.vocab a list of [piece, score]).
+	void make_model(const std::string& name, const Vocab& vocab, int rows, uint64_t seed,
+	                const std::string& type = "BPE") {
 		TinyLlamaSpec spec;
 		spec.layers = 1;
 		spec.hidden = kHidden;
@@ -40,12 +42,16 @@ protected:
 		const auto tensors = make_tiny_llama(spec, seed);
 		write_tiny_llama(dir_ / name, spec, tensors);
 		weights_[name] = test::as_map(tensors);
-		json tokenizer = {{"version", "1.0"},
-		                  {"model", {{"type", "BPE"}, {"vocab", json::object()}, {"merges", json::array()}}}};
-		tokenizer["added_tokens"] = json::array();
+		json model = {{"type", type}, {"vocab", type == "Unigram" ? json::array() : json::object()}};
+		if (type == "BPE") model["merges"] = json::array();
+		json tokenizer = {{"version", "1.0"}, {"model", model}, {"added_tokens", json::array()}};
 		auto& ids = ids_[name];
+		ids.clear();
 		for (const auto& token : vocab.regular) {
-			tokenizer["model"]["vocab"][token] = ids.size();
+			if (type == "Unigram")
+				tokenizer["model"]["vocab"].push_back({token, -1.5});
+			else
+				tokenizer["model"]["vocab"][token] = ids.size();
 			ids[token] = static_cast<int64_t>(ids.size());
 		}
 		for (const auto& token : vocab.added) {
@@ -71,7 +77,7 @@ protected:
 	}
 
 	// Runs the recipe into dir_/out (or `out`); model references are relative to dir_.
-	void merge(const std::string& recipe, const std::string& out = "out", unsigned threads = 2) {
+	MergeSummary merge(const std::string& recipe, const std::string& out = "out", unsigned threads = 2) {
 		test::write_file(dir_ / "recipe.yml", recipe);
 		MergeOptions options;
 		options.recipe_path = dir_ / "recipe.yml";
@@ -79,7 +85,7 @@ protected:
 		options.force = true;
 		options.exec.threads = threads;
 		const test::WorkingDir in_dir(dir_.path());
-		run_merge(options);
+		return run_merge(options);
 	}
 
 	std::string merge_error(const std::string& recipe) {
@@ -333,6 +339,48 @@ TEST_F(TokenizerMergeTest, PaddedVocabularyRowsAreKept) {
 		           "unnamed row " + std::to_string(k));
 }
 
+// Tokens whose ids are beyond a model's embedding rows have no row: left out of the vocabulary,
+// and out of the written tokenizer (vocab, added_tokens, the BPE merges that use them).
+TEST_F(TokenizerMergeTest, TokensBeyondTheEmbeddingRowsAreLeftOut) {
+	make_family();
+	make_model("base", {{"a", "b", "c", "d", "e", "f"}, {"<s>", "<UNUSED_0>", "<UNUSED_1>"}}, 7, 1);
+	auto tokenizer = read_json(dir_ / "base" / "tokenizer.json");
+	tokenizer["model"]["merges"] = {json::array({"a", "b"}), "c <UNUSED_0>"};
+	test::write_file(dir_ / "base" / "tokenizer.json", tokenizer.dump(1));
+	const auto summary = merge(kLinear + "tokenizer_source: union\n");
+	const auto ids = output_ids();
+	EXPECT_FALSE(ids.contains("<UNUSED_0>"));
+	EXPECT_FALSE(ids.contains("<UNUSED_1>"));
+	EXPECT_EQ(ids.at("x"), 7);
+	EXPECT_EQ(ids.at("<|im_end|>"), 12);
+	const auto written = read_json(dir_ / "out" / "tokenizer.json");
+	EXPECT_EQ(written["model"]["merges"], json::array({json::array({"a", "b"})}));
+	EXPECT_EQ(written["added_tokens"][0]["content"], "<s>");
+	EXPECT_EQ(written["added_tokens"][1]["content"], "x");
+	const auto config = read_json(dir_ / "out" / "tokenizer_config.json");
+	EXPECT_EQ(config["added_tokens_decoder"]["8"]["content"], "y"); // the ids of the left-out tokens are reused
+	for (const auto& [id, entry] : config["added_tokens_decoder"].items())
+		EXPECT_EQ(entry["content"].get<std::string>().find("UNUSED"), std::string::npos) << id;
+	bool warned = false;
+	for (const auto& warning : summary.warnings)
+		warned = warned || warning.find("model 'base': 2 token(s)") != std::string::npos;
+	EXPECT_TRUE(warned);
+	const auto out = test::read_model(dir_ / "out");
+	EXPECT_EQ(out.at("model.embed_tokens.weight").size(), 13u * kHidden);
+	expect_token(out, "f", own("base", "f"));
+}
+
+// A Unigram tokenizer (ids are positions in model.vocab) merges by token string like any other.
+TEST_F(TokenizerMergeTest, UnigramVocabulary) {
+	make_family();
+	make_model("chat", {{"a", "b", "c", "d", "x", "y", "w"}, {"<s>", "<|im_start|>", "<|im_end|>"}}, 10, 2, "Unigram");
+	merge(kLinear + "tokenizer_source: union\n");
+	const auto out = test::read_model(dir_ / "out");
+	EXPECT_EQ(output_ids().at("x"), 7);
+	expect_token(out, "x", own("chat", "x"));
+	expect_token(out, "d", combine({{4. / 6, own("base", "d")}, {2. / 6, own("chat", "d")}}));
+}
+
 TEST_F(TokenizerMergeTest, ChatTemplates) {
 	make_family();
 	const auto chatml = read_json(dir_ / "base" / "tokenizer_config.json"); // no template yet
@@ -400,6 +448,10 @@ TEST_F(TokenizerMergeTest, BadInputIsOneClearErrorAndWritesNothing) {
 	expect_error(kLinear + "tokenizer_source: union\n", {"other/tokenizer.json", "cannot be parsed"});
 	test::write_file(dir_ / "other" / "tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}}}");
 	expect_error(kLinear + "tokenizer_source: union\n", {"other/tokenizer.json", "model.vocab['a']"});
+	test::write_file(dir_ / "other" / "tokenizer.json", "{\"model\": {\"type\": \"Unigram\", \"vocab\": {}}}");
+	expect_error(kLinear + "tokenizer_source: union\n", {"other/tokenizer.json", "list of [piece, score]"});
+	test::write_file(dir_ / "base" / "tokenizer_config.json", "{\"bos_token\": ");
+	expect_error(kLinear + "tokenizer_source: base\n", {"base/tokenizer_config.json", "cannot be parsed"});
 }
 
 } // namespace

@@ -677,6 +677,7 @@ std::string describe_plan(const Plan& plan) {
 	                   static_cast<double>(plan.input_bytes()) / 1e9, static_cast<double>(plan.output_bytes()) / 1e9);
 	for (const auto& job : plan.jobs) {
 		out += fmt::format("{} {} {}", job.name, shape_string(job.shape), dtype_safetensors_name(job.out_dtype));
+		if (job.rows) out += " (rows by token of the output vocabulary)";
 		for (const auto& [key, value] : job.params)
 			out += fmt::format(" {}={:g}", key, value);
 		out += "\n";
