@@ -379,6 +379,39 @@ TEST_F(TokenizerMergeTest, UnigramVocabulary) {
 	EXPECT_EQ(output_ids().at("x"), 7);
 	expect_token(out, "x", own("chat", "x"));
 	expect_token(out, "d", combine({{4. / 6, own("base", "d")}, {2. / 6, own("chat", "d")}}));
+	expect_token(out, "z", own("other", "z"));
+	expect_token(out, "a",
+	             combine({{1. / 6, own("base", "a")}, {2. / 6, own("chat", "a")}, {3. / 6, own("other", "a")}}));
+}
+
+// A fine-tune without tokenizer.json shares the base's vocabulary (with a warning); a donor
+// without one has its files copied and the rows left as they are (with a warning).
+TEST_F(TokenizerMergeTest, ModelsWithoutTokenizerJson) {
+	make_model("base", {{"a", "b", "c", "d", "e", "f"}, {"<s>"}}, 7, 1);
+	make_model("plain", {{"a", "b", "c", "d", "e", "f"}, {"<s>"}}, 7, 5);
+	fs::remove(dir_ / "plain" / "tokenizer.json");
+	const std::string recipe = "merge_method: linear\nbase_model: base\ntokenizer_source: base\nmodels:\n"
+	                           "  - model: base\n    parameters: {weight: 1}\n"
+	                           "  - model: plain\n    parameters: {weight: 3}\n";
+	auto has_warning = [](const MergeSummary& summary, const std::string& text) {
+		return std::any_of(summary.warnings.begin(), summary.warnings.end(),
+		                   [&](const auto& w) { return w.find(text) != std::string::npos; });
+	};
+	auto summary = merge(recipe);
+	EXPECT_TRUE(has_warning(summary, "model 'plain' has no tokenizer.json: assuming the vocabulary of 'base'"));
+	auto out = test::read_model(dir_ / "out");
+	const std::string E = "model.embed_tokens.weight";
+	for (int r = 0; r < 7; r++)
+		expect_row(out, E, r, combine({{0.25, row("base", E, r)}, {0.75, row("plain", E, r)}}), "row");
+
+	fs::remove(dir_ / "base" / "tokenizer.json");
+	summary = merge(recipe, "copied");
+	EXPECT_TRUE(has_warning(summary, "model 'base' has no tokenizer.json: its tokenizer files are copied"));
+	EXPECT_FALSE(fs::exists(dir_ / "copied" / "tokenizer.json"));
+	EXPECT_EQ(test::read_file(dir_ / "copied" / "tokenizer_config.json"),
+	          test::read_file(dir_ / "base" / "tokenizer_config.json"));
+	EXPECT_EQ(test::read_file(dir_ / "copied" / "model.safetensors"),
+	          test::read_file(dir_ / "out" / "model.safetensors"));
 }
 
 TEST_F(TokenizerMergeTest, ChatTemplates) {
@@ -392,10 +425,14 @@ TEST_F(TokenizerMergeTest, ChatTemplates) {
 	};
 	const std::string a = "{% for m in messages %}A{{ m['content'] }}{% endfor %}";
 	const std::string b = "{% for m in messages %}B{{ m['content'] }}{% endfor %}";
-	set_template("base", a);
-	set_template("chat", b + "\n");                              // the same once trimmed
-	test::write_file(dir_ / "other" / "chat_template.jinja", b); // read as transformers does
 
+	merge(kLinear + "chat_template: auto\n");
+	EXPECT_FALSE(read_json(dir_ / "out" / "tokenizer_config.json").contains("chat_template")); // none has one
+	set_template("base", a);
+	set_template("chat", b + "\n"); // the same once trimmed
+	merge(kLinear + "chat_template: auto\n");
+	EXPECT_EQ(read_json(dir_ / "out" / "tokenizer_config.json")["chat_template"], a); // a tie: the base's
+	test::write_file(dir_ / "other" / "chat_template.jinja", b);                      // read as transformers does
 	merge(kLinear + "chat_template: auto\n");
 	EXPECT_EQ(read_json(dir_ / "out" / "tokenizer_config.json")["chat_template"], b);
 	EXPECT_EQ(read_json(dir_ / "out" / "tokenizer_config.json")["tokenizer_class"], "LlamaTokenizer");
@@ -403,7 +440,9 @@ TEST_F(TokenizerMergeTest, ChatTemplates) {
 	// A built-in name: the template text as data/chat_templates has it, which replaces the
 	// donor's chat_template.jinja.
 	test::write_file(dir_ / "base" / "chat_template.jinja", a);
+	test::write_file(dir_ / "base" / "added_tokens.json", "{\"<s>\": 6}");
 	merge(kLinear + "tokenizer_source: union\nchat_template: chatml\n");
+	EXPECT_FALSE(fs::exists(dir_ / "out" / "added_tokens.json")); // legacy, replaced by added_tokens_decoder
 	const auto file = test::read_file(std::string(WELD_SOURCE_DIR) + "/data/chat_templates/chatml.jinja");
 	EXPECT_EQ(read_json(dir_ / "out" / "tokenizer_config.json")["chat_template"], file);
 	EXPECT_NE(file.find("<|im_start|>"), std::string::npos);
@@ -450,6 +489,8 @@ TEST_F(TokenizerMergeTest, BadInputIsOneClearErrorAndWritesNothing) {
 	expect_error(kLinear + "tokenizer_source: union\n", {"other/tokenizer.json", "model.vocab['a']"});
 	test::write_file(dir_ / "other" / "tokenizer.json", "{\"model\": {\"type\": \"Unigram\", \"vocab\": {}}}");
 	expect_error(kLinear + "tokenizer_source: union\n", {"other/tokenizer.json", "list of [piece, score]"});
+	test::write_file(dir_ / "chat" / "special_tokens_map.json", "[");
+	expect_error(kLinear + "tokenizer_source: union\n", {"chat/special_tokens_map.json", "cannot be parsed"});
 	test::write_file(dir_ / "base" / "tokenizer_config.json", "{\"bos_token\": ");
 	expect_error(kLinear + "tokenizer_source: base\n", {"base/tokenizer_config.json", "cannot be parsed"});
 }
