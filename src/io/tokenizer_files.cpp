@@ -11,10 +11,10 @@ namespace weld {
 namespace fs = std::filesystem;
 namespace {
 
-nlohmann::ordered_json parse_json_file(const fs::path& path) {
+template <typename Json> Json parse_json_file(const fs::path& path) {
 	const auto text = read_text_file(path);
 	try {
-		auto json = nlohmann::ordered_json::parse(text);
+		auto json = Json::parse(text);
 		if (!json.is_object()) throw Error(fmt::format("{}: expected a JSON object", path.string()));
 		return json;
 	} catch (const nlohmann::json::exception& e) {
@@ -26,9 +26,10 @@ nlohmann::ordered_json parse_json_file(const fs::path& path) {
 	throw Error(fmt::format("{}: {}", path.string(), what));
 }
 
-int64_t token_id(const nlohmann::ordered_json& value, const fs::path& path, const std::string& where) {
-	if (!value.is_number_integer() || value.get<int64_t>() < 0)
-		bad_file(path, fmt::format("{}: expected a token id (an integer >= 0)", where));
+int64_t token_id(const nlohmann::json& value, const fs::path& path, const std::string& where) {
+	constexpr int64_t kMaxId = int64_t{1} << 31; // the tokenizers library's ids are 32-bit
+	if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() >= kMaxId)
+		bad_file(path, fmt::format("{}: expected a token id (an integer from 0 to 2^31 - 1)", where));
 	return value.get<int64_t>();
 }
 
@@ -37,6 +38,7 @@ int64_t token_id(const nlohmann::ordered_json& value, const fs::path& path, cons
 void read_model_vocab(TokenizerFiles& files, const fs::path& path) {
 	const auto& model = files.tokenizer["model"];
 	if (!model.is_object() || !model.contains("vocab")) bad_file(path, "no model.vocab");
+	if (model.contains("type") && !model["type"].is_string()) bad_file(path, "model.type: expected a string");
 	const auto type = model.value("type", std::string(model["vocab"].is_array() ? "Unigram" : "BPE"));
 	const auto& vocab = model["vocab"];
 	if (type == "Unigram") {
@@ -57,7 +59,7 @@ void read_model_vocab(TokenizerFiles& files, const fs::path& path) {
 
 void read_added_tokens(TokenizerFiles& files, const fs::path& path) {
 	const auto& list =
-	    files.tokenizer.contains("added_tokens") ? files.tokenizer["added_tokens"] : nlohmann::ordered_json::array();
+	    files.tokenizer.contains("added_tokens") ? files.tokenizer["added_tokens"] : nlohmann::json::array();
 	if (!list.is_array()) bad_file(path, "added_tokens must be a list");
 	for (size_t i = 0; i < list.size(); i++) {
 		const auto& entry = list[i];
@@ -65,7 +67,7 @@ void read_added_tokens(TokenizerFiles& files, const fs::path& path) {
 		if (!entry.is_object() || !entry.contains("content") || !entry["content"].is_string())
 			bad_file(path, where + ": expected an object with a string 'content'");
 		AddedToken token;
-		token.id = token_id(entry.value("id", nlohmann::ordered_json()), path, where + ".id");
+		token.id = token_id(entry.contains("id") ? entry["id"] : nlohmann::json(), path, where + ".id");
 		token.content = entry["content"].get<std::string>();
 		auto flag = [&](const char* key, bool fallback) {
 			if (!entry.contains(key)) return fallback;
@@ -89,14 +91,14 @@ std::optional<std::string> template_of_config(const nlohmann::ordered_json& conf
 	if (value.is_string()) return value.get<std::string>();
 	if (!value.is_array()) bad_file(path, "chat_template: expected a string or a list of {name, template}");
 	for (const auto& entry : value)
-		if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
+		if (entry.is_object() && entry.contains("name") && entry["name"] == "default" && entry.contains("template") &&
 		    entry["template"].is_string())
 			return entry["template"].get<std::string>();
 	return std::nullopt;
 }
 
-nlohmann::ordered_json added_token_json(const AddedToken& token) {
-	nlohmann::ordered_json json;
+template <typename Json> Json added_token_json(const AddedToken& token) {
+	Json json;
 	json["id"] = token.id;
 	json["content"] = token.content;
 	json["single_word"] = token.single_word;
@@ -115,7 +117,7 @@ nlohmann::ordered_json added_tokens_decoder(const std::vector<AddedToken>& added
 	std::stable_sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->id < b->id; });
 	nlohmann::ordered_json decoder = nlohmann::ordered_json::object();
 	for (const auto* token : sorted) {
-		auto json = added_token_json(*token);
+		auto json = added_token_json<nlohmann::ordered_json>(*token);
 		json.erase("id");
 		decoder[std::to_string(token->id)] = std::move(json);
 	}
@@ -147,13 +149,18 @@ TokenizerFiles read_tokenizer_files(const fs::path& dir) {
 	files.dir = dir;
 	const auto path = dir / "tokenizer.json";
 	if (!fs::is_regular_file(path)) bad_file(path, "missing (weld reads the vocabulary from tokenizer.json)");
-	files.tokenizer = parse_json_file(path);
-	read_model_vocab(files, path);
-	read_added_tokens(files, path);
+	files.tokenizer = parse_json_file<nlohmann::json>(path);
+	try {
+		read_model_vocab(files, path);
+		read_added_tokens(files, path);
+	} catch (const nlohmann::json::exception& e) { // a value of an unexpected type
+		bad_file(path, fmt::format("unexpected content: {}", e.what()));
+	}
 	if (fs::is_regular_file(dir / "tokenizer_config.json"))
-		files.config = parse_json_file(dir / "tokenizer_config.json");
+		files.config = parse_json_file<nlohmann::ordered_json>(dir / "tokenizer_config.json");
 	files.chat_template = read_chat_template(dir);
-	if (fs::is_regular_file(dir / "special_tokens_map.json")) parse_json_file(dir / "special_tokens_map.json");
+	if (fs::is_regular_file(dir / "special_tokens_map.json"))
+		parse_json_file<nlohmann::json>(dir / "special_tokens_map.json");
 	return files;
 }
 
@@ -161,7 +168,7 @@ std::optional<std::string> read_chat_template(const fs::path& dir) {
 	if (fs::is_regular_file(dir / "chat_template.jinja")) return read_text_file(dir / "chat_template.jinja");
 	const auto config = dir / "tokenizer_config.json";
 	if (!fs::is_regular_file(config)) return std::nullopt;
-	return template_of_config(parse_json_file(config), config);
+	return template_of_config(parse_json_file<nlohmann::ordered_json>(config), config);
 }
 
 void strip_tokens_from(TokenizerFiles& files, int64_t max_id) {
@@ -186,7 +193,7 @@ void strip_tokens_from(TokenizerFiles& files, int64_t max_id) {
 	}
 	if (model.contains("merges") && model["merges"].is_array()) {
 		auto& merges = model["merges"];
-		auto uses_removed = [&](const nlohmann::ordered_json& merge) {
+		auto uses_removed = [&](const nlohmann::json& merge) {
 			std::vector<std::string> parts;
 			if (merge.is_array()) {
 				for (const auto& part : merge)
@@ -215,16 +222,16 @@ void write_tokenizer_output(const TokenizerOutput& output, const fs::path& out_d
 		auto tokenizer = output.files->tokenizer;
 		auto added = output.files->added;
 		added.insert(added.end(), output.appended.begin(), output.appended.end());
-		auto list = nlohmann::ordered_json::array();
+		auto list = nlohmann::json::array();
 		for (const auto& token : added)
-			list.push_back(added_token_json(token));
+			list.push_back(added_token_json<nlohmann::json>(token));
 		tokenizer["added_tokens"] = std::move(list);
 		write_text_file(out_dir / "tokenizer.json", tokenizer.dump(2) + "\n");
 		fs::remove(out_dir / "added_tokens.json"); // legacy; the config's added_tokens_decoder replaces it
 		config = output.files->config.value_or(nlohmann::ordered_json::object());
 		(*config)["added_tokens_decoder"] = added_tokens_decoder(added);
 	} else if (output.chat_template && fs::is_regular_file(out_dir / "tokenizer_config.json")) {
-		config = parse_json_file(out_dir / "tokenizer_config.json");
+		config = parse_json_file<nlohmann::ordered_json>(out_dir / "tokenizer_config.json");
 	}
 	if (output.chat_template) {
 		if (!config) config = nlohmann::ordered_json::object();

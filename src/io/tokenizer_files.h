@@ -24,7 +24,7 @@ struct AddedToken {
 
 struct TokenizerFiles {
 	std::filesystem::path dir;
-	nlohmann::ordered_json tokenizer;               // tokenizer.json
+	nlohmann::json tokenizer; // tokenizer.json (keys sorted: an ordered object is quadratic to build)
 	std::optional<nlohmann::ordered_json> config;   // tokenizer_config.json, where present
 	std::vector<AddedToken> added;                  // added_tokens, in file order
 	std::unordered_map<std::string, int64_t> vocab; // token -> id, added tokens included

@@ -222,6 +222,7 @@ TokenizerSpec parse_tokenizer(const Context& ctx, const YAML::Node& node) {
 	for (const auto& item : tokens) {
 		const auto token = item.first.as<std::string>();
 		const auto where = fmt::format("tokenizer.tokens['{}']", token);
+		if (token.empty()) ctx.fail(where, "a token cannot be empty");
 		TokenEmbeddingSpec entry;
 		if (!item.second.IsNull()) {
 			check_keys(ctx, item.second, where, {"source", "force"});

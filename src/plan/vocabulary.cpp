@@ -19,15 +19,16 @@ namespace {
 int find_model(const std::vector<VocabularyModel>& models, const std::string& reference) {
 	for (size_t m = 0; m < models.size(); m++)
 		if (models[m].merged && models[m].reference == reference) return static_cast<int>(m);
-	std::error_code ec;
 	fs::path dir;
 	try {
-		dir = fs::canonical(resolve_model_reference(reference), ec);
-	} catch (const Error&) {
+		dir = fs::canonical(resolve_model_reference(reference));
+	} catch (const std::exception&) { // not a model at all
 		return -1;
 	}
-	for (size_t m = 0; m < models.size(); m++)
-		if (models[m].merged && !ec && fs::canonical(models[m].dir, ec) == dir) return static_cast<int>(m);
+	for (size_t m = 0; m < models.size(); m++) {
+		std::error_code ec;
+		if (models[m].merged && fs::canonical(models[m].dir, ec) == dir && !ec) return static_cast<int>(m);
+	}
 	return -1;
 }
 
