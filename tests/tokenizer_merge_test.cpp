@@ -249,7 +249,7 @@ TEST_F(TokenizerMergeTest, ModelSourceUsesThatModelsVocabulary) {
 // tokens: a zero source, a forced model source, model_token by token and by id, and a new token.
 TEST_F(TokenizerMergeTest, TokenOverridesAndForce) {
 	make_family();
-	merge(kLinear + R"(tokenizer:
+	const auto summary = merge(kLinear + R"(tokenizer:
   source: union
   tokens:
     <|im_start|>:
@@ -265,6 +265,9 @@ TEST_F(TokenizerMergeTest, TokenOverridesAndForce) {
       source: {kind: zero}
       force: true
 )");
+	ASSERT_EQ(summary.warnings.size(), 1u);
+	EXPECT_EQ(summary.warnings[0], "token(s) in none of the models: '<new>'; their rows are zeros unless a tokens: "
+	                               "entry gives a source");
 	const auto out = test::read_model(dir_ / "out");
 	const auto zero = std::vector<double>(kHidden, 0.0);
 	// Only chat has it; the others get zeros.

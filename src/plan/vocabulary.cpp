@@ -98,6 +98,7 @@ private:
 	void add_union_tokens();
 	void append(AddedToken token);
 	void map_model_rows();
+	void warn_tokens_in_no_model();
 
 	const TokenizerSpec& spec_;
 	const std::vector<VocabularyModel>& models_;
@@ -189,6 +190,21 @@ void VocabularyBuilder::map_model_rows() {
 	}
 }
 
+// As mergekit warns: such a token gets zero rows unless its tokens: entry names a source.
+void VocabularyBuilder::warn_tokens_in_no_model() {
+	std::vector<std::string> missing;
+	for (size_t r = 0; r < v_.vocab_rows; r++) {
+		bool found = v_.tokens[r].empty();
+		for (size_t m = 0; m < models_.size() && !found; m++)
+			found = models_[m].merged && v_.model_rows[m][r] >= 0;
+		if (!found) missing.push_back("'" + v_.tokens[r] + "'");
+	}
+	if (!missing.empty())
+		v_.warnings.push_back(fmt::format("token(s) in none of the models: {}; their rows are zeros unless a tokens: "
+		                                  "entry gives a source",
+		                                  fmt::join(missing, ", ")));
+}
+
 Vocabulary VocabularyBuilder::build() {
 	v_.token_models = resolve_token_models(spec_, models_);
 	read_models();
@@ -201,6 +217,7 @@ Vocabulary VocabularyBuilder::build() {
 	for (const auto& [token, entry] : spec_.tokens)
 		append(added_token(token));
 	map_model_rows();
+	warn_tokens_in_no_model();
 	v_.output.donor_dir = models_[donor_].dir;
 	if (donor.vocab.size() != before || !v_.output.appended.empty()) v_.output.files = std::move(donor);
 	return std::move(v_);
