@@ -496,6 +496,7 @@ TEST_F(TokenizerMergeTest, BadInputIsOneClearErrorAndWritesNothing) {
 	expect_error(kLinear + "tokenizer_source: union\n", {"chat/special_tokens_map.json", "cannot be parsed"});
 	test::write_file(dir_ / "base" / "tokenizer_config.json", "{\"bos_token\": ");
 	expect_error(kLinear + "tokenizer_source: base\n", {"base/tokenizer_config.json", "cannot be parsed"});
+	expect_error(kLinear + "chat_template: chatml\n", {"base/tokenizer_config.json", "cannot be parsed"});
 }
 
 } // namespace

@@ -156,19 +156,23 @@ TokenizerFiles read_tokenizer_files(const fs::path& dir) {
 	} catch (const nlohmann::json::exception& e) { // a value of an unexpected type
 		bad_file(path, fmt::format("unexpected content: {}", e.what()));
 	}
-	if (fs::is_regular_file(dir / "tokenizer_config.json"))
-		files.config = parse_json_file<nlohmann::ordered_json>(dir / "tokenizer_config.json");
+	files.config = read_tokenizer_config(dir);
 	files.chat_template = read_chat_template(dir);
 	if (fs::is_regular_file(dir / "special_tokens_map.json"))
 		parse_json_file<nlohmann::json>(dir / "special_tokens_map.json");
 	return files;
 }
 
+std::optional<nlohmann::ordered_json> read_tokenizer_config(const fs::path& dir) {
+	const auto path = dir / "tokenizer_config.json";
+	if (!fs::is_regular_file(path)) return std::nullopt;
+	return parse_json_file<nlohmann::ordered_json>(path);
+}
+
 std::optional<std::string> read_chat_template(const fs::path& dir) {
 	if (fs::is_regular_file(dir / "chat_template.jinja")) return read_text_file(dir / "chat_template.jinja");
-	const auto config = dir / "tokenizer_config.json";
-	if (!fs::is_regular_file(config)) return std::nullopt;
-	return template_of_config(parse_json_file<nlohmann::ordered_json>(config), config);
+	const auto config = read_tokenizer_config(dir);
+	return config ? template_of_config(*config, dir / "tokenizer_config.json") : std::nullopt;
 }
 
 void strip_tokens_from(TokenizerFiles& files, int64_t max_id) {
@@ -230,8 +234,8 @@ void write_tokenizer_output(const TokenizerOutput& output, const fs::path& out_d
 		fs::remove(out_dir / "added_tokens.json"); // legacy; the config's added_tokens_decoder replaces it
 		config = output.files->config.value_or(nlohmann::ordered_json::object());
 		(*config)["added_tokens_decoder"] = added_tokens_decoder(added);
-	} else if (output.chat_template && fs::is_regular_file(out_dir / "tokenizer_config.json")) {
-		config = parse_json_file<nlohmann::ordered_json>(out_dir / "tokenizer_config.json");
+	} else if (output.chat_template) {
+		config = read_tokenizer_config(out_dir);
 	}
 	if (output.chat_template) {
 		if (!config) config = nlohmann::ordered_json::object();

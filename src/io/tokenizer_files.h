@@ -44,6 +44,10 @@ bool has_tokenizer_json(const std::filesystem::path& dir);
 // present). Throws weld::Error naming the file and what is wrong with it.
 TokenizerFiles read_tokenizer_files(const std::filesystem::path& dir);
 
+// dir's tokenizer_config.json, nullopt when absent. Throws weld::Error naming the file when it
+// cannot be parsed.
+std::optional<nlohmann::ordered_json> read_tokenizer_config(const std::filesystem::path& dir);
+
 // The chat template of a model folder: chat_template.jinja, else tokenizer_config.json's
 // chat_template (a string, or the one named "default" of a list); nullopt when none.
 std::optional<std::string> read_chat_template(const std::filesystem::path& dir);

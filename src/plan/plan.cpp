@@ -572,7 +572,8 @@ void Planner::plan_tokenizer(const std::vector<Slice>& slices) {
 			dirs.push_back(folder(m).dir());
 		plan_.tokenizer.chat_template = resolve_chat_template(*recipe_.chat_template, dirs);
 		const auto& dir = folder(donor).dir();
-		if (!std::filesystem::exists(dir / "tokenizer_config.json") && !has_tokenizer_json(dir)) {
+		const bool has_config = read_tokenizer_config(dir).has_value(); // parsed now, not once the weights are written
+		if (!has_config && !has_tokenizer_json(dir)) {
 			plan_.warnings.push_back(fmt::format("chat_template: model '{}' has no tokenizer files; the template is "
 			                                     "not written (as mergekit)",
 			                                     ref(donor)));
