@@ -486,6 +486,13 @@ TEST_F(TokenizerMergeTest, BadInputIsOneClearErrorAndWritesNothing) {
 	             {"tokenizer.tokens['x'].source.kind", "'zero' or 'model_token'"});
 	expect_error(kLinear + "tokenizer:\n  pad_to_multiple_of: 0\n", {"tokenizer.pad_to_multiple_of"});
 	expect_error(kLinear + "tokenizer:\n  tokens:\n    q:\n      source: chat\n", {"model 'chat' has no token 'q'"});
+	expect_error(kLinear +
+	                 "tokenizer:\n  tokens:\n    q:\n      source: {kind: model_token, model: chat, token_id: 10}\n",
+	             {"tokenizer.tokens['q'].source.token_id", "10 is beyond the 10 rows of model 'chat'"});
+	expect_error(kLinear + "tokenizer:\n  tokens:\n    q:\n      source: {kind: model_token, model: base, token: x}\n",
+	             {"tokenizer.tokens['q'].source.token: model 'base' has no token 'x'"});
+	expect_error(kLinear + "tokenizer:\n  tokens:\n    q:\n      source: {kind: model_token, model: base}\n",
+	             {"give exactly one of 'token_id' and 'token'"});
 	test::write_file(dir_ / "other" / "tokenizer.json", "{\"model\": {\"vocab\": {\"a\": 0,}}}");
 	expect_error(kLinear + "tokenizer_source: union\n", {"other/tokenizer.json", "cannot be parsed"});
 	test::write_file(dir_ / "other" / "tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}}}");
