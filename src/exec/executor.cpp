@@ -3,6 +3,7 @@
 #include "io/safetensors.h"
 #include "methods/method.h"
 #include "tensor/convert.h"
+#include "tensor/row_remap.h"
 #include "util/error.h"
 #include "util/size.h"
 
@@ -101,11 +102,14 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const Ex
 	MergeInput input = job_input(plan, job);
 	for (size_t s = 0; s < job.sources.size(); s++) {
 		const auto& source = job.sources[s];
-		inputs[s].resize(n);
+		const uint64_t count = job.rows ? source.tensor->info->numel() : n; // all rows, to be rearranged
+		inputs[s].resize(count);
 		const auto bytes = source.tensor->file->data(*source.tensor->info);
-		convert_to_f32(source.tensor->info->dtype, bytes.data(), inputs[s].data(), n);
-		input.sources.emplace_back(inputs[s]);
+		convert_to_f32(source.tensor->info->dtype, bytes.data(), inputs[s].data(), count);
 	}
+	if (job.rows) inputs = remap_rows(*job.rows, inputs, job.shape[1]);
+	for (const auto& values : inputs)
+		input.sources.emplace_back(values);
 	std::vector<std::vector<float>> statistics(job.sources.size());
 	if (!plan.method->info().statistics.empty()) {
 		for (size_t s = 0; s < job.sources.size(); s++) {
@@ -251,7 +255,10 @@ uint64_t job_working_bytes(const TensorJob& job) {
 	uint64_t statistics = 0;
 	for (const auto& source : job.sources)
 		if (source.statistics) statistics += source.statistics->info->numel() * sizeof(float);
-	return 2 * (job.sources.size() + 1) * job.numel() * sizeof(float) + statistics + job.out_nbytes();
+	uint64_t rearranged = 0; // the sources' own rows, before they become the output vocabulary's
+	for (const auto& source : job.sources)
+		if (job.rows) rearranged += source.tensor->info->numel() * sizeof(float);
+	return 2 * (job.sources.size() + 1) * job.numel() * sizeof(float) + statistics + rearranged + job.out_nbytes();
 }
 
 namespace {
@@ -308,7 +315,7 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 			const size_t i = own_jobs[k];
 			const TensorJob& job = plan.jobs[i];
 			auto kernel =
-			    job.is_plain_copy(*plan.method)
+			    job.is_plain_copy(*plan.method) || job.rows // rearranged rows need whole tensors
 			        ? nullptr
 			        : plan.method->block_merge(job_input(plan, job), job.sources.size(), job.numel(), threads);
 			if (!kernel) {

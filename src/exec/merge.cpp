@@ -2,6 +2,7 @@
 
 #include "io/output_folder.h"
 #include "io/safetensors.h"
+#include "io/tokenizer_files.h"
 #include "util/error.h"
 #include "util/size.h"
 
@@ -32,7 +33,7 @@ std::string model_card(const Plan& plan) {
 // Everything in the folder but the weights (and, for a distributed merge, the shard index).
 void write_other_files(const Plan& plan, const fs::path& dir) {
 	if (!plan.config_json.empty()) write_text_file(dir / "config.json", plan.config_json);
-	copy_tokenizer_files(plan.tokenizer_dir, dir);
+	write_tokenizer_output(plan.tokenizer, dir);
 	write_text_file(dir / "weld_recipe.yml", plan.recipe.text);
 	write_text_file(dir / "README.md", model_card(plan));
 }

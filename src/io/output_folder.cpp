@@ -66,8 +66,8 @@ void write_folder_atomically(const fs::path& out_dir, bool force, const std::fun
 void copy_tokenizer_files(const fs::path& from, const fs::path& to) {
 	// The files a tokenizer may consist of, across the common tokenizer classes.
 	static constexpr const char* kFiles[] = {
-	    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
-	    "merges.txt",     "added_tokens.json",     "generation_config.json"};
+	    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",    "vocab.json",
+	    "merges.txt",     "added_tokens.json",     "generation_config.json",  "chat_template.jinja"};
 	for (const char* name : kFiles)
 		if (fs::is_regular_file(from / name)) fs::copy_file(from / name, to / name);
 }

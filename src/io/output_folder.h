@@ -34,7 +34,7 @@ private:
 void write_folder_atomically(const std::filesystem::path& out, bool force,
                              const std::function<void(const std::filesystem::path&)>& fill);
 
-// Copies the tokenizer files (and generation_config.json) that exist in `from` into `to`.
+// Copies the tokenizer files (with chat_template.jinja and generation_config.json) that exist in `from` into `to`.
 void copy_tokenizer_files(const std::filesystem::path& from, const std::filesystem::path& to);
 
 // Small text files of an output folder.

@@ -1,6 +1,7 @@
 #include "plan/plan.h"
 
 #include "plan/modules.h"
+#include "plan/vocabulary.h"
 
 #include "util/error.h"
 
@@ -84,13 +85,15 @@ private:
 	std::optional<ParamValue> lookup(const ParamDef& def, const std::vector<const ParamSettings*>& levels,
 	                                 const std::string& tensor, double t) const;
 	void check_model_order() const;
-	void choose_tokenizer(size_t first_model);
 	void order_sources(TensorJob& job, const Slice& slice) const;
 	// Sets each config.json key (nested "a.b" where it exists) to its output layer count.
 	void make_config(const std::vector<std::pair<std::string, int64_t>>& layer_counts);
 	void open_statistics(const std::vector<Slice>& slices);
 	void check_statistics(size_t model, const std::string& path);
 	const ModelFolder::Tensor* statistics_for(size_t model, const ModelFolder::Tensor& tensor) const;
+	void plan_tokenizer(const std::vector<Slice>& slices);
+	int64_t embedding_rows(size_t model) const;
+	void remap_vocab_rows(TensorJob& job, const std::string& out_name);
 
 	const std::string& ref(size_t model) const { return plan_.models[model].reference; }
 	const ModelFolder& folder(size_t model) const { return *plan_.models[model].folder; }
@@ -104,6 +107,9 @@ private:
 	std::unique_ptr<ModuleMap> modules_;
 	int module_ = -1;
 	const ParamSettings* module_params_ = nullptr;
+	std::optional<Vocabulary> vocabulary_; // under a tokenizer setting
+	std::vector<VocabularyModel> vocabulary_models_;
+	std::map<std::pair<std::vector<size_t>, int>, std::shared_ptr<const RowRemap>> remaps_; // by sources and base
 };
 
 bool Planner::in_scope(const std::string& tensor) const {
@@ -385,10 +391,13 @@ void Planner::plan_tensor(const std::string& out_name, double t, const Slice& sl
 		                        out_name, info.name, wanted, job.sources.size()));
 	}
 
-	// The reference shape is the base's (else the first source's); larger vocabularies are cut.
+	// The reference shape is the base's (else the first source's); larger vocabularies are cut,
+	// or, under a tokenizer setting, rearranged into the output vocabulary.
 	const auto& reference = job.sources[job.base_index >= 0 ? job.base_index : 0];
 	job.shape = reference.tensor->info->shape;
+	if (vocabulary_ && is_vocab_matrix(out_name) && job.shape.size() == 2) remap_vocab_rows(job, out_name);
 	for (auto& source : job.sources) {
+		if (job.rows) break;
 		const auto& shape = source.tensor->info->shape;
 		if (shape == job.shape) continue;
 		const bool cut_rows = is_vocab_matrix(out_name) && shape.size() == 2 && job.shape.size() == 2 &&
@@ -508,6 +517,7 @@ void Planner::make_config(const std::vector<std::pair<std::string, int64_t>>& la
 		const auto leaf = dot == std::string::npos ? key : key.substr(dot + 1);
 		if (node->contains(leaf)) (*node)[leaf] = count;
 	}
+	if (vocabulary_) json["vocab_size"] = vocabulary_->rows;
 	plan_.config_json = json.dump(2) + "\n";
 }
 
@@ -608,8 +618,8 @@ void Planner::run() {
 	const auto slices = make_slices(recipe_.models, recipe_.slices, "");
 	check_model_order();
 	open_statistics(slices);
+	plan_tokenizer(slices);
 	make_config({{"num_hidden_layers", plan_layers(slices)}});
-	choose_tokenizer(slices[0].sources[0].model);
 }
 
 // mergekit's modules: each module's tensors planned from its own models or slices and parameters.
@@ -631,6 +641,7 @@ void Planner::run_modules() {
 	}
 	check_model_order();
 	open_statistics(every_slice);
+	plan_tokenizer(every_slice);
 	std::vector<std::pair<std::string, int64_t>> layer_counts;
 	for (size_t i = 0; i < recipe_.modules.size(); i++) {
 		module_ = static_cast<int>(modules_->of_spec(i));
@@ -641,18 +652,84 @@ void Planner::run_modules() {
 			layer_counts.emplace_back(key, layers);
 	}
 	make_config(layer_counts);
-	choose_tokenizer(every_slice[0].sources[0].model);
 }
 
-void Planner::choose_tokenizer(size_t first_model) {
-	size_t tokenizer_model = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : first_model;
-	if (recipe_.tokenizer_source && *recipe_.tokenizer_source != "base") {
-		if (*recipe_.tokenizer_source == "union")
-			throw Error("recipe: tokenizer_source: 'union' (merged vocabularies) is not supported yet; use 'base' or "
-			            "a model");
-		tokenizer_model = open_model(*recipe_.tokenizer_source);
+// The rows of a model's embedding matrix (embed_tokens and the like before lm_head); -1: none.
+int64_t Planner::embedding_rows(size_t model) const {
+	const ModelFolder::Tensor* found = nullptr;
+	for (const auto& tensor : folder(model).tensors()) {
+		const auto& name = tensor.info->name;
+		if (!is_vocab_matrix(name) || tensor.info->shape.size() != 2) continue;
+		if (!found ||
+		    (found->info->name.find("lm_head") != std::string::npos && name.find("lm_head") == std::string::npos))
+			found = &tensor;
 	}
-	plan_.tokenizer_dir = folder(tokenizer_model).dir();
+	return found ? static_cast<int64_t>(found->info->shape[0]) : -1;
+}
+
+// Which tokenizer files the output gets, the output vocabulary under a tokenizer setting, and
+// the chat template.
+void Planner::plan_tokenizer(const std::vector<Slice>& slices) {
+	const size_t base = plan_.base_model >= 0 ? static_cast<size_t>(plan_.base_model) : slices[0].sources[0].model;
+	const size_t merged = plan_.models.size();
+	size_t donor = base;
+	const auto& spec = recipe_.tokenizer;
+	if (spec && spec->source != "base" && spec->source != "union") donor = open_model(spec->source);
+	plan_.tokenizer.donor_dir = folder(donor).dir();
+	if (recipe_.chat_template) {
+		std::vector<std::filesystem::path> dirs;
+		for (size_t m = 0; m < merged; m++)
+			dirs.push_back(folder(m).dir());
+		plan_.tokenizer.chat_template = resolve_chat_template(*recipe_.chat_template, dirs);
+		const auto& dir = folder(donor).dir();
+		const bool has_config = read_tokenizer_config(dir).has_value(); // parsed now, not once the weights are written
+		if (!has_config && !has_tokenizer_json(dir)) {
+			plan_.warnings.push_back(fmt::format("chat_template: model '{}' has no tokenizer files; the template is "
+			                                     "not written (as mergekit)",
+			                                     ref(donor)));
+			plan_.tokenizer.chat_template.reset();
+		}
+	}
+	if (!spec) return;
+	if (spec->source != "union" && spec->tokens.empty() && !spec->pad_to_multiple_of &&
+	    !has_tokenizer_json(folder(donor).dir())) {
+		plan_.warnings.push_back(fmt::format("model '{}' has no tokenizer.json: its tokenizer files are copied and "
+		                                     "the embedding rows are not matched by token",
+		                                     ref(donor)));
+		return;
+	}
+	for (size_t m = 0; m < plan_.models.size(); m++)
+		vocabulary_models_.push_back({ref(m), folder(m).dir(), embedding_rows(m), m < merged});
+	vocabulary_ = build_vocabulary(*spec, vocabulary_models_, base, donor);
+	for (auto& warning : vocabulary_->warnings)
+		plan_.warnings.push_back(std::move(warning));
+	auto chat_template = std::move(plan_.tokenizer.chat_template);
+	plan_.tokenizer = vocabulary_->output;
+	plan_.tokenizer.chat_template = std::move(chat_template);
+}
+
+// Every source of an embedding-like tensor must have as many rows as its embedding matrix (the
+// rows its tokenizer's ids index) and the same width; the job then has the output vocabulary's rows.
+void Planner::remap_vocab_rows(TensorJob& job, const std::string& out_name) {
+	const uint64_t cols = job.shape[1];
+	std::vector<size_t> models;
+	for (const auto& source : job.sources) {
+		const auto& shape = source.tensor->info->shape;
+		const int64_t rows = vocabulary_models_[source.model].rows;
+		if (shape.size() != 2 || shape[1] != cols || static_cast<int64_t>(shape[0]) != rows)
+			throw Error(
+			    fmt::format("tensor '{}' of model '{}' has shape {}; with a tokenizer setting it needs [{}, {}] "
+			                "(the rows of the model's embedding matrix, the width of the other models')",
+			                source.tensor->info->name, ref(source.model), shape_string(shape), rows, cols));
+		models.push_back(source.model);
+	}
+	const int base = job.base_index;
+	auto& remap = remaps_[{models, base}];
+	if (!remap)
+		remap = std::make_shared<const RowRemap>(
+		    make_row_remap(*vocabulary_, *recipe_.tokenizer, models, base, vocabulary_models_, out_name));
+	job.rows = remap;
+	job.shape = {vocabulary_->rows, cols};
 }
 
 } // namespace
@@ -665,7 +742,7 @@ uint64_t TensorJob::numel() const {
 }
 
 bool TensorJob::is_plain_copy(const MergeMethod& method) const {
-	return method.info().copy_only && sources.size() == 1 && !source_params[0].contains("scale") &&
+	return method.info().copy_only && sources.size() == 1 && !rows && !source_params[0].contains("scale") &&
 	       sources[0].tensor->info->dtype == out_dtype;
 }
 
@@ -711,6 +788,7 @@ std::string describe_plan(const Plan& plan) {
 	                   static_cast<double>(plan.input_bytes()) / 1e9, static_cast<double>(plan.output_bytes()) / 1e9);
 	for (const auto& job : plan.jobs) {
 		out += fmt::format("{} {} {}", job.name, shape_string(job.shape), dtype_safetensors_name(job.out_dtype));
+		if (job.rows) out += " (rows by token of the output vocabulary)";
 		for (const auto& [key, value] : job.params)
 			out += fmt::format(" {}={:g}", key, value);
 		out += "\n";

@@ -4,8 +4,10 @@
 #pragma once
 
 #include "io/model.h"
+#include "io/tokenizer_files.h"
 #include "methods/method.h"
 #include "plan/recipe.h"
+#include "tensor/row_remap.h"
 
 #include <filesystem>
 #include <map>
@@ -36,6 +38,9 @@ struct TensorJob {
 	int base_index = -1; // which source is the base model
 	ParamValues params;
 	std::vector<ParamValues> source_params;
+	// Embedding-like tensors under a tokenizer setting: the sources' rows rearranged into the
+	// output vocabulary before the method runs (nullptr: sources used as they are).
+	std::shared_ptr<const RowRemap> rows;
 
 	uint64_t numel() const;
 	uint64_t out_nbytes() const { return numel() * dtype_size(out_dtype); }
@@ -52,8 +57,8 @@ struct Plan {
 	std::vector<std::unique_ptr<ModelFolder>> statistics;
 	std::vector<std::string> statistics_kinds; // per model, its folder's kind ("" where none)
 	std::vector<TensorJob> jobs;
-	std::string config_json;             // config.json for the output ("" when none)
-	std::filesystem::path tokenizer_dir; // where tokenizer files are copied from
+	std::string config_json;   // config.json for the output ("" when none)
+	TokenizerOutput tokenizer; // the tokenizer files to write
 	std::vector<std::string> warnings;
 	uint64_t seed = 0;
 

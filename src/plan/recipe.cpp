@@ -221,6 +221,70 @@ void parse_sources(const Context& ctx, const YAML::Node& root, Recipe& recipe) {
 		ctx.fail("recipe", "needs 'models', 'slices' or 'modules'");
 }
 
+TokenEmbeddingSpec parse_token_source(const Context& ctx, const YAML::Node& node, const std::string& where) {
+	TokenEmbeddingSpec spec;
+	if (!node || node.IsNull()) return spec;
+	if (node.IsScalar()) {
+		spec.kind = TokenEmbeddingSpec::Kind::Model;
+		spec.model = parse_model_ref(ctx, node, where);
+		return spec;
+	}
+	check_keys(ctx, node, where, {"kind", "model", "token_id", "token"});
+	const auto kind = node["kind"] ? scalar_string(ctx, node["kind"], where + ".kind") : "";
+	if (kind == "zero") {
+		check_keys(ctx, node, where, {"kind"});
+		spec.kind = TokenEmbeddingSpec::Kind::Zero;
+		return spec;
+	}
+	if (kind != "model_token")
+		ctx.fail(where + ".kind", fmt::format("expected 'zero' or 'model_token', got '{}'", kind));
+	spec.kind = TokenEmbeddingSpec::Kind::ModelToken;
+	if (!node["model"]) ctx.fail(where, "missing 'model'");
+	spec.model = parse_model_ref(ctx, node["model"], where + ".model");
+	if (node["token_id"].IsDefined() == node["token"].IsDefined())
+		ctx.fail(where, "give exactly one of 'token_id' and 'token'");
+	if (node["token"]) spec.token = scalar_string(ctx, node["token"], where + ".token");
+	int64_t id = -1;
+	if (node["token_id"] && (!YAML::convert<int64_t>::decode(node["token_id"], id) || id < 0))
+		ctx.fail(where + ".token_id", "expected a token id (an integer >= 0)");
+	if (node["token_id"]) spec.token_id = id;
+	return spec;
+}
+
+// mergekit's `tokenizer:` block: source (default union), tokens, pad_to_multiple_of.
+TokenizerSpec parse_tokenizer(const Context& ctx, const YAML::Node& node) {
+	check_keys(ctx, node, "tokenizer", {"source", "tokens", "pad_to_multiple_of"});
+	TokenizerSpec spec;
+	if (node["source"] && !node["source"].IsNull())
+		spec.source = parse_model_ref(ctx, node["source"], "tokenizer.source");
+	if (const auto& pad = node["pad_to_multiple_of"]; pad && !pad.IsNull()) {
+		int64_t multiple = 0;
+		if (!YAML::convert<int64_t>::decode(pad, multiple) || multiple < 1)
+			ctx.fail("tokenizer.pad_to_multiple_of", "expected a positive integer");
+		spec.pad_to_multiple_of = multiple;
+	}
+	const auto& tokens = node["tokens"];
+	if (!tokens || tokens.IsNull()) return spec;
+	if (!tokens.IsMap()) ctx.fail("tokenizer.tokens", "expected a mapping of token strings to {source, force}");
+	for (const auto& item : tokens) {
+		const auto token = item.first.as<std::string>();
+		const auto where = fmt::format("tokenizer.tokens['{}']", token);
+		if (token.empty()) ctx.fail(where, "a token cannot be empty");
+		TokenEmbeddingSpec entry;
+		if (!item.second.IsNull()) {
+			check_keys(ctx, item.second, where, {"source", "force"});
+			entry = parse_token_source(ctx, item.second["source"], where + ".source");
+			if (const auto& force = item.second["force"]) {
+				const auto value = force.IsScalar() ? as_bool(force) : std::nullopt;
+				if (!value) ctx.fail(where + ".force", "expected true or false");
+				entry.force = *value;
+			}
+		}
+		spec.tokens.emplace_back(token, std::move(entry));
+	}
+	return spec;
+}
+
 } // namespace
 
 Recipe parse_recipe(const std::string& yaml_text, const std::string& label) {
@@ -235,7 +299,7 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& label) {
 	if (!root.IsMap()) ctx.fail("recipe", "expected a YAML mapping at the top level");
 	check_keys(ctx, root, "recipe",
 	           {"merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype", "out_dtype",
-	            "tokenizer_source"});
+	            "tokenizer_source", "tokenizer", "chat_template"});
 
 	Recipe recipe;
 	recipe.text = yaml_text;
@@ -248,7 +312,18 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& label) {
 	recipe.dtype = parse_dtype(ctx, root["dtype"], "dtype");
 	recipe.out_dtype = parse_dtype(ctx, root["out_dtype"], "out_dtype");
 	if (root["tokenizer_source"] && !root["tokenizer_source"].IsNull())
-		recipe.tokenizer_source = scalar_string(ctx, root["tokenizer_source"], "tokenizer_source");
+		recipe.tokenizer_source = parse_model_ref(ctx, root["tokenizer_source"], "tokenizer_source");
+	if (root["tokenizer"] && !root["tokenizer"].IsNull()) {
+		if (recipe.tokenizer_source) ctx.fail("tokenizer", "give either 'tokenizer' or 'tokenizer_source', not both");
+		recipe.tokenizer = parse_tokenizer(ctx, root["tokenizer"]);
+	} else if (recipe.tokenizer_source) {
+		recipe.tokenizer.emplace();
+		recipe.tokenizer->source = *recipe.tokenizer_source;
+	}
+	if (root["chat_template"] && !root["chat_template"].IsNull()) {
+		recipe.chat_template = scalar_string(ctx, root["chat_template"], "chat_template");
+		if (recipe.chat_template->empty()) ctx.fail("chat_template", "empty");
+	}
 	return recipe;
 }
 

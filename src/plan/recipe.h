@@ -72,6 +72,24 @@ struct ModuleSpec {
 	ParamSettings parameters;
 };
 
+// An entry of the `tokenizer:` block's `tokens:` map (mergekit's TokenEmbeddingConfig): where the
+// token's embedding comes from for models that lack it (or for every model, with force).
+struct TokenEmbeddingSpec {
+	enum class Kind { Automatic, Zero, Model, ModelToken };
+	Kind kind = Kind::Automatic;      // Automatic: no source given, mergekit's default rules
+	std::string model;                // Model, ModelToken: a model reference as the recipe writes it
+	std::optional<int64_t> token_id;  // ModelToken: that model's row...
+	std::optional<std::string> token; // ...or the row of this token in its vocabulary
+	bool force = false;
+};
+
+// mergekit's `tokenizer:` block (or `tokenizer_source: X`, which is {source: X}).
+struct TokenizerSpec {
+	std::string source = "union"; // union, base, or a model reference
+	std::vector<std::pair<std::string, TokenEmbeddingSpec>> tokens;
+	std::optional<int64_t> pad_to_multiple_of;
+};
+
 struct Recipe {
 	std::string merge_method;
 	std::optional<std::string> base_model;
@@ -82,7 +100,9 @@ struct Recipe {
 	std::optional<DType> dtype;
 	std::optional<DType> out_dtype;
 	std::optional<std::string> tokenizer_source;
-	std::string text; // the YAML as given
+	std::optional<TokenizerSpec> tokenizer;   // from `tokenizer:` or `tokenizer_source:`
+	std::optional<std::string> chat_template; // auto, a built-in name, or a Jinja template
+	std::string text;                         // the YAML as given
 };
 
 // Throws weld::Error "<label>: <key path>: <what is wrong>" for malformed recipes, unknown keys
