@@ -4,6 +4,7 @@
 #include "moe/moe_build.h"
 #include "test_util.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -181,7 +182,8 @@ dtype: bfloat16
 			ASSERT_EQ(down[i], 0.25f * source[i]);
 		EXPECT_EQ(out.at(p + "mlp.gate.weight").size(), 2u * static_cast<size_t>(spec.hidden));
 		EXPECT_EQ(out.at(p + "self_attn.q_proj.bias"), std::vector<float>(static_cast<size_t>(spec.heads) * head_dim));
-		EXPECT_EQ(out.at(p + "self_attn.k_proj.bias"), std::vector<float>(static_cast<size_t>(spec.kv_heads) * head_dim));
+		EXPECT_EQ(out.at(p + "self_attn.k_proj.bias"),
+		          std::vector<float>(static_cast<size_t>(spec.kv_heads) * head_dim));
 		// The shared expert's gate is its prompt's embedding row: BOS + 'q', normalized.
 		auto row = embedding(kBos);
 		for (size_t i = 0; i < row.size(); ++i)

@@ -6,6 +6,7 @@
 #include "nn/moe_states.h"
 #include "nn_test_util.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -245,8 +246,8 @@ experts:
 			const auto& gate = model.at(fmt::format("model.layers.{}.block_sparse_moe.gate.weight", layer));
 			for (size_t i = 0; i < static_cast<size_t>(spec.hidden); ++i) {
 				worst = std::max(worst, std::abs(gate[i] - rows0[static_cast<size_t>(layer)][i]));
-				worst = std::max(worst, std::abs(gate[static_cast<size_t>(spec.hidden) + i] -
-				                                 rows1[static_cast<size_t>(layer)][i]));
+				worst = std::max(
+				    worst, std::abs(gate[static_cast<size_t>(spec.hidden) + i] - rows1[static_cast<size_t>(layer)][i]));
 			}
 		}
 		std::printf("%s: max |gate row - reference| %.3g\n", mode.c_str(), worst);
@@ -262,9 +263,9 @@ TEST_F(NnMoe, WeldEvalRunsTheMixture) {
 	                         &err, &dense),
 	          0)
 	    << err;
-	ASSERT_EQ(test::run_weld("eval " + out.string() + " --data " + (tmp / "text.txt").string() + " --json", &err,
-	                         &mixture),
-	          0)
+	ASSERT_EQ(
+	    test::run_weld("eval " + out.string() + " --data " + (tmp / "text.txt").string() + " --json", &err, &mixture),
+	    0)
 	    << err;
 	const double a = nlohmann::json::parse(dense)["perplexity"], b = nlohmann::json::parse(mixture)["perplexity"];
 	EXPECT_NEAR(a, b, 1e-5 * a);

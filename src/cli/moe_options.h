@@ -32,8 +32,8 @@ inline void add_moe_options(CLI::App& cmd, MoeArgs& args) {
 }
 
 inline std::vector<std::string> moe_words(const MoeArgs& args) {
-	std::vector<std::string> w = {args.config, args.out, "--seed", std::to_string(args.seed), "--out-shard-size",
-	                              args.shard_size};
+	std::vector<std::string> w = {args.config,        args.out,       "--seed", std::to_string(args.seed),
+	                              "--out-shard-size", args.shard_size};
 	if (args.force) w.push_back("--force");
 	if (args.allow_all_same) w.push_back("--i-understand-this-is-not-useful-without-training");
 	if (args.quiet) w.push_back("--quiet");
@@ -52,8 +52,8 @@ inline int run_moe(const MoeArgs& args, const moe::PromptStates& prompt_states) 
 	if (args.quiet) return 0;
 	for (const auto& warning : summary.warnings)
 		fmt::print(stderr, "weld: warning: {}\n", warning);
-	fmt::print("weld: wrote a {} mixture of experts ({} tensors, {}) to {}\n", moe::architecture_name(summary.architecture),
-	           summary.tensors, format_size(summary.bytes), args.out);
+	fmt::print("weld: wrote a {} mixture of experts ({} tensors, {}) to {}\n",
+	           moe::architecture_name(summary.architecture), summary.tensors, format_size(summary.bytes), args.out);
 	return 0;
 }
 

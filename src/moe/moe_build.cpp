@@ -148,9 +148,10 @@ OutputArchitecture select_architecture(const MoeConfig& c, const Inputs& inputs,
 	                        ? OutputArchitecture::Mixtral
 	                        : fitting.front();
 	if (chosen == OutputArchitecture::DeepseekMoe || chosen == OutputArchitecture::Qwen3Moe)
-		throw Error(fmt::format("{}: mergekit-moe would write a {} model here, which weld moe does not write (it writes "
-		                        "Mixtral and Qwen MoE; 'architecture: qwen' with one prompted shared expert)",
-		                        label, architecture_name(chosen)));
+		throw Error(
+		    fmt::format("{}: mergekit-moe would write a {} model here, which weld moe does not write (it writes "
+		                "Mixtral and Qwen MoE; 'architecture: qwen' with one prompted shared expert)",
+		                label, architecture_name(chosen)));
 	return chosen;
 }
 
@@ -248,10 +249,10 @@ bool base_tensor_kept(const std::string& name, OutputArchitecture a, const std::
 	if (name.find(".mlp.") != std::string::npos || name.ends_with("rotary_emb.inv_freq")) return false;
 	const bool bias = name.ends_with("_proj.bias");
 	if (bias && (a == OutputArchitecture::Mixtral || name.ends_with("o_proj.bias")))
-		throw Error(fmt::format("base_model {}: tensor '{}': {} has no such bias", reference, name,
-		                        architecture_name(a)));
-	const bool known = name == "model.embed_tokens.weight" || name == "model.norm.weight" ||
-	                   name == "lm_head.weight" || name.ends_with("layernorm.weight") ||
+		throw Error(
+		    fmt::format("base_model {}: tensor '{}': {} has no such bias", reference, name, architecture_name(a)));
+	const bool known = name == "model.embed_tokens.weight" || name == "model.norm.weight" || name == "lm_head.weight" ||
+	                   name.ends_with("layernorm.weight") ||
 	                   (name.find(".self_attn.") != std::string::npos && (name.ends_with("_proj.weight") || bias));
 	if (!known)
 		throw Error(fmt::format("base_model {}: tensor '{}' is not part of a Llama, Mistral or Qwen2 model as weld moe "
@@ -277,7 +278,8 @@ void plan_base_tensors(Plan& p) {
 			if (base.folder->find(name)) continue;
 			const auto heads = std::string_view(projection) == "q_proj" ? p.shape.heads : p.shape.kv_heads;
 			const auto size = static_cast<uint64_t>(heads * p.shape.head_dim);
-			p.tensors.push_back({name, {size}, p.dtype.value_or(DType::F32), [size] { return std::vector<float>(size); }});
+			p.tensors.push_back(
+			    {name, {size}, p.dtype.value_or(DType::F32), [size] { return std::vector<float>(size); }});
 		}
 }
 
@@ -314,7 +316,8 @@ void plan_router(Plan& p, const std::string& name, const GateVectors& gates, int
 // Mixtral: block_sparse_moe.experts.N.{w1 = gate_proj, w2 = down_proj, w3 = up_proj}.
 void plan_mixtral_layer(Plan& p, int64_t layer, const GateVectors& gates) {
 	const auto prefix = fmt::format("model.layers.{}.", layer);
-	constexpr std::pair<const char*, const char*> kNames[] = {{"gate_proj", "w1"}, {"down_proj", "w2"}, {"up_proj", "w3"}};
+	constexpr std::pair<const char*, const char*> kNames[] = {
+	    {"gate_proj", "w1"}, {"down_proj", "w2"}, {"up_proj", "w3"}};
 	for (size_t e = 0; e < p.config.experts.size(); ++e)
 		for (const auto& [source, target] : kNames)
 			plan_expert_tensor(p, p.config.experts[e], fmt::format("{}mlp.{}.weight", prefix, source),
@@ -330,7 +333,8 @@ void plan_qwen_layer(Plan& p, int64_t layer, const GateVectors& gates) {
 	for (const char* projection : kMlpProjections) {
 		const auto source = fmt::format("{}{}.weight", prefix, projection);
 		for (size_t e = 0; e < p.config.experts.size(); ++e)
-			plan_expert_tensor(p, p.config.experts[e], source, fmt::format("{}experts.{}.{}.weight", prefix, e, projection));
+			plan_expert_tensor(p, p.config.experts[e], source,
+			                   fmt::format("{}experts.{}.{}.weight", prefix, e, projection));
 		plan_expert_tensor(p, p.config.shared_experts[0], source,
 		                   fmt::format("{}shared_expert.{}.weight", prefix, projection));
 	}
@@ -411,8 +415,8 @@ GateVectors gates_for(const MoeConfig& c, const InputModel& base, const BaseShap
 		                        c.gate_mode_name));
 	if (c.gate_mode == GateMode::CheapEmbed) {
 		const auto* embed = base.folder->find("model.embed_tokens.weight");
-		if (!embed || embed->info->shape != std::vector<uint64_t>{static_cast<uint64_t>(s.vocab),
-		                                                          static_cast<uint64_t>(s.hidden)})
+		if (!embed || embed->info->shape !=
+		                  std::vector<uint64_t>{static_cast<uint64_t>(s.vocab), static_cast<uint64_t>(s.hidden)})
 			throw Error(fmt::format("base_model {}: no model.embed_tokens.weight of shape [{}, {}] for cheap_embed",
 			                        base.reference, s.vocab, s.hidden));
 		sources.embedding = [embed] { return read_f32(*embed); };

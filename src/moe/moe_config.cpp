@@ -13,8 +13,9 @@ namespace weld::moe {
 namespace {
 
 constexpr std::pair<const char*, GateMode> kGateModes[] = {
-    {"hidden", GateMode::Hidden},         {"hidden_last", GateMode::Hidden}, {"hidden_avg", GateMode::HiddenAvg},
-    {"cheap_embed", GateMode::CheapEmbed}, {"random", GateMode::Random},      {"uniform_random", GateMode::UniformRandom}};
+    {"hidden", GateMode::Hidden},        {"hidden_last", GateMode::Hidden},
+    {"hidden_avg", GateMode::HiddenAvg}, {"cheap_embed", GateMode::CheapEmbed},
+    {"random", GateMode::Random},        {"uniform_random", GateMode::UniformRandom}};
 
 // Every error names the file and the key path inside it.
 struct Context {
@@ -29,8 +30,8 @@ struct Context {
 		for (const auto& item : node) {
 			const auto key = item.first.Scalar();
 			if (std::find(known.begin(), known.end(), key) == known.end())
-				warnings.push_back(fmt::format("{}: {}: unknown key '{}' ignored, as mergekit-moe ignores it", label,
-				                               where, key));
+				warnings.push_back(
+				    fmt::format("{}: {}: unknown key '{}' ignored, as mergekit-moe ignores it", label, where, key));
 		}
 	}
 };
@@ -87,8 +88,9 @@ std::vector<ExpertSpec> parse_experts(const Context& ctx, const YAML::Node& node
 GateMode parse_gate_mode(const Context& ctx, const std::string& name) {
 	for (const auto& [known, mode] : kGateModes)
 		if (name == known) return mode;
-	ctx.fail("gate_mode",
-	         fmt::format("unknown gate mode '{}' (valid: hidden, hidden_avg, cheap_embed, random, uniform_random)", name));
+	ctx.fail(
+	    "gate_mode",
+	    fmt::format("unknown gate mode '{}' (valid: hidden, hidden_avg, cheap_embed, random, uniform_random)", name));
 }
 
 YAML::Node load(const std::string& yaml_text, const std::string& label) {
@@ -107,9 +109,9 @@ MoeConfig parse_moe_config(const std::string& yaml_text, const std::string& labe
 	const Context ctx{label, c.warnings};
 	const YAML::Node root = load(yaml_text, label);
 	if (!root.IsMap()) ctx.fail("config", "expected a YAML mapping at the top level");
-	ctx.warn_unknown_keys(root, "config",
-	                      {"base_model", "experts", "gate_mode", "dtype", "experts_per_token", "shared_experts",
-	                       "architecture"});
+	ctx.warn_unknown_keys(
+	    root, "config",
+	    {"base_model", "experts", "gate_mode", "dtype", "experts_per_token", "shared_experts", "architecture"});
 	c.text = yaml_text;
 	if (!present(root["base_model"])) ctx.fail("config", "missing 'base_model' (the model whose attention is kept)");
 	c.base_model = text(ctx, root["base_model"], "base_model");

@@ -71,8 +71,7 @@ GateVectors random_gates(GateMode mode, int64_t experts, const GateSources& s) {
 
 } // namespace
 
-GateVectors compute_gate_vectors(GateMode mode, const std::vector<const ExpertSpec*>& gated,
-                                 const GateSources& s) {
+GateVectors compute_gate_vectors(GateMode mode, const std::vector<const ExpertSpec*>& gated, const GateSources& s) {
 	const auto experts = static_cast<int64_t>(gated.size());
 	if (!uses_prompts(mode)) return random_gates(mode, experts, s);
 	const std::vector<float> embedding = mode == GateMode::CheapEmbed ? s.embedding() : std::vector<float>{};

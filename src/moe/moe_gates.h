@@ -27,7 +27,7 @@ struct GateSources {
 	std::function<std::vector<int64_t>(const std::string&)> tokenize; // text -> ids, BOS first
 	std::function<std::vector<float>()> embedding; // cheap_embed: the base's [vocab][hidden] embeddings
 	std::function<std::vector<float>(const std::vector<int64_t>& ids, bool average)> prompt_states; // hidden modes
-	uint64_t seed = 0;                             // random modes
+	uint64_t seed = 0;                                                                              // random modes
 };
 
 // One row per gated expert (the routed experts, then the shared ones that have a gate). For the

@@ -153,7 +153,8 @@ LlamaConfig parse_llama_config(std::string_view json_text, const std::string& la
 	c.tie_word_embeddings = opt_bool(j, "tie_word_embeddings", false, label);
 	// Qwen2 keeps sliding_window in its config but uses it only with use_sliding_window.
 	const bool qwen = c.architecture == "Qwen2ForCausalLM" || c.architecture == "Qwen2MoeForCausalLM";
-	if (!qwen || opt_bool(j, "use_sliding_window", false, label)) c.sliding_window = opt_int(j, "sliding_window", label);
+	if (!qwen || opt_bool(j, "use_sliding_window", false, label))
+		c.sliding_window = opt_int(j, "sliding_window", label);
 	parse_experts(j, c, label);
 	if (c.num_attention_heads % c.num_key_value_heads != 0 || c.head_dim % 2 != 0)
 		throw Error(fmt::format("{}: {} attention heads do not split into {} key/value heads of even size {}",
