@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 
 namespace weld {
@@ -25,7 +26,7 @@ protected:
 		write_tiny_llama(tmp / "base", spec, base);
 		for (int k = 0; k < 3; ++k) {
 			experts.push_back(perturb(base, 0.1f, 10 + static_cast<uint64_t>(k)));
-			write_tiny_llama(tmp / ("e" + std::to_string(k)), spec, experts.back());
+			write_tiny_llama(tmp / fmt::format("e{}", k), spec, experts.back());
 		}
 	}
 
@@ -111,6 +112,25 @@ TEST_F(Moe, CheapEmbedRowsAreTheNormalizedSumsOfThePromptEmbeddings) {
 			EXPECT_NEAR(gate[static_cast<size_t>(spec.hidden + i)], row1[static_cast<size_t>(i)], 1e-6);
 		}
 	}
+}
+
+// mergekit warns when a layer's rows are nearly dependent (condition number above 5).
+TEST_F(Moe, NearlyIdenticalPromptsGetTheDegenerateRoutingWarning) {
+	auto warned = [](const moe::MoeSummary& s) {
+		return std::any_of(s.warnings.begin(), s.warnings.end(), [](const std::string& w) {
+			return w.find("ALL layers have degenerate routing parameters") != std::string::npos;
+		});
+	};
+	EXPECT_FALSE(warned(build(kCheapEmbed)));
+	EXPECT_TRUE(warned(build(R"(base_model: {dir}/base
+gate_mode: cheap_embed
+experts:
+  - source_model: {dir}/e0
+    positive_prompts: ["the quick brown fox jumps"]
+  - source_model: {dir}/e1
+    positive_prompts: ["the quick brown fox jumped"]
+)",
+	                         "similar")));
 }
 
 TEST_F(Moe, MixtralTakesAttentionFromTheBaseAndEachExpertsMlp) {
