@@ -2,11 +2,17 @@
 """Reference forward pass of a Llama-family model, written straight from the equations in
 float64 NumPy, independent of weld and of libtorch: the tests compare weld's runtime with it.
 
-usage: nn_reference.py MODEL_DIR '[[ids of sequence 1], [ids of sequence 2], ...]' [GREEDY_STEPS]
+usage: nn_reference.py MODEL_DIR '[[ids of sequence 1], [ids of sequence 2], ...]' [GREEDY_STEPS] [hidden]
 prints: {"logits": [per sequence: [seq][vocab]], "log_likelihoods": [per sequence: [seq - 1]]}
 With GREEDY_STEPS, also "continuations": per sequence, the ids chosen greedily (most likely
 next token) for up to GREEDY_STEPS steps, stopping before a newline (10) or EOS (257), and
-"stopped": whether one of those ended it.
+"stopped": whether one of those ended it. With "hidden", also "hidden_states": per sequence,
+the residual stream entering each layer ([layers][seq][hidden]; the embeddings for layer 0).
+
+Mixtral and Qwen2-MoE layers route token by token: the router's softmax, the top
+num_experts_per_tok experts by probability, their probabilities renormalized (Mixtral always,
+Qwen2-MoE with norm_topk_prob) as weights, plus Qwen2-MoE's shared expert times the sigmoid of
+its gate. "routes" then lists, per sequence, layer and token, the experts chosen.
 """
 import json
 import os
@@ -69,7 +75,42 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def forward(config, w, ids):
+def swiglu(w, prefix, x, names=("gate_proj", "up_proj", "down_proj")):
+    gate = linear(w, prefix + names[0], x)
+    silu = gate / (1 + np.exp(-gate))
+    return linear(w, prefix + names[2], silu * linear(w, prefix + names[1], x))
+
+
+def sparse_layer(config, layer):
+    arch = config["architectures"][0]
+    if arch == "MixtralForCausalLM":
+        return True
+    if arch != "Qwen2MoeForCausalLM" or layer in config.get("mlp_only_layers", []):
+        return False
+    return (layer + 1) % config.get("decoder_sparse_step", 1) == 0
+
+
+def routed_mlp(config, w, p, x, routes):
+    mixtral = config["architectures"][0] == "MixtralForCausalLM"
+    prefix = p + ("block_sparse_moe." if mixtral else "mlp.")
+    names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    top = config.get("num_experts_per_tok", 2 if mixtral else 4)
+    renormalize = mixtral or config.get("norm_topk_prob", False)
+    out = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        probs = softmax(w[prefix + "gate.weight"] @ x[t])
+        chosen = sorted(range(len(probs)), key=lambda e: -probs[e])[:top]
+        weights = probs[chosen] / (probs[chosen].sum() if renormalize else 1.0)
+        routes.append(chosen)
+        for e, weight in zip(chosen, weights):
+            out[t] += weight * swiglu(w, f"{prefix}experts.{e}.", x[t : t + 1], names)[0]
+        if not mixtral:
+            gate = 1 / (1 + np.exp(-(w[prefix + "shared_expert_gate.weight"] @ x[t])[0]))
+            out[t] += gate * swiglu(w, prefix + "shared_expert.", x[t : t + 1], names)[0]
+    return out
+
+
+def forward(config, w, ids, hidden_states=None, routes=None):
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
@@ -78,7 +119,7 @@ def forward(config, w, ids):
     theta = config.get("rope_theta", 10000.0)
     seq = len(ids)
     window = config.get("sliding_window")
-    if config["architectures"][0] == "Qwen2ForCausalLM" and not config.get("use_sliding_window"):
+    if config["architectures"][0] in ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM") and not config.get("use_sliding_window"):
         window = None
     hidden_from = np.triu(np.ones((seq, seq), dtype=bool), 1)  # causal: no key after the query
     if window:
@@ -98,6 +139,8 @@ def forward(config, w, ids):
     h = w["model.embed_tokens.weight"][ids]
     for layer in range(config["num_hidden_layers"]):
         p = f"model.layers.{layer}."
+        if hidden_states is not None:
+            hidden_states.append(h.tolist())
         x = rms_norm(h, w[p + "input_layernorm.weight"], eps)
         q = rope(linear(w, p + "self_attn.q_proj", x).reshape(seq, heads, d).transpose(1, 0, 2))
         k = rope(linear(w, p + "self_attn.k_proj", x).reshape(seq, kv_heads, d).transpose(1, 0, 2))
@@ -110,9 +153,10 @@ def forward(config, w, ids):
             out[head] = softmax(scores) @ v[kv]
         h = h + linear(w, p + "self_attn.o_proj", out.transpose(1, 0, 2).reshape(seq, heads * d))
         x = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
-        gate = linear(w, p + "mlp.gate_proj", x)
-        silu = gate / (1 + np.exp(-gate))
-        h = h + linear(w, p + "mlp.down_proj", silu * linear(w, p + "mlp.up_proj", x))
+        if sparse_layer(config, layer):
+            h = h + routed_mlp(config, w, p, x, routes if routes is not None else [])
+        else:
+            h = h + swiglu(w, p + "mlp.", x)
     h = rms_norm(h, w["model.norm.weight"], eps)
     tied = config.get("tie_word_embeddings", False)
     return h @ (w["model.embed_tokens.weight"] if tied else w["lm_head.weight"]).T
@@ -138,10 +182,15 @@ def continue_greedily(config, weights, ids, steps):
 
 def main():
     config, weights = read_model(sys.argv[1])
-    result = {"logits": [], "log_likelihoods": [], "continuations": [], "stopped": []}
+    result = {"logits": [], "log_likelihoods": [], "continuations": [], "stopped": [], "hidden_states": [], "routes": []}
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    want_hidden = len(sys.argv) > 4 and sys.argv[4] == "hidden"
     for ids in json.loads(sys.argv[2]):
-        logits = forward(config, weights, np.array(ids))
+        hidden_states, routes = [], []
+        logits = forward(config, weights, np.array(ids), hidden_states, routes)
+        result["routes"].append(routes)
+        if want_hidden:
+            result["hidden_states"].append(hidden_states)
         result["logits"].append(logits.tolist())
         result["log_likelihoods"].append(log_likelihoods(logits, ids))
         if steps:

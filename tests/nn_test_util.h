@@ -18,12 +18,12 @@ inline bool have_numpy() {
 }
 
 // The reference's JSON output for these sequences (see nn_reference.py); greedy_steps > 0 also
-// gives the greedy continuations.
+// gives the greedy continuations, hidden_states the residual stream entering each layer.
 inline nlohmann::json run_reference(const std::filesystem::path& model, const std::vector<std::vector<int64_t>>& seqs,
-                                    int greedy_steps = 0) {
+                                    int greedy_steps = 0, bool hidden_states = false) {
 	const std::string command = "/usr/bin/python3 " + std::string(WELD_SOURCE_DIR) + "/tests/nn_reference.py '" +
 	                            model.string() + "' '" + nlohmann::json(seqs).dump() + "' " +
-	                            std::to_string(greedy_steps);
+	                            std::to_string(greedy_steps) + (hidden_states ? " hidden" : "");
 	FILE* pipe = popen(command.c_str(), "r");
 	if (!pipe) throw std::runtime_error("cannot run " + command);
 	std::string out;

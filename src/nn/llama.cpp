@@ -24,7 +24,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kArchitectures[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"};
+constexpr const char* kArchitectures[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                                          "MixtralForCausalLM", "Qwen2MoeForCausalLM"};
 
 std::string show(const fs::path& path) {
 	return escape_for_message(path.string(), 400);
@@ -89,7 +90,50 @@ void check_unsupported(const json& j, const std::string& label) {
 		                        escape_for_message(act->dump(), 40)));
 }
 
+// Qwen2-MoE's list of dense layers: layer indices.
+std::vector<int64_t> layer_list(const json& j, const char* key, const std::string& label) {
+	const json* v = field(j, key);
+	if (!v) return {};
+	std::vector<int64_t> layers;
+	if (v->is_array())
+		for (const auto& e : *v) {
+			if (!e.is_number_integer() || e.get<int64_t>() < 0) break;
+			layers.push_back(e.get<int64_t>());
+		}
+	if (!v->is_array() || layers.size() != v->size())
+		throw Error(fmt::format("{}: '{}' must be a list of layer indices, got {}", show(label), key,
+		                        escape_for_message(v->dump(), 40)));
+	return layers;
+}
+
+// The routing of Mixtral and Qwen2-MoE, with transformers' defaults for absent keys.
+void parse_experts(const json& j, LlamaConfig& c, const std::string& label) {
+	if (c.architecture == "MixtralForCausalLM") {
+		c.num_experts = opt_int(j, "num_local_experts", label).value_or(8);
+		c.experts_per_token = opt_int(j, "num_experts_per_tok", label).value_or(2);
+		c.moe_intermediate_size = c.intermediate_size;
+	} else if (c.architecture == "Qwen2MoeForCausalLM") {
+		c.num_experts = opt_int(j, "num_experts", label).value_or(60);
+		c.experts_per_token = opt_int(j, "num_experts_per_tok", label).value_or(4);
+		c.moe_intermediate_size = opt_int(j, "moe_intermediate_size", label).value_or(1408);
+		c.shared_expert_intermediate_size = opt_int(j, "shared_expert_intermediate_size", label).value_or(5632);
+		c.norm_topk_prob = opt_bool(j, "norm_topk_prob", false, label);
+		c.decoder_sparse_step = opt_int(j, "decoder_sparse_step", label).value_or(1);
+		c.mlp_only_layers = layer_list(j, "mlp_only_layers", label);
+	} else {
+		return;
+	}
+	if (c.experts_per_token > c.num_experts)
+		throw Error(fmt::format("{}: {} experts per token but only {} experts", show(label), c.experts_per_token,
+		                        c.num_experts));
+}
+
 } // namespace
+
+bool LlamaConfig::sparse_layer(int64_t layer) const {
+	if (num_experts == 0 || (layer + 1) % decoder_sparse_step != 0) return false;
+	return std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) == mlp_only_layers.end();
+}
 
 LlamaConfig parse_llama_config(std::string_view json_text, const std::string& label) {
 	const json j = parse_json_object(json_text, label);
@@ -108,8 +152,10 @@ LlamaConfig parse_llama_config(std::string_view json_text, const std::string& la
 	c.rope_theta = opt_double(j, "rope_theta", 10000.0, label);
 	c.tie_word_embeddings = opt_bool(j, "tie_word_embeddings", false, label);
 	// Qwen2 keeps sliding_window in its config but uses it only with use_sliding_window.
-	if (c.architecture != "Qwen2ForCausalLM" || opt_bool(j, "use_sliding_window", false, label))
+	const bool qwen = c.architecture == "Qwen2ForCausalLM" || c.architecture == "Qwen2MoeForCausalLM";
+	if (!qwen || opt_bool(j, "use_sliding_window", false, label))
 		c.sliding_window = opt_int(j, "sliding_window", label);
+	parse_experts(j, c, label);
 	if (c.num_attention_heads % c.num_key_value_heads != 0 || c.head_dim % 2 != 0)
 		throw Error(fmt::format("{}: {} attention heads do not split into {} key/value heads of even size {}",
 		                        show(label), c.num_attention_heads, c.num_key_value_heads, c.head_dim));
@@ -185,6 +231,9 @@ LlamaModel LlamaModel::load(const fs::path& dir, at::ScalarType dtype) {
 LlamaModel LlamaModel::create(const std::string& config_json, const std::string& label, uint64_t seed) {
 	LlamaModel m;
 	m.config_ = parse_llama_config(config_json, label);
+	if (m.config_.num_experts > 0)
+		throw Error(fmt::format("{}: {} models are built from dense ones with weld moe, not created", show(label),
+		                        m.config_.architecture));
 	const json j = parse_json_object(config_json, label);
 	const double std_dev = opt_double(j, "initializer_range", 0.02, label);
 	// Qwen2 always has q/k/v biases; Llama has them (and an o bias) with attention_bias.
@@ -258,6 +307,38 @@ private:
 	std::set<std::string> used_;
 };
 
+// The names of a SwiGLU's gate, up and down projections.
+struct MlpNames {
+	const char* gate;
+	const char* up;
+	const char* down;
+};
+
+template <class Mlp, class Proj>
+Mlp bind_mlp(const std::string& prefix, MlpNames names, int64_t intermediate, int64_t hidden, Proj& proj) {
+	return Mlp{proj(prefix + names.gate, intermediate, hidden), proj(prefix + names.up, intermediate, hidden),
+	           proj(prefix + names.down, hidden, intermediate)};
+}
+
+// Mixtral: block_sparse_moe.{gate, experts.N.{w1, w3, w2}}; Qwen2-MoE: mlp.{gate, experts.N.{gate,
+// up, down}_proj, shared_expert.*, shared_expert_gate}.
+template <class SparseMoe, class Mlp, class Proj>
+SparseMoe bind_sparse_moe(const std::string& layer_prefix, const LlamaConfig& c, Proj& proj) {
+	const bool mixtral = c.architecture == "MixtralForCausalLM";
+	const std::string p = layer_prefix + (mixtral ? "block_sparse_moe." : "mlp.");
+	const MlpNames names = mixtral ? MlpNames{"w1", "w3", "w2"} : MlpNames{"gate_proj", "up_proj", "down_proj"};
+	SparseMoe moe;
+	moe.router = proj(p + "gate", c.num_experts, c.hidden_size);
+	for (int64_t e = 0; e < c.num_experts; ++e)
+		moe.experts.push_back(
+		    bind_mlp<Mlp>(fmt::format("{}experts.{}.", p, e), names, c.moe_intermediate_size, c.hidden_size, proj));
+	if (c.shared_expert_intermediate_size > 0) {
+		moe.shared = bind_mlp<Mlp>(p + "shared_expert.", names, c.shared_expert_intermediate_size, c.hidden_size, proj);
+		moe.shared_gate = proj(p + "shared_expert_gate", 1, c.hidden_size);
+	}
+	return moe;
+}
+
 } // namespace
 
 void LlamaModel::bind_parameters() {
@@ -279,9 +360,10 @@ void LlamaModel::bind_parameters() {
 		l.k = proj(p + "self_attn.k_proj", kv_out, h);
 		l.v = proj(p + "self_attn.v_proj", kv_out, h);
 		l.o = proj(p + "self_attn.o_proj", h, q_out);
-		l.gate = proj(p + "mlp.gate_proj", c.intermediate_size, h);
-		l.up = proj(p + "mlp.up_proj", c.intermediate_size, h);
-		l.down = proj(p + "mlp.down_proj", h, c.intermediate_size);
+		if (c.sparse_layer(i))
+			l.moe = bind_sparse_moe<SparseMoe, Mlp>(p, c, proj);
+		else
+			l.mlp = bind_mlp<Mlp>(p + "mlp.", {"gate_proj", "up_proj", "down_proj"}, c.intermediate_size, h, proj);
 		layers_.push_back(std::move(l));
 	}
 	final_norm_ = b.get("model.norm.weight", {h});
@@ -380,6 +462,35 @@ at::Tensor LlamaModel::apply(const Linear& l, const at::Tensor& x) const {
 	return y;
 }
 
+at::Tensor LlamaModel::feed_forward(const Mlp& mlp, const at::Tensor& x) const {
+	return apply(mlp.down, at::silu(apply(mlp.gate, x)) * apply(mlp.up, x));
+}
+
+// Each token goes to the experts_per_token experts of highest router probability, weighted by
+// those probabilities (renormalized to sum 1 when norm_topk_prob). Experts see only their own
+// tokens, as [1, tokens, hidden] (what the linear observer is given).
+at::Tensor LlamaModel::sparse_moe(const SparseMoe& moe, const at::Tensor& x) const {
+	const auto tokens = x.reshape({-1, x.size(-1)});
+	const auto logits = apply(moe.router, x).reshape({tokens.size(0), config_.num_experts});
+	auto [weights, chosen] = at::softmax(logits.to(wide(dtype_)), -1).topk(config_.experts_per_token, -1);
+	if (config_.norm_topk_prob) weights = weights / weights.sum(-1, true);
+	weights = weights.to(dtype_);
+	auto out = at::zeros_like(tokens);
+	for (int64_t e = 0; e < config_.num_experts; ++e) {
+		const auto hit = chosen.eq(e); // [tokens, k]: at most one true per row
+		const auto rows = hit.any(-1).nonzero().squeeze(-1);
+		if (rows.numel() == 0) continue;
+		const auto weight = (weights * hit).sum(-1).index_select(0, rows).unsqueeze(-1);
+		const auto y = feed_forward(moe.experts[static_cast<size_t>(e)], tokens.index_select(0, rows).unsqueeze(0));
+		out = out.index_add(0, rows, y.squeeze(0) * weight);
+	}
+	if (moe.shared) {
+		const auto gate = at::sigmoid(apply(moe.shared_gate, x)).reshape({-1, 1});
+		out = out + gate * feed_forward(*moe.shared, x).reshape_as(tokens);
+	}
+	return out.reshape(x.sizes());
+}
+
 at::Tensor LlamaModel::forward(const at::Tensor& input_ids, std::vector<at::Tensor>* hidden) const {
 	const auto ids = input_ids.dim() == 1 ? input_ids.unsqueeze(0) : input_ids;
 	if (ids.dim() != 2 || ids.scalar_type() != at::kLong || ids.size(1) == 0)
@@ -396,8 +507,7 @@ at::Tensor LlamaModel::forward(const at::Tensor& input_ids, std::vector<at::Tens
 	for (const auto& layer : layers_) {
 		h = h + attention(layer, rms_norm(h, layer.input_norm, eps), rope_cos, rope_sin, mask);
 		const auto x = rms_norm(h, layer.post_norm, eps);
-		const auto mlp = at::silu(apply(layer.gate, x)) * apply(layer.up, x);
-		h = h + apply(layer.down, mlp);
+		h = h + (layer.moe ? sparse_moe(*layer.moe, x) : feed_forward(layer.mlp, x));
 		if (hidden) hidden->push_back(h);
 	}
 	h = rms_norm(h, final_norm_, eps);

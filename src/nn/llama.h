@@ -1,10 +1,15 @@
-// A Llama-family causal language model (Llama, Mistral, Qwen2) in libtorch tensors: loaded
+// A Llama-family causal language model (Llama, Mistral, Qwen2, and the mixtures of experts
+// Mixtral and Qwen2-MoE) in libtorch tensors: loaded
 // from a Hugging Face folder, run forward (logits) and backward (gradients with respect to
 // the weights), and written back in the folder's own layout.
 //
 // The equations are those of transformers' eager Llama implementation: RMSNorm in float32,
 // rotary embeddings with the rotate_half convention, grouped-query attention with a causal
-// mask (and Mistral's sliding window), softmax in float32, SwiGLU MLP.
+// mask (and Mistral's sliding window), softmax in float32, SwiGLU MLP. Mixture-of-experts
+// layers route each token as transformers' Mixtral and Qwen2-MoE blocks do: softmax over the
+// router's logits in float32, the top experts_per_token experts, their weights renormalized
+// (Mixtral always, Qwen2-MoE with norm_topk_prob), and Qwen2-MoE's shared expert added with
+// its sigmoid gate.
 //
 // This header includes ATen: only the runtime's own files (and their tests) include it, so
 // that the rest of weld builds without libtorch.
@@ -24,7 +29,8 @@
 namespace weld::nn {
 
 struct LlamaConfig {
-	std::string architecture; // LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM
+	// LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM or Qwen2MoeForCausalLM
+	std::string architecture;
 	int64_t hidden_size = 0;
 	int64_t intermediate_size = 0;
 	int64_t num_hidden_layers = 0;
@@ -37,6 +43,17 @@ struct LlamaConfig {
 	double rope_theta = 10000.0;
 	bool tie_word_embeddings = false;
 	std::optional<int64_t> sliding_window; // Mistral (and Qwen2 with use_sliding_window)
+
+	// Mixture of experts; num_experts 0: a dense model.
+	int64_t num_experts = 0;                     // Mixtral's num_local_experts, Qwen2-MoE's num_experts
+	int64_t experts_per_token = 0;               // num_experts_per_tok
+	int64_t moe_intermediate_size = 0;           // of each routed expert (Mixtral: intermediate_size)
+	int64_t shared_expert_intermediate_size = 0; // Qwen2-MoE's shared expert; 0: none
+	bool norm_topk_prob = true;                  // renormalize the top-k routing weights
+	int64_t decoder_sparse_step = 1;             // Qwen2-MoE: layer i routes when (i + 1) % step == 0
+	std::vector<int64_t> mlp_only_layers;        // Qwen2-MoE: dense layers whatever the step
+
+	bool sparse_layer(int64_t layer) const;
 };
 
 // Parses config.json text; `label` names the file in errors. An architecture other than the
@@ -93,9 +110,20 @@ private:
 		at::Tensor weight, bias; // bias undefined when absent
 		std::string name;        // the weight's
 	};
+	struct Mlp { // SwiGLU: down(silu(gate x) * up x)
+		Linear gate, up, down;
+	};
+	struct SparseMoe { // Mixtral's block_sparse_moe, Qwen2-MoE's sparse mlp
+		Linear router;
+		std::vector<Mlp> experts;
+		std::optional<Mlp> shared; // Qwen2-MoE, added as sigmoid(shared_gate x) * shared(x)
+		Linear shared_gate;
+	};
 	struct Layer {
 		at::Tensor input_norm, post_norm;
-		Linear q, k, v, o, gate, up, down;
+		Linear q, k, v, o;
+		Mlp mlp; // dense layers
+		std::optional<SparseMoe> moe;
 	};
 	struct SourceTensor { // how the source folder stored each tensor, for save()
 		std::string name;
@@ -115,6 +143,8 @@ private:
 
 	void bind_parameters();
 	at::Tensor apply(const Linear& linear, const at::Tensor& x) const;
+	at::Tensor feed_forward(const Mlp& mlp, const at::Tensor& x) const;
+	at::Tensor sparse_moe(const SparseMoe& moe, const at::Tensor& x) const;
 	at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& rope_cos,
 	                     const at::Tensor& rope_sin, const at::Tensor& mask) const;
 };

@@ -1,11 +1,13 @@
 // weld-torch: the libtorch side of `weld eval` and `weld train` (cli/torch_program.h).
 #include "cli/eval_options.h"
+#include "cli/moe_options.h"
 #include "cli/stats_options.h"
 #include "cli/train_options.h"
 #include "exec/distributed.h"
 #include "io/model.h"
 #include "learned/learned_merge.h"
 #include "nn/eval.h"
+#include "nn/moe_states.h"
 #include "search/search.h"
 
 #include <fmt/format.h>
@@ -142,6 +144,9 @@ int main(int argc, char** argv) {
 	search_cmd->add_flag("--resume", search_args.resume, "continue the search whose journal OUT holds");
 	search_cmd->add_flag("--force", search_args.force, "replace OUT");
 	search_cmd->add_flag("--quiet", search_args.quiet, "no progress lines");
+	weld::cli::MoeArgs moe_args;
+	auto* moe_cmd = app.add_subcommand("moe", "a mixture of experts whose gates run the base model (weld moe)");
+	weld::cli::add_moe_options(*moe_cmd, moe_args);
 	try {
 		app.parse(argc, argv);
 	} catch (const CLI::ParseError& e) {
@@ -149,6 +154,7 @@ int main(int argc, char** argv) {
 	}
 	try {
 		if (stats_cmd->parsed()) return compute_stats(stats_args);
+		if (moe_cmd->parsed()) return weld::cli::run_moe(moe_args, nn::runtime_prompt_states());
 		if (search_cmd->parsed()) return search(search_args, search_spec, search_out);
 		if (merge_cmd->parsed()) {
 			merge_args.recipe = merge_recipe;
