@@ -141,6 +141,10 @@ TEST(LoraAdapter, RsloraScalingAndRegexTargets) {
 	EXPECT_TRUE(config.saves("lm_head"));
 	EXPECT_FALSE(config.targets("lm_head"));
 	EXPECT_FALSE(config.saves("model.layers.0.mlp.up_proj"));
+	write_file(tmp / "all.json", R"({"r": 4, "target_modules": "all-linear"})");
+	const auto all = parse_peft_config(read_file(tmp / "all.json"), "all.json");
+	EXPECT_TRUE(all.targets("model.layers.0.mlp.up_proj"));
+	EXPECT_FALSE(all.targets("lm_head"));
 	// The other keys survive a rewrite.
 	auto raw = nlohmann::json::parse(peft_config_json(config));
 	EXPECT_EQ(raw["target_modules"], ".*\\.(q|v)_proj");
@@ -463,6 +467,49 @@ TEST(LoraRecipe, ModelPlusLoraEqualsApplyThenMerge) {
 	unsetenv("HF_HUB_CACHE");
 	ASSERT_EQ(status, 0) << err;
 	EXPECT_EQ(read_model(tmp / "runs" / "c"), read_model(tmp / "applied"));
+}
+
+TEST(LoraRecipe, BadAdapterFailsTheMergeAndLeavesNothing) {
+	TempDir tmp;
+	write_base(tmp / "base");
+	write_adapter(tmp / "adapter", config_with(4, 8, {"q_proj"}),
+	              {random_module("model.layers.0.self_attn.q_proj", 4, 16, 20, 1)});
+	fs::create_directories(tmp / "runs");
+	const auto merge = [&](const std::string& model) {
+		write_file(tmp / "recipe.yml", fmt::format("merge_method: linear\nmodels:\n  - model: {}\n    parameters: "
+		                                           "{{weight: 1.0}}\n",
+		                                           model));
+		std::string err;
+		EXPECT_NE(
+		    run_weld(fmt::format("merge {} {} --quiet", (tmp / "recipe.yml").string(), (tmp / "runs" / "out").string()),
+		             &err),
+		    0);
+		EXPECT_EQ(entries(tmp / "runs"), std::vector<std::string>{});
+		return err;
+	};
+	const auto base = (tmp / "base").string(), adapter = (tmp / "adapter").string();
+	auto err = merge(base + "+" + adapter);
+	EXPECT_NE(err.find("module 'model.layers.0.self_attn.q_proj': shape mismatch"), std::string::npos) << err;
+	err = merge(base + "+" + adapter + "+" + adapter);
+	EXPECT_NE(err.find("expected MODEL+ADAPTER, one '+' between a model and a LoRA adapter"), std::string::npos) << err;
+	err = merge(base + "+" + (tmp / "nowhere").string());
+	EXPECT_NE(err.find("nowhere"), std::string::npos) << err;
+
+	// The adapter applies, then planning fails on another model: the applied copy goes too.
+	write_adapter(tmp / "good", config_with(4, 8, {"q_proj"}),
+	              {random_module("model.layers.0.self_attn.q_proj", 4, 16, 16, 1)});
+	auto spec = tiny_spec();
+	spec.intermediate = 48;
+	write_tiny_llama(tmp / "wide", spec, make_tiny_llama(spec, 1));
+	write_file(tmp / "recipe.yml", fmt::format("merge_method: linear\nmodels:\n  - model: {}+{}\n    parameters: "
+	                                           "{{weight: 1.0}}\n  - model: {}\n    parameters: {{weight: 1.0}}\n",
+	                                           base, (tmp / "good").string(), (tmp / "wide").string()));
+	EXPECT_NE(
+	    run_weld(fmt::format("merge {} {} --quiet", (tmp / "recipe.yml").string(), (tmp / "runs" / "out").string()),
+	             &err),
+	    0);
+	EXPECT_NE(err.find("gate_proj"), std::string::npos) << err;
+	EXPECT_EQ(entries(tmp / "runs"), std::vector<std::string>{});
 }
 
 // --- weld extract-lora ---

@@ -66,10 +66,13 @@ std::function<int()> add_extract_lora_command(CLI::App& app) {
 	              "A = sqrt(S) Vt, B = U sqrt(S) (default); --no-distribute-scale: A = S Vt, B = U");
 	cmd->add_flag("--embed-lora,!--no-embed-lora", o.embed_lora,
 	              "decompose embeddings (lora_embedding_A/B) instead of saving them whole (default: no)");
-	cmd->add_option("--save-module", o.modules_to_save, "save this module at full rank (modules_to_save); repeatable");
+	cmd->add_option("--save-module", o.modules_to_save, "save this module at full rank (modules_to_save); repeatable")
+	    ->allow_extra_args(false);
 	cmd->add_option("--include-regex,-i", o.include_regexes,
-	                "decompose only modules matching one of these regexes (searched); repeatable");
-	cmd->add_option("--exclude-regex,-e", o.exclude_regexes, "leave out modules matching this regex; repeatable");
+	                "decompose only modules matching one of these regexes (searched); repeatable")
+	    ->allow_extra_args(false);
+	cmd->add_option("--exclude-regex,-e", o.exclude_regexes, "leave out modules matching this regex; repeatable")
+	    ->allow_extra_args(false);
 	cmd->add_flag("--skip-undecomposable", o.skip_undecomposable,
 	              "leave out modules that are not matrices (norms) instead of saving them whole");
 	cmd->add_option("--svd", args->svd, "auto (randomized for large matrices, default), full or randomized")

@@ -131,6 +131,8 @@ double PeftAdapterConfig::scaling_of(std::string_view module) const {
 
 bool PeftAdapterConfig::targets(std::string_view module) const {
 	if (saves(module)) return false; // PEFT never puts a LoRA on a module it saves whole
+	// PEFT's shorthand for every linear layer but the output layer (saved configs list them).
+	if (target_modules_regex == "all-linear") return !module.ends_with("lm_head");
 	if (target_modules_regex) return matches(*target_modules_regex, module);
 	for (const auto& target : target_modules)
 		if (module == target || (module.size() > target.size() && module.ends_with(target) &&

@@ -33,7 +33,8 @@ struct PeftAdapterConfig {
 	double lora_alpha = 8;
 	bool use_rslora = false;
 	// target_modules as a list: a module is targeted when its name equals an entry or ends with
-	// "." + entry. As a string (target_modules_regex): when the whole name matches the regex.
+	// "." + entry. As a string (target_modules_regex): when the whole name matches the regex
+	// ("all-linear": every module but lm_head).
 	std::vector<std::string> target_modules;
 	std::optional<std::string> target_modules_regex;
 	// Per-module overrides of r and lora_alpha, in file order: a key applies to module m when m
