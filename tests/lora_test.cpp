@@ -728,6 +728,48 @@ TEST(LoraExtract, EmbedLoraAndModuleRegexes) {
 	                                                  "q_proj", "up_proj", "v_proj"}));
 }
 
+TEST(LoraExtract, BiasDifferencesAndSavedModules) {
+	TempDir tmp;
+	auto base = make_tiny_llama(tiny_spec(), 1);
+	base.push_back({"model.layers.1.self_attn.v_proj.bias", {8}, random_values(8, 31)});
+	write_tiny_llama(tmp / "base", tiny_spec(), base);
+	const auto finetune = low_rank_finetune(base, 2, 500);
+	write_tiny_llama(tmp / "ft", tiny_spec(), finetune);
+	extract(tmp, "ft", "lora", "--max-rank 2 --save-module o_proj --save-module model.layers.0.mlp.up_proj");
+	const auto adapter = read_peft_adapter(tmp / "lora");
+	const auto b = as_map(base), f = as_map(finetune);
+	// mergekit writes a decomposed module's bias difference as lora_B.bias.
+	const auto* v = adapter.find("model.layers.1.self_attn.v_proj");
+	ASSERT_TRUE(v);
+	expect_near(v->bias,
+	            difference(f.at("model.layers.1.self_attn.v_proj.bias"), b.at("model.layers.1.self_attn.v_proj.bias")),
+	            1e-7, "v_proj bias");
+	// --save-module by last name part or full name: stored whole, not decomposed.
+	for (const char* name : {"model.layers.0.self_attn.o_proj.weight", "model.layers.1.self_attn.o_proj.weight",
+	                         "model.layers.0.mlp.up_proj.weight"}) {
+		const auto* saved = adapter.find_saved(name);
+		ASSERT_TRUE(saved) << name;
+		const auto bytes = adapter.file->data(*saved->info);
+		EXPECT_EQ(std::vector<uint8_t>(bytes.begin(), bytes.end()), f32_bytes(f.at(name))) << name;
+	}
+	EXPECT_FALSE(adapter.find("model.layers.0.self_attn.o_proj"));
+	EXPECT_TRUE(adapter.find("model.layers.1.mlp.up_proj"));
+	const auto json = nlohmann::json::parse(read_file(tmp / "lora" / "adapter_config.json"));
+	const auto saved = json["modules_to_save"].get<std::vector<std::string>>();
+	EXPECT_EQ(std::vector<std::string>(saved.begin(), saved.begin() + 2),
+	          (std::vector<std::string>{"o_proj", "model.layers.0.mlp.up_proj"}));
+	EXPECT_EQ(json["target_modules"],
+	          nlohmann::json({"down_proj", "gate_proj", "k_proj", "q_proj", "up_proj", "v_proj"}));
+	ASSERT_EQ(run_weld(fmt::format("apply-lora {} {} {}", (tmp / "base").string(), (tmp / "lora").string(),
+	                               (tmp / "back").string())),
+	          0);
+	const auto back = read_model(tmp / "back");
+	expect_near(back.at("model.layers.1.self_attn.v_proj.bias"), f.at("model.layers.1.self_attn.v_proj.bias"), 1e-6,
+	            "v_proj bias applied");
+	expect_near(back.at("model.layers.1.self_attn.v_proj.weight"), f.at("model.layers.1.self_attn.v_proj.weight"), 1e-4,
+	            "v_proj applied");
+}
+
 TEST(LoraExtract, RandomizedSvdIsWithinToleranceOfTheExactOne) {
 	// 300 × 200 with a decaying spectrum: Σ_k 0.8^k u_k v_kᵀ over 60 random directions.
 	const size_t rows = 300, cols = 200, terms = 60;

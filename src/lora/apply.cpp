@@ -97,8 +97,12 @@ void check_adapter_fits(const PeftAdapter& adapter, const ModelFolder& base, con
 			throw Error(fmt::format("{}: target module {} does not exist in the base model {} (no tensor {})", where,
 			                        quote_for_message(m.name), show(base_label),
 			                        quote_for_message(m.name + ".weight")));
+		if (!dtype_is_arithmetic(weight->info->dtype))
+			throw Error(fmt::format("{}: module {}: the base model's {} is {}, not a float tensor", where,
+			                        quote_for_message(m.name), quote_for_message(weight->info->name),
+			                        dtype_safetensors_name(weight->info->dtype)));
 		const auto expected = lora_weight_shape(m, adapter.config.fan_in_fan_out);
-		if (weight->info->shape != expected || !dtype_is_arithmetic(weight->info->dtype))
+		if (weight->info->shape != expected)
 			throw Error(fmt::format("{}: module {}: shape mismatch: A {} and B {} make an update of {}, but the base "
 			                        "model's {} is {} {}",
 			                        where, quote_for_message(m.name), shape_text({m.rank, m.in_features}),
