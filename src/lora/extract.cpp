@@ -26,11 +26,11 @@ LoraFactors decompose_task_vector(const linalg::MatrixF& delta, int64_t max_rank
                                   bool distribute_scale, LoraSvd svd, uint64_t key) {
 	const size_t smaller = std::min(delta.rows, delta.cols);
 	size_t rank = std::min(static_cast<size_t>(std::max<int64_t>(max_rank, 0)), smaller);
+	const size_t oversample = randomized_svd_oversample(rank);
 	const bool randomized = svd == LoraSvd::Randomized || (svd == LoraSvd::Auto && smaller >= kRandomizedSvdMinSide &&
-	                                                       rank + kRandomizedSvdOversample <= smaller / 4);
-	const auto s =
-	    randomized ? linalg::randomized_svd(delta, rank, key, kRandomizedSvdOversample, kRandomizedSvdPowerIterations)
-	               : linalg::svd(delta);
+	                                                       rank + oversample <= smaller / 4);
+	const auto s = randomized ? linalg::randomized_svd(delta, rank, key, oversample, kRandomizedSvdPowerIterations)
+	                          : linalg::svd(delta);
 	if (sv_epsilon > 0)
 		rank = std::min(
 		    rank, static_cast<size_t>(std::count_if(s.S.begin(), s.S.end(), [&](float v) { return v > sv_epsilon; })));
