@@ -228,6 +228,10 @@ TEST(LoraAdapter, BadAdapterFoldersAreClearErrors) {
 	          std::string::npos)
 	    << message;
 
+	write_file(tmp / "ia3.json", R"({"peft_type": "IA3", "target_modules": ["k_proj"]})");
+	message = error_of([&] { parse_peft_config(read_file(tmp / "ia3.json"), "ia3.json"); });
+	EXPECT_NE(message.find("peft_type is 'IA3'; weld reads LoRA adapters (LORA) only"), std::string::npos) << message;
+
 	write_file(tmp / "dora.json", R"({"r": 4, "use_dora": true})");
 	message = error_of([&] { parse_peft_config(read_file(tmp / "dora.json"), "dora.json"); });
 	EXPECT_NE(message.find("DoRA adapters are not supported"), std::string::npos) << message;
