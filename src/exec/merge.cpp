@@ -60,6 +60,14 @@ RankWork rank_work(const Plan& plan, const OutputLayout& layout, const std::vect
 	return work;
 }
 
+// model+lora models are applied beside the output, on the disk that has room for it (the
+// system's temporary folder may be small or in memory).
+fs::path lora_scratch_root(const fs::path& out_dir) {
+	const auto parent = fs::absolute(out_dir).lexically_normal().parent_path();
+	std::error_code ec;
+	return fs::is_directory(parent, ec) ? parent : fs::path();
+}
+
 } // namespace
 
 MergeSummary run_merge(const MergeOptions& options) {
@@ -79,7 +87,8 @@ MergeSummary run_merge(const MergeOptions& options) {
 	OutputLayout layout;
 	dist.agree([&] {
 		const auto text = options.recipe_text.empty() ? read_text_file(options.recipe_path) : options.recipe_text;
-		plan = build_plan(parse_recipe(text, label), options.seed, options.computed_statistics);
+		plan = build_plan(parse_recipe(text, label), options.seed, options.computed_statistics,
+		                  lora_scratch_root(options.out_dir));
 		specs = output_specs(plan);
 		if (!options.dry_run) layout = plan_output_layout(specs, exec.max_shard_bytes);
 	});

@@ -1,4 +1,5 @@
 #include "plan/plan.h"
+#include "lora/reference.h"
 
 #include "plan/modules.h"
 #include "plan/vocabulary.h"
@@ -62,8 +63,8 @@ std::string shape_string(const std::vector<uint64_t>& shape) {
 
 class Planner {
 public:
-	Planner(Plan& plan, const ComputedStatistics& computed)
-	    : plan_(plan), recipe_(plan.recipe), method_(*plan.method), computed_(computed) {}
+	Planner(Plan& plan, const ComputedStatistics& computed, const std::filesystem::path& lora_scratch)
+	    : plan_(plan), recipe_(plan.recipe), method_(*plan.method), computed_(computed), lora_scratch_(lora_scratch) {}
 
 	void run();
 
@@ -102,6 +103,7 @@ private:
 	const Recipe& recipe_;
 	const MergeMethod& method_;
 	const ComputedStatistics& computed_;
+	const std::filesystem::path& lora_scratch_;
 	std::vector<std::map<int64_t, std::vector<LayerName>>> names_; // per model, by layer (-1: none)
 	// With `modules:`, which module owns each tensor and the one being planned (-1: all tensors).
 	std::unique_ptr<ModuleMap> modules_;
@@ -119,8 +121,13 @@ bool Planner::in_scope(const std::string& tensor) const {
 size_t Planner::open_model(const std::string& reference) {
 	for (size_t i = 0; i < plan_.models.size(); i++)
 		if (plan_.models[i].reference == reference) return i;
+	if (auto lora = split_lora_reference(reference)) {
+		auto applied = std::make_shared<LoraAppliedModel>(*lora, lora_scratch_);
+		plan_.models.push_back(PlannedModel{reference, applied, std::make_unique<ModelFolder>(applied->dir())});
+		return plan_.models.size() - 1;
+	}
 	auto dir = resolve_model_reference(reference);
-	plan_.models.push_back(PlannedModel{reference, std::make_unique<ModelFolder>(dir)});
+	plan_.models.push_back(PlannedModel{reference, nullptr, std::make_unique<ModelFolder>(dir)});
 	return plan_.models.size() - 1;
 }
 
@@ -761,7 +768,8 @@ uint64_t Plan::output_bytes() const {
 	return total;
 }
 
-Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed) {
+Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed,
+                const std::filesystem::path& lora_scratch) {
 	Plan plan;
 	plan.method = find_method(recipe.merge_method);
 	if (!plan.method) {
@@ -773,7 +781,7 @@ Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed
 	}
 	plan.recipe = std::move(recipe);
 	plan.seed = seed;
-	Planner(plan, computed).run();
+	Planner(plan, computed, lora_scratch).run();
 	return plan;
 }
 

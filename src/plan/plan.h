@@ -17,8 +17,12 @@
 
 namespace weld {
 
+class LoraAppliedModel; // lora/reference.h
+
 struct PlannedModel {
 	std::string reference; // as written in the recipe
+	// For a model+lora reference: the model with the adapter applied, which `folder` reads.
+	std::shared_ptr<LoraAppliedModel> applied_lora;
 	std::unique_ptr<ModelFolder> folder;
 };
 
@@ -70,8 +74,11 @@ struct Plan {
 // for them), by model reference as the recipe writes it.
 using ComputedStatistics = std::map<std::string, std::string>;
 
-// Throws weld::Error naming the recipe key, model or tensor at fault.
-Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed = {});
+// Throws weld::Error naming the recipe key, model or tensor at fault. Models referenced as
+// model+lora are written with their adapter applied under lora_scratch (default: the system's
+// temporary folder) and removed when the plan goes away.
+Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed = {},
+                const std::filesystem::path& lora_scratch = {});
 
 // A human-readable listing of the plan (for --dry-run).
 std::string describe_plan(const Plan& plan);

@@ -129,8 +129,10 @@ ParamSettings parse_parameters(const Context& ctx, const YAML::Node& node, const
 std::string parse_model_ref(const Context& ctx, const YAML::Node& node, const std::string& where) {
 	auto ref = scalar_string(ctx, node, where);
 	if (ref.empty()) ctx.fail(where, "empty model reference");
-	if (ref.find('+') != std::string::npos)
-		ctx.fail(where, fmt::format("'{}': LoRA references (model+adapter) are not supported yet", ref));
+	// model+adapter (mergekit's LoRA references): one '+' between two non-empty parts.
+	if (const auto plus = ref.find('+'); plus != std::string::npos && (plus == 0 || plus + 1 == ref.size() ||
+	                                                                   ref.find('+', plus + 1) != std::string::npos))
+		ctx.fail(where, fmt::format("'{}': expected MODEL+ADAPTER, one '+' between a model and a LoRA adapter", ref));
 	return ref;
 }
 
