@@ -160,6 +160,8 @@ TEST_P(LoraCombineTest, MatchesNumPyReference) {
 		}
 }
 
+// For svd the two present adapters' ranks sum to 5 = min(out, in): the low-rank path (the SVD of
+// the stacked factors), where MatchesNumPyReference's sum of 6 takes the dense one.
 TEST_P(LoraCombineTest, SkipsAdaptersWithoutTheModule) {
 	const CombinationType type = GetParam();
 	const bool any_rank = type == CombinationType::Cat || lora::is_svd_type(type);

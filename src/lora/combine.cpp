@@ -185,10 +185,55 @@ LoraFactors concatenate(const CombineOptions& options, const std::vector<const L
 	return out;
 }
 
+// The thin SVD of B·A (B [out, R], A [R, in], R <= out, in) without forming it: with B = Q_b R_b
+// and Aᵀ = Q_a R_a, B·A = Q_b (R_b R_aᵀ) Q_aᵀ, so the SVD of the R × R middle gives it.
+linalg::SvdD svd_of_product(const linalg::MatrixD& b, const linalg::MatrixD& a) {
+	const linalg::MatrixD qb = linalg::orthonormal_columns(b);
+	linalg::MatrixD a_t(a.cols, a.rows);
+	for (size_t k = 0; k < a.rows; ++k)
+		for (size_t c = 0; c < a.cols; ++c)
+			a_t(c, k) = a(k, c);
+	const linalg::MatrixD qa = linalg::orthonormal_columns(a_t);
+	const linalg::MatrixD middle =
+	    linalg::matmul(linalg::matmul(qb, true, b, false), false, linalg::matmul(a_t, true, qa, false), false);
+	const linalg::SvdD small = linalg::svd(middle);
+	return {linalg::matmul(qb, false, small.U, false), small.S, linalg::matmul(small.Vt, false, qa, true)};
+}
+
+// Plain svd: Σ_i (w_i s_i) s_i B_i A_i is the product of the stacked factors, whose SVD needs no
+// out × in matrix (the result is the full SVD's, to rounding).
+std::optional<linalg::SvdD> svd_of_weighted_sum(const CombineOptions& options,
+                                                const std::vector<const LoraFactors*>& modules,
+                                                const std::vector<size_t>& adapter_index, size_t rank) {
+	const size_t out = modules.front()->b.rows, in = modules.front()->a.cols;
+	size_t total = 0;
+	for (const LoraFactors* m : modules)
+		total += m->a.rows;
+	// Beyond the sum's rank the dense SVD's vectors are arbitrary yet enter the clamp's quantile.
+	if (total == 0 || total > std::min(out, in) || rank > total) return std::nullopt;
+	linalg::MatrixD b(out, total), a(total, in);
+	size_t offset = 0;
+	for (size_t i = 0; i < modules.size(); ++i) {
+		const LoraFactors& m = *modules[i];
+		const double factor = options.weights[adapter_index[i]] * m.scaling * m.scaling;
+		for (size_t k = 0; k < m.a.rows; ++k) {
+			for (size_t c = 0; c < in; ++c)
+				a(offset + k, c) = m.a(k, c);
+			for (size_t r = 0; r < out; ++r)
+				b(r, offset + k) = factor * m.b(r, k);
+		}
+		offset += m.a.rows;
+	}
+	return svd_of_product(b, a);
+}
+
 // The SVD family: the updates s·B·A merged with weights w·s, then re-factorised.
 LoraFactors combine_updates(const CombineOptions& options, const std::string& module_name,
                             const std::vector<const LoraFactors*>& modules, const std::vector<size_t>& adapter_index,
                             size_t rank) {
+	if (options.type == CombinationType::Svd)
+		if (auto svd = svd_of_weighted_sum(options, modules, adapter_index, rank))
+			return factors_from_svd(*svd, rank, options.svd_clamp);
 	std::vector<double> weights;
 	std::vector<std::vector<double>> tasks;
 	for (size_t i = 0; i < modules.size(); ++i) {
@@ -310,15 +355,19 @@ linalg::MatrixD delta_weight(const LoraFactors& factors) {
 }
 
 LoraFactors factorize_truncated(const linalg::MatrixD& delta, size_t rank, std::optional<double> clamp) {
-	const linalg::SvdD svd = linalg::svd(delta);
+	return factors_from_svd(linalg::svd(delta), rank, clamp);
+}
+
+LoraFactors factors_from_svd(const linalg::SvdD& svd, size_t rank, std::optional<double> clamp) {
+	const size_t rows = svd.U.rows, cols = svd.Vt.cols;
 	const size_t kept = std::min(rank, svd.S.size());
-	std::vector<double> us(delta.rows * kept), vt(kept * delta.cols);
-	for (size_t r = 0; r < delta.rows; ++r)
+	std::vector<double> us(rows * kept), vt(kept * cols);
+	for (size_t r = 0; r < rows; ++r)
 		for (size_t k = 0; k < kept; ++k)
 			us[r * kept + k] = svd.U(r, k) * svd.S[k];
 	for (size_t k = 0; k < kept; ++k)
-		for (size_t c = 0; c < delta.cols; ++c)
-			vt[k * delta.cols + c] = svd.Vt(k, c);
+		for (size_t c = 0; c < cols; ++c)
+			vt[k * cols + c] = svd.Vt(k, c);
 	if (clamp && !us.empty()) {
 		std::vector<double> all(us);
 		all.insert(all.end(), vt.begin(), vt.end());
@@ -328,13 +377,13 @@ LoraFactors factorize_truncated(const linalg::MatrixD& delta, size_t rank, std::
 			for (double& v : *values)
 				v = std::min(std::max(v, low), high);
 	}
-	LoraFactors out{linalg::MatrixF(rank, delta.cols), linalg::MatrixF(delta.rows, rank), 1.0};
-	for (size_t r = 0; r < delta.rows; ++r)
+	LoraFactors out{linalg::MatrixF(rank, cols), linalg::MatrixF(rows, rank), 1.0};
+	for (size_t r = 0; r < rows; ++r)
 		for (size_t k = 0; k < kept; ++k)
 			out.b(r, k) = static_cast<float>(us[r * kept + k]);
 	for (size_t k = 0; k < kept; ++k)
-		for (size_t c = 0; c < delta.cols; ++c)
-			out.a(k, c) = static_cast<float>(vt[k * delta.cols + c]);
+		for (size_t c = 0; c < cols; ++c)
+			out.a(k, c) = static_cast<float>(vt[k * cols + c]);
 	return out;
 }
 
