@@ -10,7 +10,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <memory>
+#include <thread>
 
 namespace weld::cli {
 namespace {
@@ -23,6 +25,7 @@ struct LoraMergeArgs {
 	std::optional<size_t> svd_rank;
 	double mwa_penalty = 1;
 	uint64_t seed = 0;
+	unsigned threads = std::max(1u, std::thread::hardware_concurrency());
 	bool force = false, quiet = false;
 };
 
@@ -61,7 +64,7 @@ int run(const LoraMergeArgs& args) {
 	std::string description;
 	if (args.combination_type == "mwa") {
 		const auto weights = checkpoint_weights(args, dirs);
-		combined = lora::average_adapters(adapters, weights, args.svd_rank, args.svd_clamp);
+		combined = lora::average_adapters(adapters, weights, args.svd_rank, args.svd_clamp, args.threads);
 		description = fmt::format("mwa (weights {:.4f})", fmt::join(weights, ", "));
 	} else {
 		lora::CombineOptions options;
@@ -73,7 +76,7 @@ int run(const LoraMergeArgs& args) {
 		options.svd_rank = args.svd_rank;
 		options.svd_clamp = args.svd_clamp;
 		options.seed = args.seed;
-		combined = lora::combine_adapters(adapters, options);
+		combined = lora::combine_adapters(adapters, options, args.threads);
 		description = args.combination_type;
 	}
 	lora::write_combined_adapter(combined, out, args.force);
@@ -105,6 +108,8 @@ std::function<int()> add_lora_merge_command(CLI::App& app) {
 	cmd->add_option("--mwa-metric", args->mwa_metric, "mwa: weigh checkpoints by training loss (default) or step");
 	cmd->add_option("--mwa-penalty", args->mwa_penalty, "mwa: exponent sharpening the weights (default 1)")
 	    ->check(CLI::NonNegativeNumber);
+	cmd->add_option("--threads", args->threads, "modules combined at once (default: all cores; same bytes for any)")
+	    ->check(CLI::PositiveNumber);
 	cmd->add_flag("--force", args->force, "replace the output folder if it exists");
 	cmd->add_flag("--quiet,-q", args->quiet, "print nothing but errors");
 	return [args] { return run(*args); };

@@ -6,8 +6,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <functional>
 #include <map>
 #include <set>
+#include <thread>
 
 namespace weld::lora {
 namespace {
@@ -53,6 +57,44 @@ size_t largest_rank(const PeftAdapter& adapter) {
 	return rank;
 }
 
+// Every adapter's module `name` updates a weight of one shape.
+void check_shapes(const std::vector<PeftAdapter>& adapters, const std::string& name,
+                  const std::vector<size_t>& present) {
+	const LoraModule& like = *adapters[present.front()].find(name);
+	for (size_t i : present) {
+		const LoraModule& m = *adapters[i].find(name);
+		if (m.embedding != like.embedding || m.in_features != like.in_features || m.out_features != like.out_features)
+			throw Error(fmt::format("module '{}': adapter {} updates a [{}, {}] {} but adapter {} a [{}, {}] {}; "
+			                        "adapters of different base models cannot be combined",
+			                        name, adapters[present.front()].dir.string(), like.out_features, like.in_features,
+			                        like.embedding ? "embedding" : "weight", adapters[i].dir.string(), m.out_features,
+			                        m.in_features, m.embedding ? "embedding" : "weight"));
+	}
+}
+
+// Runs fn(0..count-1) on `threads` threads. Each index writes only its own result, so the output
+// does not depend on the thread count; of several failures the lowest index's is rethrown.
+void for_each_index(size_t count, unsigned threads, const std::function<void(size_t)>& fn) {
+	std::vector<std::exception_ptr> errors(count);
+	std::atomic<size_t> next{0};
+	const auto work = [&] {
+		for (size_t j; (j = next++) < count;)
+			try {
+				fn(j);
+			} catch (...) {
+				errors[j] = std::current_exception();
+			}
+	};
+	std::vector<std::thread> pool;
+	for (unsigned t = 1; t < std::min<size_t>(std::max(threads, 1u), count); ++t)
+		pool.emplace_back(work);
+	work();
+	for (auto& thread : pool)
+		thread.join();
+	for (const auto& error : errors)
+		if (error) std::rethrow_exception(error);
+}
+
 } // namespace
 
 LoraFactors factors_of(const LoraModule& module) {
@@ -76,7 +118,7 @@ LoraModule module_of(const LoraFactors& factors, const LoraModule& like) {
 	return m;
 }
 
-CombinedAdapter combine_adapters(const std::vector<PeftAdapter>& adapters, CombineOptions options) {
+CombinedAdapter combine_adapters(const std::vector<PeftAdapter>& adapters, CombineOptions options, unsigned threads) {
 	if (adapters.empty()) throw Error("no adapters to combine");
 	for (const auto& adapter : adapters)
 		check_combinable(adapter);
@@ -105,42 +147,36 @@ CombinedAdapter combine_adapters(const std::vector<PeftAdapter>& adapters, Combi
 			if (list.empty()) names.push_back(module.name);
 			list.push_back(i);
 		}
-	for (const auto& name : names) {
+	for (const auto& name : names)
+		check_shapes(adapters, name, holders[name]);
+	out.modules.resize(names.size());
+	for_each_index(names.size(), threads, [&](size_t j) {
+		const auto& present = holders.find(names[j])->second;
 		std::vector<LoraFactors> factors;
-		const auto& present = holders[name];
 		for (size_t i : present)
-			factors.push_back(factors_of(*adapters[i].find(name)));
+			factors.push_back(factors_of(*adapters[i].find(names[j])));
 		std::vector<const LoraFactors*> pointers;
 		for (const auto& f : factors)
 			pointers.push_back(&f);
-		const LoraModule& like = *adapters[present.front()].find(name);
-		for (size_t i : present) {
-			const LoraModule& m = *adapters[i].find(name);
-			if (m.embedding != like.embedding || m.in_features != like.in_features ||
-			    m.out_features != like.out_features)
-				throw Error(fmt::format("module '{}': adapter {} updates a [{}, {}] {} but adapter {} a [{}, {}] {}; "
-				                        "adapters of different base models cannot be combined",
-				                        name, adapters[present.front()].dir.string(), like.out_features,
-				                        like.in_features, like.embedding ? "embedding" : "weight",
-				                        adapters[i].dir.string(), m.out_features, m.in_features,
-				                        m.embedding ? "embedding" : "weight"));
-		}
-		out.modules.push_back(module_of(combine_module(options, name, pointers, present, rank), like));
-	}
+		out.modules[j] = module_of(combine_module(options, names[j], pointers, present, rank),
+		                           *adapters[present.front()].find(names[j]));
+	});
 	return out;
 }
 
 CombinedAdapter average_adapters(const std::vector<PeftAdapter>& adapters, const std::vector<double>& weights,
-                                 std::optional<size_t> svd_rank, std::optional<double> svd_clamp) {
+                                 std::optional<size_t> svd_rank, std::optional<double> svd_clamp, unsigned threads) {
 	CombineOptions options;
 	options.type = CombinationType::Cat;
 	options.weights = weights;
 	options.svd_rank = svd_rank;
 	options.svd_clamp = svd_clamp;
-	CombinedAdapter out = combine_adapters(adapters, options);
+	CombinedAdapter out = combine_adapters(adapters, options, threads);
 	if (!svd_rank) return out;
-	for (auto& module : out.modules)
+	for_each_index(out.modules.size(), threads, [&](size_t j) {
+		auto& module = out.modules[j];
 		module = module_of(factorize_truncated(delta_weight(factors_of(module)), *svd_rank, svd_clamp), module);
+	});
 	out.config.r = static_cast<int64_t>(*svd_rank);
 	out.config.lora_alpha = static_cast<double>(*svd_rank);
 	return out;

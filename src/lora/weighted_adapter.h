@@ -27,12 +27,14 @@ LoraModule module_of(const LoraFactors& factors, const LoraModule& like);
 // union of the adapters' (a list, sorted) or "(re1)|(re2)" for regex strings. Throws weld::Error
 // for adapters weld cannot combine faithfully (lora_B biases, modules_to_save, a list mixed with
 // a regex, modules of different shapes, options that do not fit).
-CombinedAdapter combine_adapters(const std::vector<PeftAdapter>& adapters, CombineOptions options);
+// Modules are combined on `threads` threads; the result does not depend on their number.
+CombinedAdapter combine_adapters(const std::vector<PeftAdapter>& adapters, CombineOptions options,
+                                 unsigned threads = 1);
 
 // MWA over a run's checkpoints: the exact Σ w_i s_i B_i A_i (as cat: rank Σ r_i), or with
 // svd_rank its truncated SVD (scaled once, unlike PEFT's svd types), clamped as svd_clamp says.
 CombinedAdapter average_adapters(const std::vector<PeftAdapter>& adapters, const std::vector<double>& weights,
-                                 std::optional<size_t> svd_rank, std::optional<double> svd_clamp);
+                                 std::optional<size_t> svd_rank, std::optional<double> svd_clamp, unsigned threads = 1);
 
 // Writes the combined adapter (float32 factors) as a PEFT adapter folder, all or nothing.
 void write_combined_adapter(const CombinedAdapter& adapter, const std::filesystem::path& out, bool force);
