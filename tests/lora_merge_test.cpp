@@ -497,6 +497,19 @@ TEST(LoraInspect, OverlapIsOneForIdenticalAndZeroForOrthogonalAdapters) {
 	    << out;
 }
 
+TEST(LoraInspect, AdaptersAndModelsAreNotMixed) {
+	test::TempDir dir;
+	write_adapter(dir / "a", 2, 2.0, 1);
+	const TinyLlamaSpec spec;
+	write_tiny_llama(dir / "model", spec, make_tiny_llama(spec, 1));
+	std::string err;
+	EXPECT_EQ(test::run_weld(fmt::format("inspect {} {}", (dir / "a").string(), (dir / "model").string()), &err), 1);
+	EXPECT_NE(err.find("inspect takes one model folder, or adapter folders"), std::string::npos) << err;
+	std::string out;
+	ASSERT_EQ(test::run_weld(fmt::format("inspect {}", (dir / "a").string()), &err, &out), 0) << err;
+	EXPECT_NE(out.find("(r 2, lora_alpha 2, 3 modules)"), std::string::npos) << out;
+}
+
 // --- RMM ---
 
 nlohmann::json read_json_file(const std::filesystem::path& path) {
