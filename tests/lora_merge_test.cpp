@@ -317,6 +317,45 @@ TEST(LoraMergeCommand, CatWritesTheExactWeightedSumAndPeftConfig) {
 	}
 }
 
+// Embedding adapters (lora_embedding_A [r, vocab], lora_embedding_B [width, r]) combine as B·A
+// like any module, and stay embeddings.
+TEST(LoraMergeCommand, EmbeddingModulesCombineAndStayEmbeddings) {
+	test::TempDir dir;
+	std::vector<PeftAdapter> inputs;
+	for (uint32_t i = 0; i < 2; ++i) {
+		std::mt19937 rng(40 + i);
+		PeftAdapterConfig config;
+		config.r = 2;
+		config.lora_alpha = 2.0 * (i + 1);
+		config.target_modules = {"embed_tokens"};
+		LoraModule like;
+		like.name = "model.embed_tokens";
+		like.embedding = true;
+		LoraModule m = lora::module_of(random_factors(4, 10, 2, config.lora_alpha / 2, rng), like);
+		const auto path = dir / fmt::format("e{}", i);
+		std::filesystem::create_directories(path);
+		write_peft_adapter(path, config, {m}, DType::F32);
+		inputs.push_back(read_peft_adapter(path));
+		ASSERT_TRUE(inputs.back().modules.at(0).embedding);
+	}
+	std::string err;
+	ASSERT_EQ(test::run_weld(fmt::format("lora-merge {} {} {} --combination-type linear --weights 0.5,2 -q",
+	                                     (dir / "e0").string(), (dir / "e1").string(), (dir / "out").string()),
+	                         &err),
+	          0)
+	    << err;
+	const auto out = read_peft_adapter(dir / "out");
+	ASSERT_EQ(out.modules.size(), 1u);
+	EXPECT_TRUE(out.modules[0].embedding);
+	// linear: A = Σ √(w s) A_i, B = Σ √(w s) B_i (all weights positive here), by hand.
+	const LoraModule &x = inputs[0].modules[0], &y = inputs[1].modules[0];
+	const double rx = std::sqrt(0.5 * x.scaling), ry = std::sqrt(2 * y.scaling);
+	for (size_t j = 0; j < x.a.size(); ++j)
+		EXPECT_NEAR(out.modules[0].a[j], rx * x.a[j] + ry * y.a[j], 1e-5);
+	for (size_t j = 0; j < x.b.size(); ++j)
+		EXPECT_NEAR(out.modules[0].b[j], rx * x.b[j] + ry * y.b[j], 1e-5);
+}
+
 TEST(LoraMergeCommand, DareIsReproducibleFromItsSeedOnAnyThreadCount) {
 	test::TempDir dir;
 	write_adapter(dir / "a1", 2, 2.0, 1);
