@@ -93,6 +93,62 @@ struct ModuleFit {
 	FactorBasis a, b;
 };
 
+ModuleFit fit_module(const std::vector<PeftAdapter>& inputs, const LoraModule& m, size_t rank) {
+	std::vector<std::span<const float>> a_tasks, b_tasks;
+	for (const auto& input : inputs) {
+		a_tasks.emplace_back(input.find(m.name)->a);
+		b_tasks.emplace_back(input.find(m.name)->b);
+	}
+	return {fit_factor_basis(a_tasks, rank), fit_factor_basis(b_tasks, rank)};
+}
+
+// Per input, ‖ΔŴ − ΔW‖_F² and ‖ΔW‖_F² summed over the modules.
+struct ErrorSums {
+	std::vector<double> distance, norm;
+};
+
+// The module's entry of rmm.json; adds its errors to `sums` and the inputs' worst modules.
+nlohmann::ordered_json module_json(const std::vector<PeftAdapter>& inputs, const LoraModule& m, const ModuleFit& fit,
+                                   ErrorSums& sums, std::vector<RmmInputReport>& reports) {
+	nlohmann::ordered_json errors = nlohmann::ordered_json::array(), scalings = errors;
+	for (size_t i = 0; i < inputs.size(); ++i) {
+		const LoraFactors original = factors_of(*inputs[i].find(m.name));
+		LoraFactors reverted = original;
+		reverted.a.data = reconstruct_factor(fit.a, i);
+		reverted.b.data = reconstruct_factor(fit.b, i);
+		const double d = update_distance_squared(original, reverted), w = update_norm_squared(original);
+		sums.distance[i] += d;
+		sums.norm[i] += w;
+		const double relative = w > 0 ? std::sqrt(d / w) : 0.0;
+		errors.push_back(relative);
+		scalings.push_back(original.scaling);
+		if (relative >= reports[i].worst_module_error) {
+			reports[i].worst_module_error = relative;
+			reports[i].worst_module = m.name;
+		}
+	}
+	return {{"name", m.name},
+	        {"embedding", m.embedding},
+	        {"rank", m.rank},
+	        {"in_features", m.in_features},
+	        {"out_features", m.out_features},
+	        {"scaling", scalings},
+	        {"coefficients_A", matrix_json(fit.a.coefficients)},
+	        {"coefficients_B", matrix_json(fit.b.coefficients)},
+	        {"reconstruction_error", errors}};
+}
+
+nlohmann::ordered_json input_json(const RmmInputReport& report, const PeftAdapter& input) {
+	nlohmann::ordered_json entry{{"path", report.path},
+	                             {"kind", report.compression_error ? "model" : "adapter"},
+	                             {"config", nlohmann::ordered_json::parse(peft_config_json(input.config))},
+	                             {"reconstruction_error", report.reconstruction_error},
+	                             {"worst_module", report.worst_module},
+	                             {"worst_module_error", report.worst_module_error}};
+	if (report.compression_error) entry["compression_error"] = *report.compression_error;
+	return entry;
+}
+
 // Writes the bases as float32 tensors, [K, r, in] and [K, out, r] per module.
 void write_basis(const std::filesystem::path& dir, const std::vector<LoraModule>& modules,
                  const std::vector<ModuleFit>& fits, size_t rank) {
@@ -217,55 +273,16 @@ std::vector<RmmInputReport> build_rmm(const std::vector<std::string>& input_path
 	const size_t n = inputs.size(), rank = options.rank;
 	nlohmann::ordered_json modules = nlohmann::ordered_json::array();
 	std::vector<ModuleFit> fits;
-	std::vector<double> distance(n, 0.0), norm(n, 0.0);
+	ErrorSums sums{std::vector<double>(n, 0.0), std::vector<double>(n, 0.0)};
 	for (const auto& m : inputs.front().modules) {
-		std::vector<std::span<const float>> a_tasks, b_tasks;
-		for (const auto& input : inputs) {
-			a_tasks.emplace_back(input.find(m.name)->a);
-			b_tasks.emplace_back(input.find(m.name)->b);
-		}
-		ModuleFit fit{fit_factor_basis(a_tasks, rank), fit_factor_basis(b_tasks, rank)};
-		nlohmann::ordered_json errors = nlohmann::ordered_json::array(), scalings = errors;
-		for (size_t i = 0; i < n; ++i) {
-			const LoraFactors original = factors_of(*inputs[i].find(m.name));
-			LoraFactors reverted = original;
-			reverted.a.data = reconstruct_factor(fit.a, i);
-			reverted.b.data = reconstruct_factor(fit.b, i);
-			const double d = update_distance_squared(original, reverted), w = update_norm_squared(original);
-			distance[i] += d;
-			norm[i] += w;
-			const double relative = w > 0 ? std::sqrt(d / w) : 0.0;
-			errors.push_back(relative);
-			scalings.push_back(original.scaling);
-			if (relative >= reports[i].worst_module_error) {
-				reports[i].worst_module_error = relative;
-				reports[i].worst_module = m.name;
-			}
-		}
-		modules.push_back({{"name", m.name},
-		                   {"embedding", m.embedding},
-		                   {"rank", m.rank},
-		                   {"in_features", m.in_features},
-		                   {"out_features", m.out_features},
-		                   {"scaling", scalings},
-		                   {"coefficients_A", matrix_json(fit.a.coefficients)},
-		                   {"coefficients_B", matrix_json(fit.b.coefficients)},
-		                   {"reconstruction_error", errors}});
-		fits.push_back(std::move(fit));
+		fits.push_back(fit_module(inputs, m, rank));
+		modules.push_back(module_json(inputs, m, fits.back(), sums, reports));
 	}
-
 	nlohmann::ordered_json doc{{"format", "weld-rmm"}, {"version", 1}, {"rank", rank}};
 	auto& input_list = doc["inputs"] = nlohmann::ordered_json::array();
 	for (size_t i = 0; i < n; ++i) {
-		reports[i].reconstruction_error = norm[i] > 0 ? std::sqrt(distance[i] / norm[i]) : 0.0;
-		nlohmann::ordered_json entry{{"path", reports[i].path},
-		                             {"kind", reports[i].compression_error ? "model" : "adapter"},
-		                             {"config", nlohmann::ordered_json::parse(peft_config_json(inputs[i].config))},
-		                             {"reconstruction_error", reports[i].reconstruction_error},
-		                             {"worst_module", reports[i].worst_module},
-		                             {"worst_module_error", reports[i].worst_module_error}};
-		if (reports[i].compression_error) entry["compression_error"] = *reports[i].compression_error;
-		input_list.push_back(entry);
+		reports[i].reconstruction_error = sums.norm[i] > 0 ? std::sqrt(sums.distance[i] / sums.norm[i]) : 0.0;
+		input_list.push_back(input_json(reports[i], inputs[i]));
 	}
 	doc["modules"] = modules;
 	write_folder_atomically(out, options.force, [&](const std::filesystem::path& dir) {
