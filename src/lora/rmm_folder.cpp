@@ -3,9 +3,11 @@
 #include "io/model.h"
 #include "io/output_folder.h"
 #include "io/safetensors.h"
+#include "lora/extract.h"
 #include "lora/rmm.h"
 #include "lora/weighted_adapter.h"
 #include "tensor/convert.h"
+#include "tensor/kernels.h"
 #include "util/error.h"
 
 #include <fmt/format.h>
@@ -240,7 +242,15 @@ PeftAdapter compress_fine_tune(const std::filesystem::path& model_dir, const std
 		if (rank > std::min(delta.rows, delta.cols))
 			throw Error(fmt::format("--svd-rank {} exceeds the smaller dimension of tensor '{}' ({})", rank,
 			                        t.info->name, std::min(delta.rows, delta.cols)));
-		const LoraFactors factors = factorize_truncated(delta, rank, std::nullopt);
+		// As weld extract-lora cuts it: A = √S Vᵀ, B = U √S, randomized for large matrices.
+		linalg::MatrixF delta_f(delta.rows, delta.cols);
+		std::copy(delta.data.begin(), delta.data.end(), delta_f.data.begin());
+		const ::weld::LoraFactors cut_factors = decompose_task_vector(
+		    delta_f, static_cast<int64_t>(rank), 0, true, LoraSvd::Auto, random_stream_key(0, t.info->name, 0));
+		LoraFactors factors{linalg::MatrixF(cut_factors.rank, delta.cols),
+		                    linalg::MatrixF(delta.rows, cut_factors.rank), 1.0};
+		factors.a.data = cut_factors.a;
+		factors.b.data = cut_factors.b;
 		const linalg::MatrixD cut = delta_weight(factors);
 		for (size_t j = 0; j < delta.data.size(); ++j) {
 			error += (cut.data[j] - delta.data[j]) * (cut.data[j] - delta.data[j]);

@@ -6,7 +6,7 @@
 //
 // Inputs are PEFT LoRA adapters, or full fine-tunes of a base model that build compresses first:
 // every 2-D weight's ΔW = θ_i − θ_base (embeddings and lm_head aside) is cut to its rank-r
-// truncated SVD, B = U S, A = Vᵀ.
+// truncated SVD as weld extract-lora cuts it (A = √S Vᵀ, B = U √S; randomized for large matrices).
 #pragma once
 
 #include "io/peft.h"
