@@ -124,12 +124,12 @@ void check_against_reference(const Case& c) {
 	}
 }
 
-Case three_adapters(CombinationType type, std::vector<size_t> ranks, uint64_t seed) {
+Case three_adapters(CombinationType type, std::vector<size_t> ranks, uint64_t seed, size_t out = 7, size_t in = 5) {
 	std::mt19937 rng(static_cast<uint32_t>(seed));
 	Case c;
 	const double scalings[] = {2.0, 0.5, 1.0};
 	for (size_t i = 0; i < ranks.size(); ++i)
-		c.adapters.push_back(random_factors(7, 5, ranks[i], scalings[i % 3], rng));
+		c.adapters.push_back(random_factors(out, in, ranks[i], scalings[i % 3], rng));
 	for (size_t i = 0; i < ranks.size(); ++i)
 		c.present.push_back(i);
 	c.options.type = type;
@@ -168,6 +168,14 @@ TEST_P(LoraCombineTest, SkipsAdaptersWithoutTheModule) {
 	Case c = three_adapters(type, any_rank ? std::vector<size_t>{2, 4, 3} : std::vector<size_t>{2, 2, 2}, 9);
 	c.present = {0, 2};
 	c.options.density = 0.6;
+	check_against_reference(c);
+}
+
+// Modules of 40 × 32 with rank 3 take the cheap paths: the top triplets from the Gram matrix for
+// the pruning svd types, the stacked factors' SVD for svd.
+TEST_P(LoraCombineTest, LargerModulesMatchNumPyReference) {
+	Case c = three_adapters(GetParam(), {3, 3, 3}, 17, 40, 32);
+	c.options.density = 0.3;
 	check_against_reference(c);
 }
 

@@ -355,7 +355,9 @@ linalg::MatrixD delta_weight(const LoraFactors& factors) {
 }
 
 LoraFactors factorize_truncated(const linalg::MatrixD& delta, size_t rank, std::optional<double> clamp) {
-	return factors_from_svd(linalg::svd(delta), rank, clamp);
+	// A 4096² update's full SVD takes minutes; its top triplets from the Gram matrix, seconds.
+	const bool few = 4 * rank <= std::min(delta.rows, delta.cols);
+	return factors_from_svd(few ? linalg::top_singular_triplets(delta, rank) : linalg::svd(delta), rank, clamp);
 }
 
 LoraFactors factors_from_svd(const linalg::SvdD& svd, size_t rank, std::optional<double> clamp) {
