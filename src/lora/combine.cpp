@@ -346,6 +346,17 @@ LoraFactors combine_module(const CombineOptions& options, const std::string& mod
 	return combine_factors(options, module_name, modules, adapter_index);
 }
 
+LoraFactors refactorize(const LoraFactors& factors, size_t rank, std::optional<double> clamp) {
+	const size_t inner = factors.a.rows;
+	if (inner == 0 || inner > std::min(factors.b.rows, factors.a.cols) || rank > inner)
+		return factorize_truncated(delta_weight(factors), rank, clamp);
+	linalg::MatrixD a(factors.a.rows, factors.a.cols), b(factors.b.rows, factors.b.cols);
+	std::copy(factors.a.data.begin(), factors.a.data.end(), a.data.begin());
+	std::transform(factors.b.data.begin(), factors.b.data.end(), b.data.begin(),
+	               [&](float v) { return static_cast<double>(v) * factors.scaling; });
+	return factors_from_svd(svd_of_product(b, a), rank, clamp);
+}
+
 linalg::MatrixD delta_weight(const LoraFactors& factors) {
 	linalg::MatrixD a(factors.a.rows, factors.a.cols), b(factors.b.rows, factors.b.cols);
 	std::copy(factors.a.data.begin(), factors.a.data.end(), a.data.begin());

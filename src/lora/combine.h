@@ -90,6 +90,9 @@ linalg::MatrixD delta_weight(const LoraFactors& factors);
 // clamped to [-q, q] with q the `clamp` quantile of their values when given, padded with zeros
 // up to `rank` when the matrix is smaller.
 LoraFactors factorize_truncated(const linalg::MatrixD& delta, size_t rank, std::optional<double> clamp);
+// The same for the update s·B·A given by its factors, without forming it when B·A's inner
+// dimension allows (the SVD of the factors' QR product).
+LoraFactors refactorize(const LoraFactors& factors, size_t rank, std::optional<double> clamp);
 // The same from a thin SVD U S Vᵀ of the update.
 LoraFactors factors_from_svd(const linalg::SvdD& svd, size_t rank, std::optional<double> clamp);
 

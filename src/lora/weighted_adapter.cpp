@@ -175,7 +175,7 @@ CombinedAdapter average_adapters(const std::vector<PeftAdapter>& adapters, const
 	if (!svd_rank) return out;
 	for_each_index(out.modules.size(), threads, [&](size_t j) {
 		auto& module = out.modules[j];
-		module = module_of(factorize_truncated(delta_weight(factors_of(module)), *svd_rank, svd_clamp), module);
+		module = module_of(refactorize(factors_of(module), *svd_rank, svd_clamp), module);
 	});
 	out.config.r = static_cast<int64_t>(*svd_rank);
 	out.config.lora_alpha = static_cast<double>(*svd_rank);
