@@ -325,6 +325,29 @@ TEST(LoraMergeCommand, CatWritesTheExactWeightedSumAndPeftConfig) {
 	}
 }
 
+// PEFT combines a single adapter linearly whatever the type: svd of one adapter with weight w
+// gives A·sign(w s)√|w s| and B·√|w s|, not a re-factorised update.
+TEST(LoraMergeCommand, OneAdapterIsCombinedLinearly) {
+	test::TempDir dir;
+	const auto a = write_adapter(dir / "a", 3, 6.0, 4);
+	std::string err;
+	ASSERT_EQ(
+	    test::run_weld(fmt::format("lora-merge {} {} --weights -0.5 -q", (dir / "a").string(), (dir / "out").string()),
+	                   &err),
+	    0)
+	    << err;
+	const auto out = read_peft_adapter(dir / "out");
+	EXPECT_EQ(out.config.r, 3);
+	for (const auto& name : kModules) {
+		const LoraModule &in = *a.find(name), &got = *out.find(name);
+		const double root = std::sqrt(0.5 * in.scaling); // |w s| = 0.5 · 2
+		for (size_t j = 0; j < in.a.size(); ++j)
+			EXPECT_NEAR(got.a[j], -root * in.a[j], 1e-6);
+		for (size_t j = 0; j < in.b.size(); ++j)
+			EXPECT_NEAR(got.b[j], root * in.b[j], 1e-6);
+	}
+}
+
 // Embedding adapters (lora_embedding_A [r, vocab], lora_embedding_B [width, r]) combine as B·A
 // like any module, and stay embeddings.
 TEST(LoraMergeCommand, EmbeddingModulesCombineAndStayEmbeddings) {
