@@ -128,6 +128,34 @@ TEST(LinalgSvdTest, SmallProblemsTakeTheFullPath) {
 	EXPECT_EQ(s.Vt.rows, 5u);
 }
 
+// The top triplets from the Gram matrix equal the full SVD's (up to each pair's sign), on both
+// sides of the Gram choice, and k = 0 singular values give zero vectors instead of NaN.
+TEST(LinalgSvdTest, TopTripletsFromGramMatchTheFullSvd) {
+	for (const auto& [rows, cols] : {std::pair<size_t, size_t>{60, 40}, {40, 60}}) {
+		const MatrixD a = normal_matrix<double>(rows, cols, 5);
+		const SvdD full = svd(a), top = top_singular_triplets(a, 5);
+		ASSERT_EQ(top.S.size(), 5u);
+		for (size_t k = 0; k < 5; ++k) {
+			EXPECT_NEAR(top.S[k], full.S[k], 1e-10 * full.S[0]);
+			double u_dot = 0, v_dot = 0;
+			for (size_t r = 0; r < rows; ++r)
+				u_dot += top.U(r, k) * full.U(r, k);
+			for (size_t c = 0; c < cols; ++c)
+				v_dot += top.Vt(k, c) * full.Vt(k, c);
+			EXPECT_NEAR(std::abs(u_dot), 1.0, 1e-9) << rows << "x" << cols << " k " << k;
+			EXPECT_NEAR(u_dot * v_dot, 1.0, 1e-9); // the same sign on both sides
+		}
+	}
+	MatrixD rank_one(4, 6);
+	for (size_t c = 0; c < 6; ++c)
+		rank_one(0, c) = 1;
+	const SvdD top = top_singular_triplets(rank_one, 2);
+	EXPECT_NEAR(top.S[0], std::sqrt(6.0), 1e-12);
+	EXPECT_NEAR(top.S[1], 0.0, 1e-7);
+	for (double v : top.Vt.data)
+		EXPECT_TRUE(std::isfinite(v));
+}
+
 TEST(LinalgSvdTest, RandomizedIsDeterministic) {
 	const MatrixF a = normal_matrix<float>(300, 260, 8);
 	const SvdF x = randomized_svd(a, 8, 99), y = randomized_svd(a, 8, 99);

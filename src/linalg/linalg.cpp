@@ -180,6 +180,43 @@ WELD_LINALG_INSTANTIATE(double)
 
 namespace weld::linalg {
 
+SvdD top_singular_triplets(const MatrixD& a, size_t rank) {
+	const bool wide = a.rows <= a.cols; // the eigenvectors are U when wide, V when tall
+	const size_t small = wide ? a.rows : a.cols, k = std::min(rank, small);
+	SvdD out{MatrixD(a.rows, k), std::vector<double>(k), MatrixD(k, a.cols)};
+	if (k == 0) return out;
+	single_threaded_blas();
+	MatrixD gram = wide ? matmul(a, false, a, true) : matmul(a, true, a, false);
+	const lapack_int n = as_int(small), count = as_int(k);
+	std::vector<double> values(small);
+	MatrixD vectors(small, k); // ascending eigenvalues: the largest in the last column
+	std::vector<lapack_int> support(2 * k);
+	lapack_int found = 0;
+	check_info(LAPACKE_dsyevr(LAPACK_ROW_MAJOR, 'V', 'I', 'U', n, gram.data.data(), n, 0, 0, n - count + 1, n, 0.0,
+	                          &found, values.data(), vectors.data.data(), count, support.data()),
+	           "symmetric eigensolver (syevr)");
+	MatrixD side(small, k);
+	for (size_t j = 0; j < k; ++j) {
+		out.S[j] = std::sqrt(std::max(values[k - 1 - j], 0.0));
+		for (size_t i = 0; i < small; ++i)
+			side(i, j) = vectors(i, k - 1 - j);
+	}
+	// The other side: Vᵀ = S⁻¹ Uᵀ A (wide) or U = A V S⁻¹ (tall).
+	const MatrixD product = wide ? matmul(side, true, a, false) : matmul(a, false, side, false);
+	for (size_t j = 0; j < k; ++j) {
+		const double inverse = out.S[j] > 0 ? 1.0 / out.S[j] : 0.0;
+		for (size_t i = 0; i < small; ++i)
+			(wide ? out.U(i, j) : out.Vt(j, i)) = side(i, j);
+		if (wide)
+			for (size_t c = 0; c < a.cols; ++c)
+				out.Vt(j, c) = product(j, c) * inverse;
+		else
+			for (size_t r = 0; r < a.rows; ++r)
+				out.U(r, j) = product(r, j) * inverse;
+	}
+	return out;
+}
+
 MatrixD solve_symmetric(MatrixD a, MatrixD b, bool* used_lu) {
 	if (a.rows != a.cols || b.rows != a.rows) throw Error("solve_symmetric: A must be square with as many rows as B");
 	single_threaded_blas();

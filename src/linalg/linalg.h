@@ -77,6 +77,14 @@ template <class T> Matrix<T> polar_factor(const Matrix<T>& a);
 // A standard normal draw: the index-th of stream key (Box–Muller over random_uniform).
 double random_normal(uint64_t key, uint64_t index);
 
+// The `rank` largest singular triplets of A (m × n) from the eigenpairs of the smaller Gram
+// matrix (A Aᵀ or Aᵀ A; LAPACK dsyevr computes only those), the other side's vectors as A's
+// products with them: far cheaper than the full SVD when rank ≪ min(m, n). U S Vᵀ is then the
+// projection of A onto the kept vectors to rounding; singular values much below √ε · σ_max lose
+// their relative accuracy, as the Gram matrix squares them. Triplets with σ = 0 have zero vectors
+// on the product side.
+SvdD top_singular_triplets(const MatrixD& a, size_t rank);
+
 // X with A X = B for a symmetric A: Cholesky (LAPACK dposv), falling back to LU with partial
 // pivoting (dgesv) when A is not positive definite; *used_lu says which. Never forms A⁻¹.
 // Throws weld::Error when A is singular.

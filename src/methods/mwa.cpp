@@ -3,6 +3,7 @@
 // (later is better), sharpened by one penalty exponent p and normalised:
 //   loss: w_i = loss_i^-p / sum_j loss_j^-p      step: w_i = step_i^p / sum_j step_j^p
 // p = 0 is the uniform average; larger p concentrates the weight on the best checkpoint.
+#include "methods/mwa.h"
 #include "methods/methods.h"
 #include "util/error.h"
 
@@ -48,21 +49,11 @@ private:
 			throw Error(fmt::format("tensor '{}': mwa merge needs the same metric for every model: 'loss' for all {} "
 			                        "or 'step' for all (got loss for {}, step for {})",
 			                        input.tensor_name, count, with_loss, with_step));
-		std::vector<double> weights(count);
-		double total = 0;
-		for (size_t i = 0; i < count; ++i) {
-			const double metric = with_loss ? *losses[i] : *steps[i];
-			if (!(metric > 0))
-				throw Error(fmt::format("tensor '{}': mwa {} of source {} is {:g}; it must be positive",
-				                        input.tensor_name, with_loss ? "loss" : "step", i, metric));
-			total += weights[i] = std::pow(metric, with_loss ? -penalty : penalty);
-		}
-		if (!(total > 0) || !std::isfinite(total))
-			throw Error(fmt::format("tensor '{}': mwa weights are not finite for penalty {:g}; lower the penalty",
-			                        input.tensor_name, penalty));
-		for (double& w : weights)
-			w /= total;
-		return weights;
+		std::vector<double> metrics(count);
+		for (size_t i = 0; i < count; ++i)
+			metrics[i] = with_loss ? *losses[i] : *steps[i];
+		return mwa_weights(metrics, with_loss ? MwaMetric::Loss : MwaMetric::Step, penalty,
+		                   fmt::format("tensor '{}'", input.tensor_name));
 	}
 
 	MethodInfo info_{
@@ -88,6 +79,25 @@ private:
 };
 
 } // namespace
+
+std::vector<double> mwa_weights(const std::vector<double>& metrics, MwaMetric metric, double penalty,
+                                std::string_view context) {
+	const bool loss = metric == MwaMetric::Loss;
+	std::vector<double> weights(metrics.size());
+	double total = 0;
+	for (size_t i = 0; i < metrics.size(); ++i) {
+		if (!(metrics[i] > 0))
+			throw Error(fmt::format("{}: mwa {} of source {} is {:g}; it must be positive", context,
+			                        loss ? "loss" : "step", i, metrics[i]));
+		total += weights[i] = std::pow(metrics[i], loss ? -penalty : penalty);
+	}
+	if (!(total > 0) || !std::isfinite(total))
+		throw Error(
+		    fmt::format("{}: mwa weights are not finite for penalty {:g}; lower the penalty", context, penalty));
+	for (double& w : weights)
+		w /= total;
+	return weights;
+}
 
 const MergeMethod& mwa_method() {
 	static const MwaMethod method;
