@@ -66,14 +66,7 @@ SubspaceOverlap subspace_overlap(const linalg::MatrixD& u1, const linalg::Matrix
 }
 
 std::vector<PairOverlap> adapter_overlaps(const std::vector<PeftAdapter>& adapters) {
-	std::vector<std::string> names;
-	std::map<std::string, std::vector<size_t>, std::less<>> holders;
-	for (size_t i = 0; i < adapters.size(); ++i)
-		for (const auto& module : adapters[i].modules) {
-			auto& list = holders[module.name];
-			if (list.empty()) names.push_back(module.name);
-			list.push_back(i);
-		}
+	auto [names, holders] = modules_by_name(adapters);
 	std::vector<PairOverlap> result;
 	for (const auto& name : names) {
 		const auto& present = holders[name];

@@ -97,6 +97,17 @@ void for_each_index(size_t count, unsigned threads, const std::function<void(siz
 
 } // namespace
 
+ModulesByName modules_by_name(const std::vector<PeftAdapter>& adapters) {
+	ModulesByName out;
+	for (size_t i = 0; i < adapters.size(); ++i)
+		for (const auto& module : adapters[i].modules) {
+			auto& list = out.holders[module.name];
+			if (list.empty()) out.names.push_back(module.name);
+			list.push_back(i);
+		}
+	return out;
+}
+
 LoraFactors factors_of(const LoraModule& module) {
 	LoraFactors f{linalg::MatrixF(module.rank, module.in_features), linalg::MatrixF(module.out_features, module.rank),
 	              module.scaling};
@@ -138,15 +149,7 @@ CombinedAdapter combine_adapters(const std::vector<PeftAdapter>& adapters, Combi
 	out.config.alpha_pattern.clear();
 	set_target_modules(out.config, adapters);
 
-	// Modules in first-seen order over the adapters.
-	std::vector<std::string> names;
-	std::map<std::string, std::vector<size_t>, std::less<>> holders;
-	for (size_t i = 0; i < adapters.size(); ++i)
-		for (const auto& module : adapters[i].modules) {
-			auto& list = holders[module.name];
-			if (list.empty()) names.push_back(module.name);
-			list.push_back(i);
-		}
+	auto [names, holders] = modules_by_name(adapters);
 	for (const auto& name : names)
 		check_shapes(adapters, name, holders[name]);
 	out.modules.resize(names.size());

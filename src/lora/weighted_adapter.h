@@ -6,6 +6,8 @@
 #include "lora/combine.h"
 
 #include <filesystem>
+#include <map>
+#include <string>
 #include <vector>
 
 namespace weld::lora {
@@ -17,6 +19,13 @@ struct CombinedAdapter {
 
 // The factors of a module as lora/combine.h takes them.
 LoraFactors factors_of(const LoraModule& module);
+
+// The adapters' module names in first-seen order, and which adapters (indices) hold each.
+struct ModulesByName {
+	std::vector<std::string> names;
+	std::map<std::string, std::vector<size_t>, std::less<>> holders;
+};
+ModulesByName modules_by_name(const std::vector<PeftAdapter>& adapters);
 // A module of `name` (shaped as `like`) holding the factors (scaling 1).
 LoraModule module_of(const LoraFactors& factors, const LoraModule& like);
 

@@ -57,7 +57,7 @@ public:
 		const double weight = global_param(info_, input, "weight");
 		subspace::naming_tensor(input, info_.name, [&] {
 			const std::vector<linalg::MatrixF> tasks = subspace::task_matrices(based);
-			std::vector<float> delta = subspace::is_matrix(input) ? core_merge(tasks, based) : mean(tasks);
+			std::vector<float> delta = subspace::is_matrix(input) ? core_merge(tasks, based) : subspace::mean_of(tasks);
 			for (float& d : delta)
 				d = static_cast<float>(weight * d);
 			subspace::write_base_plus(based, delta, out);
@@ -66,17 +66,6 @@ public:
 
 private:
 	MethodInfo info_;
-
-	static std::vector<float> mean(const std::vector<linalg::MatrixF>& tasks) {
-		std::vector<float> out(tasks[0].data.size());
-		for (size_t j = 0; j < out.size(); ++j) {
-			double sum = 0;
-			for (const auto& t : tasks)
-				sum += t.data[j];
-			out[j] = static_cast<float>(sum / static_cast<double>(tasks.size()));
-		}
-		return out;
-	}
 
 	// U_B (U_Bᵀ D̄ V_A) V_Aᵀ with D̄ the mean of the rank-r task vectors: the average of the cores
 	// mapped back, since projecting is linear.

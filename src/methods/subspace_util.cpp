@@ -28,6 +28,17 @@ std::vector<linalg::MatrixF> task_matrices(const MergeInput& input, const std::v
 	return tasks;
 }
 
+std::vector<float> mean_of(const std::vector<linalg::MatrixF>& tasks) {
+	std::vector<float> out(tasks[0].data.size());
+	for (size_t j = 0; j < out.size(); ++j) {
+		double sum = 0;
+		for (const auto& t : tasks)
+			sum += t.data[j];
+		out[j] = static_cast<float>(sum / static_cast<double>(tasks.size()));
+	}
+	return out;
+}
+
 size_t rank_share(size_t rows, size_t cols, size_t tasks) {
 	return std::max<size_t>(1, std::min(rows, cols) / tasks);
 }

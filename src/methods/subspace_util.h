@@ -25,6 +25,10 @@ std::vector<linalg::MatrixF> task_matrices(const MergeInput& input, const std::v
 // TSV's share of the rank per task: floor(min(m, n) / tasks), at least 1.
 size_t rank_share(size_t rows, size_t cols, size_t tasks);
 
+// The element-wise mean of the task vectors (summed in double): what subspace methods give
+// tensors that are not matrices.
+std::vector<float> mean_of(const std::vector<linalg::MatrixF>& tasks);
+
 // Every task's top-k singular triplets side by side: U is m×(N·k), S has N·k values, Vt is
 // (N·k)×n, task i's block at columns/rows [i·k, (i+1)·k). notes (may be null) gets the SVD path.
 linalg::Svd<float> concatenated_factors(const std::vector<linalg::MatrixF>& tasks, size_t k, const MergeInput& input,

@@ -34,7 +34,8 @@ public:
 			weights.push_back(*source_param(info_, input, i, "weight"));
 		subspace::naming_tensor(input, info_.name, [&] {
 			const std::vector<linalg::MatrixF> tasks = subspace::task_matrices(input, weights);
-			std::vector<float> delta = subspace::is_matrix(input) ? merged_matrix(tasks, input) : mean(tasks);
+			std::vector<float> delta =
+			    subspace::is_matrix(input) ? merged_matrix(tasks, input) : subspace::mean_of(tasks);
 			for (float& d : delta)
 				d = static_cast<float>(alpha * d);
 			subspace::write_base_plus(input, delta, out);
@@ -43,17 +44,6 @@ public:
 
 private:
 	MethodInfo info_;
-
-	static std::vector<float> mean(const std::vector<linalg::MatrixF>& tasks) {
-		std::vector<float> out(tasks[0].data.size());
-		for (size_t j = 0; j < out.size(); ++j) {
-			double sum = 0;
-			for (const auto& t : tasks)
-				sum += t.data[j];
-			out[j] = static_cast<float>(sum / static_cast<double>(tasks.size()));
-		}
-		return out;
-	}
 
 	static std::vector<float> merged_matrix(const std::vector<linalg::MatrixF>& tasks, const MergeInput& input) {
 		const size_t k = subspace::rank_share(tasks[0].rows, tasks[0].cols, tasks.size());
