@@ -14,7 +14,7 @@ namespace {
 using weld::linalg::MatrixF;
 
 // ‖M − B·A‖_F
-double error(const MatrixF& m, const weld::LoraFactors& f) {
+double error(const MatrixF& m, const weld::ExtractedFactors& f) {
 	MatrixF a(f.rank, m.cols), b(m.rows, f.rank);
 	a.data = f.a;
 	b.data = f.b;

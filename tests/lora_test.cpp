@@ -793,7 +793,7 @@ TEST(LoraExtract, RandomizedSvdIsWithinToleranceOfTheExactOne) {
 	for (size_t k = 0; k < 10; k++)
 		EXPECT_NEAR(randomized.singular_values[k], exact.singular_values[k], 1e-3 * exact.singular_values[0]) << k;
 	// Both approximations are (near) the best rank-10 one: their errors agree within 1%.
-	const auto error = [&](const LoraFactors& f) {
+	const auto error = [&](const ExtractedFactors& f) {
 		double sum = 0;
 		for (size_t i = 0; i < rows; i++)
 			for (size_t j = 0; j < cols; j++) {

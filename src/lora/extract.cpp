@@ -22,8 +22,8 @@
 namespace weld {
 namespace fs = std::filesystem;
 
-LoraFactors decompose_task_vector(const linalg::MatrixF& delta, int64_t max_rank, double sv_epsilon,
-                                  bool distribute_scale, LoraSvd svd, uint64_t key) {
+ExtractedFactors decompose_task_vector(const linalg::MatrixF& delta, int64_t max_rank, double sv_epsilon,
+                                       bool distribute_scale, LoraSvd svd, uint64_t key) {
 	const size_t smaller = std::min(delta.rows, delta.cols);
 	size_t rank = std::min(static_cast<size_t>(std::max<int64_t>(max_rank, 0)), smaller);
 	const size_t oversample = randomized_svd_oversample(rank);
@@ -34,7 +34,7 @@ LoraFactors decompose_task_vector(const linalg::MatrixF& delta, int64_t max_rank
 	if (sv_epsilon > 0)
 		rank = std::min(
 		    rank, static_cast<size_t>(std::count_if(s.S.begin(), s.S.end(), [&](float v) { return v > sv_epsilon; })));
-	LoraFactors f;
+	ExtractedFactors f;
 	f.rank = rank;
 	f.randomized = randomized;
 	f.a.resize(rank * delta.cols);

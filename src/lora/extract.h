@@ -31,7 +31,7 @@ constexpr size_t randomized_svd_oversample(size_t rank) {
 	return rank < 16 ? 16 : rank;
 }
 
-struct LoraFactors {
+struct ExtractedFactors {
 	uint64_t rank = 0;
 	std::vector<float> a;               // [rank, cols]
 	std::vector<float> b;               // [rows, rank]
@@ -40,8 +40,8 @@ struct LoraFactors {
 };
 
 // The factors of one task vector (rows × cols). key seeds the randomized SVD's test matrix.
-LoraFactors decompose_task_vector(const linalg::MatrixF& delta, int64_t max_rank, double sv_epsilon,
-                                  bool distribute_scale, LoraSvd svd, uint64_t key);
+ExtractedFactors decompose_task_vector(const linalg::MatrixF& delta, int64_t max_rank, double sv_epsilon,
+                                       bool distribute_scale, LoraSvd svd, uint64_t key);
 
 struct ExtractLoraOptions {
 	std::string base; // model references (folder or HF cache repo id)

@@ -245,7 +245,7 @@ PeftAdapter compress_fine_tune(const std::filesystem::path& model_dir, const std
 		// As weld extract-lora cuts it: A = √S Vᵀ, B = U √S, randomized for large matrices.
 		linalg::MatrixF delta_f(delta.rows, delta.cols);
 		std::copy(delta.data.begin(), delta.data.end(), delta_f.data.begin());
-		const ::weld::LoraFactors cut_factors = decompose_task_vector(
+		const ExtractedFactors cut_factors = decompose_task_vector(
 		    delta_f, static_cast<int64_t>(rank), 0, true, LoraSvd::Auto, random_stream_key(0, t.info->name, 0));
 		LoraFactors factors{linalg::MatrixF(cut_factors.rank, delta.cols),
 		                    linalg::MatrixF(delta.rows, cut_factors.rank), 1.0};
