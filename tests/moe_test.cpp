@@ -57,7 +57,8 @@ protected:
 	}
 	// Embedding row of token id of the base model.
 	std::vector<double> embedding(int64_t id) const {
-		const auto& e = test::as_map(base).at("model.embed_tokens.weight");
+		const auto tensors = test::as_map(base);
+		const auto& e = tensors.at("model.embed_tokens.weight");
 		return {e.begin() + id * spec.hidden, e.begin() + (id + 1) * spec.hidden};
 	}
 
