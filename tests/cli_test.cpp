@@ -68,6 +68,17 @@ TEST_F(CliTest, MergesAndReportsWhatItDid) {
 	EXPECT_EQ(out, "");
 }
 
+TEST_F(CliTest, ThreadsBeyondTheCoresAreCappedWithAWarningAndGiveTheSameBytes) {
+	test::write_file(dir_ / "recipe.yml", models_recipe("ties"));
+	const auto merge = "merge " + (dir_ / "recipe.yml").string() + " ";
+	ASSERT_EQ(test::run_weld(merge + (dir_ / "one").string() + " --threads 1 --quiet"), 0);
+	std::string err;
+	ASSERT_EQ(test::run_weld(merge + (dir_ / "many").string() + " --threads 100000", &err), 0);
+	EXPECT_NE(err.find("--threads 100000 is more than this machine's"), std::string::npos) << err;
+	EXPECT_EQ(test::read_file(dir_ / "one" / "model.safetensors"),
+	          test::read_file(dir_ / "many" / "model.safetensors"));
+}
+
 TEST_F(CliTest, UnknownMethodListsTheValidOnes) {
 	expect_merge_error(models_recipe("tiez"), "unknown method 'tiez' (valid: ");
 }

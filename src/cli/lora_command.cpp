@@ -1,6 +1,7 @@
 // weld apply-lora and weld extract-lora: PEFT LoRA adapters applied to a model, and extracted
 // from a fine-tune (mergekit-extract-lora's options).
 #include "cli/commands.h"
+#include "cli/thread_count.h"
 #include "lora/apply.h"
 #include "lora/extract.h"
 #include "util/error.h"
@@ -82,6 +83,7 @@ std::function<int()> add_extract_lora_command(CLI::App& app) {
 	cmd->add_flag("--force", o.force, "replace the output folder if it exists");
 	return [args] {
 		auto& options = args->options;
+		options.threads = capped_thread_count(options.threads);
 		options.out = args->out;
 		options.svd = args->svd == "full"         ? LoraSvd::Full
 		              : args->svd == "randomized" ? LoraSvd::Randomized

@@ -1,6 +1,7 @@
 // weld lora-merge ADAPTER... OUT: PEFT's add_weighted_adapter from the command line, and MWA over
 // a training run's LoRA checkpoints.
 #include "cli/commands.h"
+#include "cli/thread_count.h"
 #include "io/peft.h"
 #include "lora/checkpoints.h"
 #include "lora/weighted_adapter.h"
@@ -112,7 +113,10 @@ std::function<int()> add_lora_merge_command(CLI::App& app) {
 	    ->check(CLI::PositiveNumber);
 	cmd->add_flag("--force", args->force, "replace the output folder if it exists");
 	cmd->add_flag("--quiet,-q", args->quiet, "print nothing but errors");
-	return [args] { return run(*args); };
+	return [args] {
+		args->threads = capped_thread_count(args->threads);
+		return run(*args);
+	};
 }
 
 } // namespace weld::cli

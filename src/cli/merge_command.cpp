@@ -1,5 +1,6 @@
 #include "cli/commands.h"
 #include "cli/statistics_cache.h"
+#include "cli/thread_count.h"
 #include "cli/torch_program.h"
 #include "exec/merge.h"
 #include "io/output_folder.h"
@@ -48,7 +49,7 @@ int merge(const MergeArgs& args, const Distributed& dist) {
 		options.force = args.force;
 		options.dry_run = args.dry_run;
 		options.seed = args.seed;
-		options.exec.threads = args.threads;
+		options.exec.threads = capped_thread_count(args.threads, "--threads", args.quiet || !dist.is_root());
 		options.exec.memory_budget =
 		    args.memory_budget.empty() ? default_memory_budget() : parse_size(args.memory_budget, "--memory-budget");
 		options.exec.max_shard_bytes = parse_size(args.shard_size, "--out-shard-size");
@@ -98,8 +99,9 @@ bool learns_from_data(const std::string& recipe_path) {
 
 std::vector<std::string> learned_merge_words(const MergeArgs& args) {
 	if (args.dry_run) throw Error("--dry-run: a method that learns from data has no plan before it has learned");
-	std::vector<std::string> w = {
-	    args.recipe, args.out, "--threads", std::to_string(args.threads), "--seed", std::to_string(args.seed)};
+	std::vector<std::string> w = {args.recipe, args.out,
+	                              "--threads", std::to_string(capped_thread_count(args.threads, "--threads", true)),
+	                              "--seed",    std::to_string(args.seed)};
 	if (args.force) w.push_back("--force");
 	if (args.quiet) w.push_back("--quiet");
 	return w;

@@ -4,10 +4,13 @@
 
 #include <fmt/format.h>
 
+#include <cerrno>
+#include <csignal>
 #include <fstream>
 #include <sstream>
 #include <system_error>
 #include <unistd.h>
+#include <vector>
 
 namespace weld {
 namespace fs = std::filesystem;
@@ -32,7 +35,41 @@ void move_into_place(const fs::path& tmp, const fs::path& out, bool force) {
 	if (ec) throw Error(fmt::format("{}: cannot move the output into place: {}", out.string(), ec.message()));
 }
 
+// A process id that no process has: kill(pid, 0) fails with ESRCH. EPERM means one exists.
+bool process_is_gone(long pid) {
+	if (pid <= 0 || pid == static_cast<long>(getpid())) return false;
+	return kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
+// The pid at the end of ".NAME.weld-tmp-PID" or "NAME.weld-old-PID", or -1 when `file` is
+// neither. Only these names are ever removed.
+long leftover_pid(const std::string& file) {
+	for (const std::string_view marker : {".weld-tmp-", ".weld-old-"}) {
+		const auto at = file.rfind(marker);
+		if (at == std::string::npos) continue;
+		if (marker == ".weld-tmp-" && (file.empty() || file[0] != '.')) continue;
+		const auto digits = file.substr(at + marker.size());
+		if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos)
+			continue;
+		return std::stol(digits);
+	}
+	return -1;
+}
+
 } // namespace
+
+size_t remove_stale_outputs(const fs::path& folder) {
+	std::vector<fs::path> stale; // collected first: removing while iterating is unspecified
+	std::error_code ec;
+	for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec))
+		if (process_is_gone(leftover_pid(it->path().filename().string()))) stale.push_back(it->path());
+	size_t removed = 0;
+	for (const auto& path : stale) {
+		std::error_code ignored;
+		if (fs::remove_all(path, ignored) > 0 && !ignored) ++removed;
+	}
+	return removed;
+}
 
 OutputFolder::OutputFolder(const fs::path& out_dir, bool force) : force_(force) {
 	out_ = fs::absolute(out_dir).lexically_normal();
@@ -41,6 +78,7 @@ OutputFolder::OutputFolder(const fs::path& out_dir, bool force) : force_(force) 
 		throw Error(fmt::format("{}: output already exists (use --force to replace it)", out_.string()));
 	if (!fs::is_directory(out_.parent_path()))
 		throw Error(fmt::format("{}: parent folder does not exist", out_.string()));
+	remove_stale_outputs(out_.parent_path());
 	tmp_ = out_.parent_path() / fmt::format(".{}.weld-tmp-{}", out_.filename().string(), getpid());
 	fs::remove_all(tmp_);
 	fs::create_directory(tmp_);

@@ -29,6 +29,11 @@ private:
 	bool force_ = false, published_ = false;
 };
 
+// Removes what killed runs left in `folder`: temporary outputs ".NAME.weld-tmp-PID" and
+// replaced outputs "NAME.weld-old-PID" whose PID no longer runs on this machine. Every new
+// OutputFolder does this for its parent folder. Returns how many were removed.
+size_t remove_stale_outputs(const std::filesystem::path& folder);
+
 // Calls fill(tmp) with an empty temporary folder, then publishes it as `out`. Throws
 // weld::Error (out exists without force, parent missing, rename failed) or whatever fill throws.
 void write_folder_atomically(const std::filesystem::path& out, bool force,
