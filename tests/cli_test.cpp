@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 namespace weld {
 namespace {
@@ -77,6 +79,36 @@ TEST_F(CliTest, ThreadsBeyondTheCoresAreCappedWithAWarningAndGiveTheSameBytes) {
 	EXPECT_NE(err.find("--threads 100000 is more than this machine's"), std::string::npos) << err;
 	EXPECT_EQ(test::read_file(dir_ / "one" / "model.safetensors"),
 	          test::read_file(dir_ / "many" / "model.safetensors"));
+}
+
+// A NaN or Inf in an input is refused, naming model, tensor and element, whichever path the
+// method takes: streamed (ties), whole tensor (model_stock) or copied unchanged (passthrough).
+TEST_F(CliTest, NonFiniteInputsAreRefusedUnlessAllowed) {
+	auto broken = perturb(base_, 0.1f, 2);
+	auto& q = *std::find_if(broken.begin(), broken.end(),
+	                        [](const auto& t) { return t.name == "model.layers.1.self_attn.q_proj.weight"; });
+	q.values[5] = std::numeric_limits<float>::quiet_NaN();
+	q.values[7] = -std::numeric_limits<float>::infinity();
+	write_tiny_llama(dir_ / "broken", spec_, broken);
+	for (const std::string method : {"ties", "breadcrumbs", "task_arithmetic"})
+		expect_merge_error(models_recipe(method, "broken"),
+		                   "model " + (dir_ / "broken").string() +
+		                       ": tensor 'model.layers.1.self_attn.q_proj.weight': element 5 is NaN");
+	test::write_file(dir_ / "copy.yml", "merge_method: passthrough\nslices:\n  - sources:\n      - model: " +
+	                                        (dir_ / "broken").string() + "\n        layer_range: [1, 2]\n");
+	std::string err;
+	EXPECT_NE(test::run_weld("merge " + (dir_ / "copy.yml").string() + " " + (dir_ / "copied").string(), &err), 0);
+	EXPECT_NE(err.find("element 5 is NaN"), std::string::npos) << err;
+	q.values[5] = 1.0f;
+	write_tiny_llama(dir_ / "inf", spec_, broken);
+	expect_merge_error(models_recipe("ties", "inf"), "element 7 is -Inf");
+
+	test::write_file(dir_ / "recipe.yml", models_recipe("task_arithmetic", "broken"));
+	ASSERT_EQ(test::run_weld("merge " + (dir_ / "recipe.yml").string() + " " + (dir_ / "allowed").string() +
+	                         " --allow-nonfinite --quiet"),
+	          0);
+	const auto merged = test::read_model(dir_ / "allowed");
+	EXPECT_TRUE(std::isnan(merged.at("model.layers.1.self_attn.q_proj.weight")[5]));
 }
 
 TEST_F(CliTest, UnknownMethodListsTheValidOnes) {

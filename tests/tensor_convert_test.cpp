@@ -152,3 +152,37 @@ TEST(TensorConvertTest, BufferConversionsRound) {
 
 } // namespace
 } // namespace weld
+
+namespace weld {
+namespace {
+
+// Hand-built stored values: a NaN or Inf is found at its index in every float dtype,
+// including past the first 4096-value chunk; finite extremes (max, subnormals) are not.
+TEST(FirstNonfinite, FindsNanAndInfAtTheirIndexInEveryDtype) {
+	const size_t n = 5000;
+	std::vector<float> values(n, 1.0f);
+	values[0] = std::numeric_limits<float>::max();
+	values[1] = std::numeric_limits<float>::denorm_min();
+	values[2] = -0.0f;
+	EXPECT_EQ(first_nonfinite(values.data(), n), n);
+	values[4321] = std::numeric_limits<float>::infinity();
+	EXPECT_EQ(first_nonfinite(values.data(), n), 4321u);
+	values[17] = std::numeric_limits<float>::quiet_NaN();
+	EXPECT_EQ(first_nonfinite(values.data(), n), 17u);
+	EXPECT_STREQ(nonfinite_name(values[17]), "NaN");
+	EXPECT_STREQ(nonfinite_name(values[4321]), "+Inf");
+	EXPECT_STREQ(nonfinite_name(-values[4321]), "-Inf");
+
+	const uint16_t bf16[] = {0x3f80, 0x7f7f, 0xff80, 0x7fc0}; // 1, max, -Inf, NaN
+	EXPECT_EQ(first_nonfinite(DType::BF16, reinterpret_cast<const uint8_t*>(bf16), 4), 2u);
+	EXPECT_EQ(first_nonfinite(DType::BF16, reinterpret_cast<const uint8_t*>(bf16), 2), 2u);
+	const uint16_t f16[] = {0x3c00, 0x7bff, 0x0001, 0x7e00}; // 1, 65504, subnormal, NaN
+	EXPECT_EQ(first_nonfinite(DType::F16, reinterpret_cast<const uint8_t*>(f16), 4), 3u);
+	const double f64[] = {1e300, -1e-300, std::numeric_limits<double>::infinity()};
+	EXPECT_EQ(first_nonfinite(DType::F64, reinterpret_cast<const uint8_t*>(f64), 3), 2u);
+	const int32_t ints[] = {0x7f800000, -1};
+	EXPECT_EQ(first_nonfinite(DType::I32, reinterpret_cast<const uint8_t*>(ints), 2), 2u) << "not a float type";
+}
+
+} // namespace
+} // namespace weld

@@ -31,7 +31,7 @@ struct MergeArgs {
 	std::string recipe, out, memory_budget, shard_size = "5GB";
 	unsigned threads = std::max(1u, std::thread::hardware_concurrency());
 	uint64_t seed = 0;
-	bool force = false, dry_run = false, quiet = false, verbose = false;
+	bool force = false, dry_run = false, quiet = false, verbose = false, allow_nonfinite = false;
 };
 
 void on_signal(int) {
@@ -55,6 +55,7 @@ int merge(const MergeArgs& args, const Distributed& dist) {
 		options.exec.max_shard_bytes = parse_size(args.shard_size, "--out-shard-size");
 		options.exec.progress = !args.quiet && isatty(STDERR_FILENO);
 		options.exec.verbose = args.verbose && !args.quiet;
+		options.exec.allow_nonfinite = args.allow_nonfinite;
 		options.distributed = &dist;
 		// Statistics from `data:` files: computed once, by a single process (a distributed merge
 		// refuses them in the plan).
@@ -145,6 +146,8 @@ std::function<int()> add_merge_command(CLI::App& app) {
 	                "shards, so use at least as many shards as ranks");
 	cmd->add_option("--seed", args->seed, "seed for random methods (DARE); same seed, same bytes (default 0)");
 	cmd->add_flag("--quiet,-q", args->quiet, "print nothing but errors");
+	cmd->add_flag("--allow-nonfinite", args->allow_nonfinite,
+	              "merge inputs that hold NaN or Inf (refused by default, naming model, tensor and element)");
 	cmd->add_flag("--verbose,-v", args->verbose, "say how each tensor was computed (e.g. which SVD path)");
 	return [args] { return run(*args); };
 }

@@ -89,11 +89,35 @@ MergeInput job_input(const Plan& plan, const TensorJob& job) {
 	return input;
 }
 
+// NaN and ±Inf in an input are refused (ExecOptions::allow_nonfinite lets them through):
+// every method would spread them, and most checkpoints that hold one are broken.
+[[noreturn]] void throw_nonfinite(const Plan& plan, const JobSource& source, uint64_t element, float value) {
+	throw Error(fmt::format("model {}: tensor '{}': element {} is {} (use --allow-nonfinite to merge it anyway)",
+	                        plan.models[source.model].reference, source.tensor->info->name, element,
+	                        nonfinite_name(value)));
+}
+
+void check_finite(const Plan& plan, const JobSource& source, std::span<const float> values, uint64_t offset) {
+	const size_t at = first_nonfinite(values.data(), values.size());
+	if (at < values.size()) throw_nonfinite(plan, source, offset + at, values[at]);
+}
+
+void check_finite_stored(const Plan& plan, const JobSource& source) {
+	const TensorInfo& info = *source.tensor->info;
+	const uint8_t* data = source.tensor->file->data(info).data();
+	const size_t at = first_nonfinite(info.dtype, data, info.numel());
+	if (at == info.numel()) return;
+	float value = 0;
+	convert_to_f32(info.dtype, data + at * dtype_size(info.dtype), &value, 1);
+	throw_nonfinite(plan, source, at, value);
+}
+
 // A whole-tensor job: float32 copies of every source, merged at once.
 void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const ExecOptions& options) {
 	const TensorJob& job = plan.jobs[index];
 	if (job.is_plain_copy(*plan.method)) {
 		const auto& source = job.sources[0];
+		if (!options.allow_nonfinite) check_finite_stored(plan, source);
 		writer.write(index, source.tensor->file->data(*source.tensor->info));
 		return;
 	}
@@ -106,6 +130,7 @@ void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const Ex
 		inputs[s].resize(count);
 		const auto bytes = source.tensor->file->data(*source.tensor->info);
 		convert_to_f32(source.tensor->info->dtype, bytes.data(), inputs[s].data(), count);
+		if (!options.allow_nonfinite) check_finite(plan, source, inputs[s], 0);
 	}
 	if (job.rows) inputs = remap_rows(*job.rows, inputs, job.shape[1]);
 	for (const auto& values : inputs)
@@ -213,6 +238,7 @@ void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, SafetensorsW
 					const uint8_t* data = job.sources[s].tensor->file->data(info).data();
 					convert_to_f32(info.dtype, data + offset * dtype_size(info.dtype), wb.sources[s].data(), size);
 					wb.views[s] = {wb.sources[s].data(), size};
+					if (!options.allow_nonfinite) check_finite(plan, job.sources[s], wb.views[s], offset);
 				}
 				const Block block{.index = offset / kBlockElements, .offset = offset, .sources = wb.views};
 				if (pass >= 0) {

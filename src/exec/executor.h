@@ -17,8 +17,9 @@ struct ExecOptions {
 	unsigned threads = 1;
 	uint64_t memory_budget = 1ull << 30;
 	uint64_t max_shard_bytes = 5'000'000'000;
-	bool progress = false; // a progress line on stderr
-	bool verbose = false;  // print methods' notes on how they computed each tensor
+	bool progress = false;        // a progress line on stderr
+	bool verbose = false;         // print methods' notes on how they computed each tensor
+	bool allow_nonfinite = false; // merge NaN/Inf inputs instead of refusing them
 	// Distributed merges: this process writes only the shards shard_ranks() gives `rank` of
 	// `ranks` (and reads only their inputs); the shard index is then left to the caller.
 	unsigned rank = 0, ranks = 1;

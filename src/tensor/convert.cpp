@@ -1,7 +1,9 @@
 #include "tensor/convert.h"
 
+#include <algorithm>
 #include <bit>
 #include <cassert>
+#include <cmath>
 #include <cstring>
 
 namespace weld {
@@ -140,6 +142,58 @@ void convert_from_f32(DType dtype, const float* src, uint8_t* dst, size_t count)
 	default:
 		assert(false && "convert_from_f32: dtype is not arithmetic");
 	}
+}
+
+namespace {
+
+// Whether any of `count` words has every exponent bit set (NaN or ±Inf), as an OR over a
+// chunk so the loop vectorizes; the caller then looks for the exact index in that chunk.
+template <typename Word> bool chunk_has_nonfinite(const uint8_t* src, size_t count, Word exponent) {
+	bool any = false;
+	for (size_t i = 0; i < count; ++i) {
+		Word w;
+		std::memcpy(&w, src + i * sizeof(Word), sizeof(Word));
+		any |= (w & exponent) == exponent;
+	}
+	return any;
+}
+
+template <typename Word> size_t first_nonfinite_words(const uint8_t* src, size_t count, Word exponent) {
+	constexpr size_t kChunk = 4096;
+	for (size_t first = 0; first < count; first += kChunk) {
+		const size_t n = std::min(kChunk, count - first);
+		const uint8_t* chunk = src + first * sizeof(Word);
+		if (!chunk_has_nonfinite(chunk, n, exponent)) continue;
+		for (size_t i = 0; i < n; ++i)
+			if (chunk_has_nonfinite(chunk + i * sizeof(Word), 1, exponent)) return first + i;
+	}
+	return count;
+}
+
+} // namespace
+
+size_t first_nonfinite(const float* values, size_t count) {
+	return first_nonfinite_words<uint32_t>(reinterpret_cast<const uint8_t*>(values), count, 0x7f800000u);
+}
+
+size_t first_nonfinite(DType dtype, const uint8_t* src, size_t count) {
+	switch (dtype) {
+	case DType::F32:
+		return first_nonfinite_words<uint32_t>(src, count, 0x7f800000u);
+	case DType::F64:
+		return first_nonfinite_words<uint64_t>(src, count, 0x7ff0000000000000ull);
+	case DType::BF16:
+		return first_nonfinite_words<uint16_t>(src, count, 0x7f80u);
+	case DType::F16:
+		return first_nonfinite_words<uint16_t>(src, count, 0x7c00u);
+	default:
+		return count;
+	}
+}
+
+const char* nonfinite_name(float value) {
+	if (std::isnan(value)) return "NaN";
+	return value > 0 ? "+Inf" : "-Inf";
 }
 
 } // namespace weld

@@ -19,4 +19,11 @@ uint16_t f32_to_f16(float value);
 void convert_to_f32(DType dtype, const uint8_t* src, float* dst, size_t count);
 void convert_from_f32(DType dtype, const float* src, uint8_t* dst, size_t count);
 
+// Index of the first NaN or ±Inf among count values, or count when every one is finite.
+size_t first_nonfinite(const float* values, size_t count);
+// The same on stored values (src may be unaligned); count for non-float dtypes.
+size_t first_nonfinite(DType dtype, const uint8_t* src, size_t count);
+// "NaN", "+Inf" or "-Inf", for messages.
+const char* nonfinite_name(float value);
+
 } // namespace weld
