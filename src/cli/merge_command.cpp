@@ -3,6 +3,7 @@
 #include "cli/thread_count.h"
 #include "cli/torch_program.h"
 #include "exec/merge.h"
+#include "io/gguf_model.h"
 #include "io/output_folder.h"
 #include "methods/method.h"
 #include "plan/plan.h"
@@ -29,6 +30,7 @@ uint64_t default_memory_budget() {
 
 struct MergeArgs {
 	std::string recipe, out, memory_budget, shard_size = "5GB";
+	std::string format, gguf_type; // "" : safetensors, or gguf when out ends in .gguf
 	unsigned threads = std::max(1u, std::thread::hardware_concurrency());
 	uint64_t seed = 0;
 	bool force = false, dry_run = false, quiet = false, verbose = false, allow_nonfinite = false;
@@ -49,6 +51,11 @@ int merge(const MergeArgs& args, const Distributed& dist) {
 		options.force = args.force;
 		options.dry_run = args.dry_run;
 		options.seed = args.seed;
+		options.gguf = args.format == "gguf" || (args.format.empty() && args.out.ends_with(".gguf"));
+		if (!args.gguf_type.empty()) {
+			if (!options.gguf) throw Error("--gguf-type: only with --format gguf");
+			options.gguf_type = parse_gguf_type(args.gguf_type, "--gguf-type");
+		}
 		options.exec.threads = capped_thread_count(args.threads, "--threads", args.quiet || !dist.is_root());
 		options.exec.memory_budget =
 		    args.memory_budget.empty() ? default_memory_budget() : parse_size(args.memory_budget, "--memory-budget");
@@ -100,6 +107,8 @@ bool learns_from_data(const std::string& recipe_path) {
 
 std::vector<std::string> learned_merge_words(const MergeArgs& args) {
 	if (args.dry_run) throw Error("--dry-run: a method that learns from data has no plan before it has learned");
+	if (!args.format.empty() && args.format != "safetensors")
+		throw Error("--format: a method that learns from data writes safetensors only");
 	std::vector<std::string> w = {args.recipe, args.out,
 	                              "--threads", std::to_string(capped_thread_count(args.threads, "--threads", true)),
 	                              "--seed",    std::to_string(args.seed)};
@@ -136,6 +145,11 @@ std::function<int()> add_merge_command(CLI::App& app) {
 	cmd->add_option("recipe", args->recipe, "mergekit-style YAML recipe")->required();
 	cmd->add_option("out", args->out, "output folder (written whole, or not at all)")->required();
 	cmd->add_flag("--force", args->force, "replace the output folder if it exists");
+	cmd->add_option("--format", args->format,
+	                "safetensors (a model folder) or gguf (one llama.cpp file; default when OUT ends in .gguf)")
+	    ->check(CLI::IsMember({"safetensors", "gguf"}));
+	cmd->add_option("--gguf-type", args->gguf_type,
+	                "type of the GGUF weights: f32, f16, bf16 or q8_0 (default: the merge's output dtype)");
 	cmd->add_flag("--dry-run", args->dry_run,
 	              "validate the recipe and inputs, print each output tensor's sources and parameters, write nothing");
 	cmd->add_option("--threads", args->threads, "worker threads (default: all cores)")->check(CLI::PositiveNumber);

@@ -113,7 +113,7 @@ void check_finite_stored(const Plan& plan, const JobSource& source) {
 }
 
 // A whole-tensor job: float32 copies of every source, merged at once.
-void run_job(const Plan& plan, size_t index, SafetensorsWriter& writer, const ExecOptions& options) {
+void run_job(const Plan& plan, size_t index, TensorSink& writer, const ExecOptions& options) {
 	const TensorJob& job = plan.jobs[index];
 	if (job.is_plain_copy(*plan.method)) {
 		const auto& source = job.sources[0];
@@ -205,8 +205,8 @@ struct WorkerBuffers {
 // once, up front, and stay mapped through the passes; larger ones are released item by item as
 // read (and fault in again in the next pass), so memory stays within the budget plus a few
 // blocks per thread whatever the tensor size.
-void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, SafetensorsWriter& writer,
-                const ExecOptions& options, std::vector<WorkerBuffers>& buffers) {
+void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& writer, const ExecOptions& options,
+                std::vector<WorkerBuffers>& buffers) {
 	const TensorJob& job = plan.jobs[index];
 	const unsigned threads = std::max(1u, options.threads);
 	uint64_t input_bytes = 0;
@@ -290,7 +290,7 @@ uint64_t job_working_bytes(const TensorJob& job) {
 namespace {
 
 // Whole-tensor jobs, one per thread, admitted while their buffers fit the memory budget.
-void run_whole_tensor_jobs(const Plan& plan, const std::vector<size_t>& jobs, SafetensorsWriter& writer,
+void run_whole_tensor_jobs(const Plan& plan, const std::vector<size_t>& jobs, TensorSink& writer,
                            const ExecOptions& options, Progress& progress) {
 	MemoryBudget budget(options.memory_budget);
 	parallel_for(jobs.size(), std::max(1u, options.threads), [&](uint64_t k, unsigned) {
@@ -318,6 +318,10 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 	for (const auto& job : plan.jobs)
 		specs.push_back({job.name, job.out_dtype, job.shape});
 	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes, {options.rank, options.ranks});
+	execute_plan(plan, writer, options);
+}
+
+void execute_plan(const Plan& plan, TensorSink& writer, const ExecOptions& options) {
 	const unsigned threads = std::max(1u, options.threads);
 	std::vector<size_t> own_jobs; // all of them, except in a distributed merge
 	for (size_t i = 0; i < plan.jobs.size(); i++)

@@ -6,6 +6,7 @@
 // side while their buffers fit the budget (a job larger than the budget runs alone).
 #pragma once
 
+#include "io/tensor_sink.h"
 #include "plan/plan.h"
 
 #include <cstdint>
@@ -35,5 +36,8 @@ void request_cancel();
 // Writes the weights of `plan` into dir (which must exist). Throws weld::Error on failure;
 // the first failure stops the other threads.
 void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options);
+// The same into any sink (a GGUF file): tensor i of the plan is the sink's tensor i, written in
+// the job's out_dtype.
+void execute_plan(const Plan& plan, TensorSink& sink, const ExecOptions& options);
 
 } // namespace weld

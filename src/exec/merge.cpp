@@ -1,5 +1,6 @@
 #include "exec/merge.h"
 
+#include "io/gguf_model.h"
 #include "io/output_folder.h"
 #include "io/safetensors.h"
 #include "io/tokenizer_files.h"
@@ -68,6 +69,29 @@ fs::path lora_scratch_root(const fs::path& out_dir) {
 	return fs::is_directory(parent, ec) ? parent : fs::path();
 }
 
+// The merge written as one GGUF file: the folder's other files (config.json, tokenizer) are
+// written first into a temporary folder beside the output, and the GGUF metadata is read from
+// them; the file is moved into place once complete, and the folder removed.
+void write_gguf(Plan& plan, const MergeOptions& options, const ExecOptions& exec) {
+	check_gguf_output(options.out_dir, options.force);
+	OutputFolder folder(options.out_dir, options.force);
+	write_other_files(plan, folder.path());
+	DType out_dtype = DType::F32;
+	for (const auto& job : plan.jobs)
+		if (job.shape.size() == 2) out_dtype = job.out_dtype;
+	const GgmlType type = options.gguf_type.value_or(default_gguf_type(out_dtype));
+	const bool same_type = (type == GgmlType::F32 && out_dtype == DType::F32) ||
+	                       (type == GgmlType::F16 && out_dtype == DType::F16) ||
+	                       (type == GgmlType::BF16 && out_dtype == DType::BF16);
+	if (!same_type)
+		for (auto& job : plan.jobs) // merged in float32 and rounded once, to the GGUF type
+			job.out_dtype = DType::F32;
+	const auto file = folder.path() / "model.gguf";
+	GgufModelWriter writer(file, output_specs(plan), folder.path(), type, options.out_dir.stem().string());
+	execute_plan(plan, writer, exec);
+	publish_file(file, options.out_dir);
+}
+
 } // namespace
 
 MergeSummary run_merge(const MergeOptions& options) {
@@ -86,6 +110,8 @@ MergeSummary run_merge(const MergeOptions& options) {
 	std::vector<OutputTensorSpec> specs;
 	OutputLayout layout;
 	dist.agree([&] {
+		if (options.gguf && dist.size() > 1)
+			throw Error("--format gguf: one GGUF file is written by one process, not under mpirun");
 		const auto text = options.recipe_text.empty() ? read_text_file(options.recipe_path) : options.recipe_text;
 		plan = build_plan(parse_recipe(text, label), options.seed, options.computed_statistics,
 		                  lora_scratch_root(options.out_dir));
@@ -99,6 +125,14 @@ MergeSummary run_merge(const MergeOptions& options) {
 	summary.rank = dist.rank();
 	if (options.dry_run) {
 		summary.plan_text = describe_plan(plan);
+		return summary;
+	}
+	if (options.gguf) {
+		write_gguf(plan, options, exec);
+		summary.shards = 1;
+		summary.bytes_written = fs::file_size(options.out_dir);
+		summary.ranks.push_back({plan.jobs.size(), plan.input_bytes(), summary.bytes_written});
+		summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 		return summary;
 	}
 

@@ -11,9 +11,11 @@
 
 #include "exec/distributed.h"
 #include "exec/executor.h"
+#include "io/gguf.h"
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 namespace weld {
@@ -25,6 +27,10 @@ struct MergeOptions {
 	std::filesystem::path out_dir;
 	bool force = false;   // replace an existing output
 	bool dry_run = false; // print the plan, write nothing
+	// Write one GGUF file at out_dir instead of a folder (io/gguf_model.h); gguf_type: the
+	// weights' type (default: that of the merge's output dtype). A single process only.
+	bool gguf = false;
+	std::optional<GgmlType> gguf_type;
 	uint64_t seed = 0;
 	ExecOptions exec;                         // rank and ranks come from `distributed`
 	const Distributed* distributed = nullptr; // null: a single process

@@ -1,4 +1,5 @@
 #include "plan/plan.h"
+#include "io/gguf_model.h"
 #include "lora/reference.h"
 
 #include "plan/modules.h"
@@ -123,11 +124,18 @@ size_t Planner::open_model(const std::string& reference) {
 		if (plan_.models[i].reference == reference) return i;
 	if (auto lora = split_lora_reference(reference)) {
 		auto applied = std::make_shared<LoraAppliedModel>(*lora, lora_scratch_);
-		plan_.models.push_back(PlannedModel{reference, applied, std::make_unique<ModelFolder>(applied->dir())});
+		plan_.models.push_back(
+		    PlannedModel{reference, applied, std::make_unique<ModelFolder>(applied->dir()), nullptr});
+		return plan_.models.size() - 1;
+	}
+	if (is_gguf_reference(reference)) {
+		auto converted = std::make_shared<GgufConvertedModel>(reference, lora_scratch_);
+		plan_.models.push_back(
+		    PlannedModel{reference, nullptr, std::make_unique<ModelFolder>(converted->dir()), converted});
 		return plan_.models.size() - 1;
 	}
 	auto dir = resolve_model_reference(reference);
-	plan_.models.push_back(PlannedModel{reference, nullptr, std::make_unique<ModelFolder>(dir)});
+	plan_.models.push_back(PlannedModel{reference, nullptr, std::make_unique<ModelFolder>(dir), nullptr});
 	return plan_.models.size() - 1;
 }
 

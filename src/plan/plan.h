@@ -17,13 +17,16 @@
 
 namespace weld {
 
-class LoraAppliedModel; // lora/reference.h
+class LoraAppliedModel;   // lora/reference.h
+class GgufConvertedModel; // io/gguf_model.h
 
 struct PlannedModel {
 	std::string reference; // as written in the recipe
 	// For a model+lora reference: the model with the adapter applied, which `folder` reads.
 	std::shared_ptr<LoraAppliedModel> applied_lora;
 	std::unique_ptr<ModelFolder> folder;
+	// For a .gguf file: the model as a Hugging Face folder, which `folder` reads.
+	std::shared_ptr<GgufConvertedModel> converted_gguf;
 };
 
 struct JobSource {
@@ -75,8 +78,8 @@ struct Plan {
 using ComputedStatistics = std::map<std::string, std::string>;
 
 // Throws weld::Error naming the recipe key, model or tensor at fault. Models referenced as
-// model+lora are written with their adapter applied under lora_scratch (default: the system's
-// temporary folder) and removed when the plan goes away.
+// model+lora are written with their adapter applied (and .gguf files as folders) under lora_scratch (default: the
+// system's temporary folder) and removed when the plan goes away.
 Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed = {},
                 const std::filesystem::path& lora_scratch = {});
 
