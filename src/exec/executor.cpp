@@ -269,6 +269,22 @@ void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& 
 		source.tensor->file->release(*source.tensor->info);
 }
 
+// The safetensors shards as a TensorSink.
+class SafetensorsSink : public TensorSink {
+public:
+	explicit SafetensorsSink(SafetensorsWriter& writer) : writer_(writer) {}
+	bool owns(size_t tensor_index) const override { return writer_.owns(tensor_index); }
+	void write(size_t tensor_index, std::span<const uint8_t> bytes) override { writer_.write(tensor_index, bytes); }
+	void write_range(size_t tensor_index, uint64_t byte_offset, std::span<const uint8_t> bytes,
+	                 bool whole = false) override {
+		writer_.write_range(tensor_index, byte_offset, bytes, whole);
+	}
+	void finish() override { writer_.finish(); }
+
+private:
+	SafetensorsWriter& writer_;
+};
+
 } // namespace
 
 void request_cancel() {
@@ -318,7 +334,8 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 	for (const auto& job : plan.jobs)
 		specs.push_back({job.name, job.out_dtype, job.shape});
 	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes, {options.rank, options.ranks});
-	execute_plan(plan, writer, options);
+	SafetensorsSink sink(writer);
+	execute_plan(plan, sink, options);
 }
 
 void execute_plan(const Plan& plan, TensorSink& writer, const ExecOptions& options) {

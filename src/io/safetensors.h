@@ -16,7 +16,6 @@
 #pragma once
 
 #include "io/dtype.h"
-#include "io/tensor_sink.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -148,25 +147,24 @@ struct WriterPart {
 // once, in any order; the bytes on disk depend only on the data, never on the order. Given a
 // part of several, it creates and writes only that part's shards; the shard index is then
 // written once, by whoever knows that all parts are finished (write_shard_index).
-class SafetensorsWriter : public TensorSink {
+class SafetensorsWriter {
 public:
 	SafetensorsWriter(std::filesystem::path dir, std::vector<OutputTensorSpec> tensors, uint64_t max_shard_bytes,
 	                  WriterPart part = {}, const SafetensorsMetadata& metadata = {});
-	~SafetensorsWriter() override;
+	~SafetensorsWriter();
 	SafetensorsWriter(const SafetensorsWriter&) = delete;
 	SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
 
 	const OutputLayout& layout() const { return layout_; }
 	// Whether the tensor's shard belongs to this writer's part (always, for a whole output).
-	bool owns(size_t tensor_index) const override;
-	void write(size_t tensor_index, std::span<const uint8_t> bytes) override;
+	bool owns(size_t tensor_index) const;
+	void write(size_t tensor_index, std::span<const uint8_t> bytes);
 	// Writes part of a tensor; the parts of one tensor must not overlap. whole: bytes is all of it.
-	void write_range(size_t tensor_index, uint64_t byte_offset, std::span<const uint8_t> bytes,
-	                 bool whole = false) override;
+	void write_range(size_t tensor_index, uint64_t byte_offset, std::span<const uint8_t> bytes, bool whole = false);
 	// Closes this part's shards (checking each of their tensors was written). For a whole
 	// output it then writes the shard index (write_shard_index); for one part of several it
 	// does not, as the other parts may still be writing.
-	void finish() override;
+	void finish();
 
 private:
 	std::filesystem::path dir_;
