@@ -84,7 +84,7 @@ TEST(GgufClient, LlamaCppMatchesWeldsForwardPass) {
 	test::TempDir tmp;
 	test::write_gguf_ready_model(tmp / "hf");
 	const auto expected = weld_logprobs(tmp / "hf");
-	for (const auto& [type, tolerance] : {std::pair{"f32", 1e-3}, std::pair{"f16", 2e-2}, std::pair{"q8_0", 1e-1}}) {
+	for (const auto& [type, tolerance] : {std::pair{"f32", 1e-3}, std::pair{"f16", 2e-2}, std::pair{"q8_0", 0.5}}) {
 		const auto gguf = tmp / (std::string("m-") + type + ".gguf");
 		std::string err;
 		ASSERT_EQ(test::run_weld("convert '" + (tmp / "hf").string() + "' '" + gguf.string() + "' --gguf-type " + type +

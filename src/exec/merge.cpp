@@ -87,7 +87,8 @@ void write_gguf(Plan& plan, const MergeOptions& options, const ExecOptions& exec
 		for (auto& job : plan.jobs) // merged in float32 and rounded once, to the GGUF type
 			job.out_dtype = DType::F32;
 	const auto file = folder.path() / "model.gguf";
-	GgufModelWriter writer(file, output_specs(plan), folder.path(), type, options.out_dir.stem().string());
+	GgufModelWriter writer(file, output_specs(plan), folder.path(), type, options.out_dir.stem().string(),
+	                       options.out_dir.string());
 	execute_plan(plan, writer, exec);
 	publish_file(file, options.out_dir);
 }

@@ -63,9 +63,14 @@ GgmlType parse_gguf_type(const std::string& name, const std::string& option) {
 // --- GgufModelWriter ---
 
 GgufModelWriter::GgufModelWriter(const fs::path& path, const std::vector<OutputTensorSpec>& tensors,
-                                 const fs::path& dir, GgmlType type, const std::string& name)
-    : label_(dir.string()) {
+                                 const fs::path& dir, GgmlType type, const std::string& name, const std::string& label)
+    : label_(label) {
+	if (!fs::exists(dir / "config.json"))
+		throw Error(fmt::format("{}: GGUF needs the model's config.json, and there is none", label_));
 	const auto config = llama_config_from_json(read_text_file(dir / "config.json"), label_);
+	if (!fs::exists(dir / "tokenizer.json"))
+		throw Error(fmt::format(
+		    "{}: GGUF holds the vocabulary, so weld needs the model's tokenizer.json, and there is none", label_));
 	std::vector<GgufTensorSpec> specs;
 	uint64_t vocab_rows = 0;
 	for (const auto& t : tensors) {
@@ -167,7 +172,7 @@ void convert_folder_to_gguf(const fs::path& model_dir, const fs::path& out, std:
 	}
 	OutputFolder folder(out, force); // a temporary folder beside out, gone when this returns
 	const auto file = folder.path() / "model.gguf";
-	GgufModelWriter writer(file, specs, model_dir, *type, fs::path(out).stem().string());
+	GgufModelWriter writer(file, specs, model_dir, *type, fs::path(out).stem().string(), out.string());
 	for (size_t i = 0; i < model.tensors().size(); i++) {
 		const auto& t = model.tensors()[i];
 		writer.write(i, t.file->data(*t.info));

@@ -28,8 +28,9 @@ GgmlType parse_gguf_type(const std::string& name, const std::string& option);
 // metadata comes from dir's config.json and tokenizer files.
 class GgufModelWriter : public TensorSink {
 public:
+	// label names the output in errors (path may be a temporary name).
 	GgufModelWriter(const std::filesystem::path& path, const std::vector<OutputTensorSpec>& tensors,
-	                const std::filesystem::path& dir, GgmlType type, const std::string& name);
+	                const std::filesystem::path& dir, GgmlType type, const std::string& name, const std::string& label);
 	~GgufModelWriter() override;
 
 	bool owns(size_t) const override { return true; }

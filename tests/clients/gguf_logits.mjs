@@ -9,7 +9,14 @@ const [modelPath, tokensJson] = process.argv.slice(2);
 const tokens = JSON.parse(tokensJson);
 const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
 const model = await llama.loadModel({modelPath});
-const context = await model.createContext({contextSize: Math.max(32, tokens.length), batchSize: tokens.length});
+// A float32 KV cache and no flash attention: the same arithmetic as a plain float32 forward pass.
+const context = await model.createContext({
+	contextSize: Math.max(32, tokens.length),
+	batchSize: tokens.length,
+	flashAttention: false,
+	experimentalKvCacheKeyType: "F32",
+	experimentalKvCacheValueType: "F32"
+});
 const sequence = context.getSequence();
 const results = await sequence.controlledEvaluate(tokens.map((t) => [t, {generateNext: {probabilities: true}}]));
 const rows = results.map((r) => {
