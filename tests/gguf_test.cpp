@@ -121,7 +121,7 @@ INSTANTIATE_TEST_SUITE_P(
         Lie{"TooManyDims", [](GgufBytes& g) { g.set<uint32_t>("n_dims", 9); }, "dimensions (1 to 4"},
         Lie{"Magic", [](GgufBytes& g) { g.set<uint32_t>("magic", 0x12345678); }, "not a GGUF file"},
         Lie{"Truncated", [](GgufBytes& g) { g.bytes.resize(g.at.at("dim1")); }, "the file ends"}),
-    [](const testing::TestParamInfo<Lie>& info) { return std::string(info.param.name); });
+    [](const testing::TestParamInfo<Lie>& param_info) { return std::string(param_info.param.name); });
 
 TEST(GgufReader, RefusesTypesItCannotConvertByName) {
 	// q4_0: 32 values in 18 bytes; ggml knows it, weld does not convert it.
@@ -163,7 +163,10 @@ uint64_t expected_gguf_row(uint64_t r, uint64_t head_dim) {
 }
 
 std::string q(const fs::path& p) {
-	return "'" + p.string() + "'";
+	std::string quoted = "'"; // built step by step: GCC 12 warns (-Wrestrict) on "'" + string + "'"
+	quoted += p.string();
+	quoted += '\'';
+	return quoted;
 }
 
 TEST(GgufRoundTrip, FolderToGgufAndBackIsExactInFloat32) {
@@ -250,7 +253,9 @@ TEST(GgufRoundTrip, Q8_0KeepsNormsAndStaysWithinHalfAStep) {
 			float amax = 0;
 			for (size_t j = b; j < std::min(values.size(), b + 32); j++)
 				amax = std::max(amax, std::fabs(t.values[j]));
-			const double tolerance = t.shape.size() == 1 ? 0.0 : amax / 127.0 * 0.5 * 1.01 + 1e-7;
+			// Half a step d = amax/127, plus the f16 rounding of d (relative 2^-11) times |q| <= 127.
+			const double step = amax / 127.0;
+			const double tolerance = t.shape.size() == 1 ? 0.0 : step * (0.5 + 127.0 / 2048.0) + 1e-7;
 			for (size_t j = b; j < std::min(values.size(), b + 32); j++)
 				ASSERT_NEAR(values[j], t.values[j], tolerance) << t.name << " " << j;
 		}

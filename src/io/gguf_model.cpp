@@ -234,6 +234,10 @@ void write_hf_tensor(const GgufFile& file, const SourceTensor& s, size_t index, 
 void write_hf_folder_from_gguf(const fs::path& gguf, const fs::path& dir) {
 	const GgufFile file(gguf);
 	const std::string label = gguf.string();
+	for (const auto& info : file.header().tensors) // the types first: a quantized file is refused as that
+		if (info.type != 0 && info.type != 1 && info.type != 8 && info.type != 30)
+			throw Error(fmt::format("{}: tensor {} is {}; weld reads f32, f16, bf16 and q8_0 tensors", label,
+			                        quote_for_message(info.name), ggml_type_name(info.type)));
 	const auto config = llama_config_from_gguf(file.header(), label);
 	std::vector<SourceTensor> sources;
 	std::vector<OutputTensorSpec> specs;
@@ -243,9 +247,6 @@ void write_hf_folder_from_gguf(const fs::path& gguf, const fs::path& dir) {
 	for (const auto& info : file.header().tensors) {
 		const auto name = hf_tensor_name(info.name, label);
 		const auto type = static_cast<GgmlType>(info.type);
-		if (info.type != 0 && info.type != 1 && info.type != 8 && info.type != 30)
-			throw Error(fmt::format("{}: tensor {} is {}; weld reads f32, f16, bf16 and q8_0 tensors", label,
-			                        quote_for_message(info.name), ggml_type_name(info.type)));
 		if (info.dims.size() > 2)
 			throw Error(
 			    fmt::format("{}: tensor {} has {} dimensions", label, quote_for_message(info.name), info.dims.size()));
