@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <array>
 #include <map>
+#include <queue>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 #include <variant>
@@ -639,6 +641,7 @@ struct Tokenizer::Impl {
 	int64_t id_of(const std::string& token, const std::string& where) const;
 
 	void bpe_word(const std::string& word, std::vector<int64_t>& out) const;
+	void merge_symbols(std::vector<int64_t>& symbols) const;
 	void encode_section(const std::string& text, size_t section, std::vector<int64_t>& out) const;
 };
 
@@ -797,8 +800,8 @@ void Tokenizer::Impl::apply_config(const json& config) {
 	}
 }
 
-// Characters to ids (unknown ones as bytes or unk), then the merges of lowest rank first,
-// leftmost first among equals, as the tokenizers library's BPE::merge_all.
+// Characters to ids (unknown ones as bytes or unk), then the merges, as the tokenizers library's
+// BPE::merge_all.
 void Tokenizer::Impl::bpe_word(const std::string& word, std::vector<int64_t>& out) const {
 	if (ignore_merges)
 		if (const auto it = vocab.find(word); it != vocab.end()) {
@@ -824,19 +827,44 @@ void Tokenizer::Impl::bpe_word(const std::string& word, std::vector<int64_t>& ou
 			if (!(fuse_unk && !symbols.empty() && symbols.back() == *unk)) symbols.push_back(*unk);
 		}
 	}
-	while (symbols.size() > 1) {
-		size_t best = 0;
-		std::pair<int64_t, int64_t> best_merge{-1, -1};
-		for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-			const auto it = merges.find(pair_key(symbols[i], symbols[i + 1]));
-			if (it != merges.end() && (best_merge.first < 0 || it->second.first < best_merge.first))
-				best = i, best_merge = it->second;
-		}
-		if (best_merge.first < 0) break;
-		symbols[best] = best_merge.second;
-		symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best) + 1);
-	}
+	merge_symbols(symbols);
 	out.insert(out.end(), symbols.begin(), symbols.end());
+}
+
+// The merges of lowest rank first, the leftmost first among equals, in O(n log n): a heap of
+// candidate pairs over a linked list of symbols, stale candidates skipped when popped.
+void Tokenizer::Impl::merge_symbols(std::vector<int64_t>& symbols) const {
+	const size_t n = symbols.size();
+	if (n < 2) return;
+	std::vector<size_t> next(n), prev(n);
+	std::vector<bool> alive(n, true);
+	for (size_t i = 0; i < n; ++i)
+		next[i] = i + 1, prev[i] = i - 1;                            // prev[0] wraps to SIZE_MAX: none
+	using Candidate = std::tuple<int64_t, size_t, int64_t, int64_t>; // rank, left position, left id, right id
+	std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
+	const auto offer = [&](size_t left) {
+		if (left >= n || next[left] >= n) return;
+		const auto it = merges.find(pair_key(symbols[left], symbols[next[left]]));
+		if (it != merges.end()) heap.emplace(it->second.first, left, symbols[left], symbols[next[left]]);
+	};
+	for (size_t i = 0; i + 1 < n; ++i)
+		offer(i);
+	while (!heap.empty()) {
+		const auto [rank, left, left_id, right_id] = heap.top();
+		heap.pop();
+		const size_t right = next[left];
+		if (!alive[left] || right >= n || symbols[left] != left_id || symbols[right] != right_id) continue;
+		symbols[left] = merges.at(pair_key(left_id, right_id)).second;
+		alive[right] = false;
+		next[left] = next[right];
+		if (next[right] < n) prev[next[right]] = left;
+		offer(prev[left]);
+		offer(left);
+	}
+	std::vector<int64_t> kept;
+	for (size_t i = 0; i < n; i = next[i])
+		kept.push_back(symbols[i]);
+	symbols = std::move(kept);
 }
 
 // A section of text between added tokens: normalized, split on normalized added tokens,
