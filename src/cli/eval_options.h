@@ -20,12 +20,14 @@ struct EvalArgs {
 	std::string dtype = "float32";
 	int threads = 0;
 	bool json = false;
+	bool chat = false;
 };
 
 inline void add_eval_options(CLI::App& cmd, EvalArgs& args) {
 	cmd.add_option("model", args.model, "model folder or Hugging Face repo id in the local cache")->required();
 	auto* data = cmd.add_option("--data", args.data,
-	                            "text file (one sequence per line, byte tokens), or .jsonl of {\"input_ids\": [...]} "
+	                            "text file (one sequence per line; the model's tokenizer.json, else byte tokens), or "
+	                            ".jsonl of {\"input_ids\": [...]} "
 	                            "or {\"prompt\": ..., \"answer\": ...}");
 	auto* tasks =
 	    cmd.add_option("--tasks", args.tasks,
@@ -37,6 +39,9 @@ inline void add_eval_options(CLI::App& cmd, EvalArgs& args) {
 	cmd.add_option("--task-seed", args.task_seed, "with --tasks: seed of the held-out prompts")->capture_default_str();
 	cmd.add_option("--dtype", args.dtype, "computation type: float32 or bfloat16")->capture_default_str();
 	cmd.add_option("--threads", args.threads, "CPU threads (default: all cores)");
+	cmd.add_flag("--chat", args.chat,
+	             "prompt/answer files: each prompt as a user message through the model's chat template "
+	             "(add_generation_prompt) before tokenizing");
 	cmd.add_flag("--json", args.json,
 	             "print one JSON object: {\"perplexity\", \"tokens\"}, {\"accuracy\", \"n\"}, or with --tasks "
 	             "{\"accuracy\", \"n\", \"tasks\": {name: {\"accuracy\", \"n\"}}}");
@@ -57,6 +62,7 @@ inline std::vector<std::string> eval_words(const EvalArgs& args) {
 		                   std::to_string(args.task_seed)});
 	}
 	if (args.json) w.push_back("--json");
+	if (args.chat) w.push_back("--chat");
 	return w;
 }
 

@@ -29,7 +29,7 @@ inline void add_train_options(CLI::App& cmd, TrainArgs& a) {
 	                  ->delimiter(',');
 	auto* data = cmd.add_option("--data", a.data,
 	                            "data file: .jsonl of {\"prompt\", \"answer\"} (loss on the answer) or "
-	                            "{\"input_ids\"}, or text lines (byte tokens)");
+	                            "{\"input_ids\"}, or text lines (the model's tokenizer.json, else byte tokens)");
 	tasks->excludes(data);
 	data->excludes(tasks);
 	cmd.add_flag("--easy-only", a.job.easy_only,

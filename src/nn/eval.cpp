@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr size_t kExtraAnswerBytes = 8; // generated beyond the answer's length, to see it end
+constexpr size_t kExtraAnswerTokens = 8; // generated beyond the answer's length, to see it end
 
 std::string show(const fs::path& path) {
 	return escape_for_message(path.string(), 400);
@@ -34,6 +34,7 @@ at::Tensor as_tensor(const std::vector<int64_t>& ids) {
 	return at::tensor(at::ArrayRef<int64_t>(ids), at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
 }
 
+// weld's procedural tasks are written for byte tokens.
 ByteTokenizer byte_tokenizer(const fs::path& model_dir, const LlamaConfig& config) {
 	if (const auto own = own_tokenizer_file(model_dir); !own.empty())
 		throw Error(fmt::format("{}: the model has its own tokenizer ({}), which weld eval cannot run; give token "
@@ -91,16 +92,13 @@ EvalReport perplexity(Scorer& scorer, const std::vector<std::vector<int64_t>>& s
 	return report;
 }
 
-// Each line's bytes, cut into pieces that fit the model's positions.
-std::vector<std::vector<int64_t>> text_sequences(const fs::path& data, const ByteTokenizer& tokenizer,
+// Each line's tokens, cut into pieces that fit the model's positions.
+std::vector<std::vector<int64_t>> text_sequences(const fs::path& data, const ModelTokenizer& tokenizer,
                                                  int64_t max_positions) {
-	const size_t room =
-	    max_positions > 0 ? static_cast<size_t>(max_positions) - (tokenizer.has_specials() ? 1 : 0) : SIZE_MAX;
-	if (room == 0) throw Error("max_position_embeddings leaves no room for text");
 	std::vector<std::vector<int64_t>> out;
 	for (const auto& line : read_text_lines(data))
-		for (size_t begin = 0; begin < line.size(); begin += room)
-			out.push_back(tokenizer.encode(std::string_view(line).substr(begin, room)));
+		for (auto& piece : tokenizer.encode_line(line, max_positions))
+			out.push_back(std::move(piece));
 	return out;
 }
 
@@ -110,30 +108,38 @@ std::string_view strip(std::string_view s) {
 	return s.substr(first, s.find_last_not_of(" \t\r\n") - first + 1);
 }
 
-// The greedy continuation of a prompt (see eval.h for when it stops).
-std::string continue_greedily(const LlamaModel& model, const ByteTokenizer& tokenizer, const std::string& prompt,
-                              size_t max_bytes) {
-	auto ids = tokenizer.encode(prompt);
+// The greedy continuation of a prompt's ids (see eval.h for when it stops): the prompt in one
+// forward pass, then one position per generated token from the KV cache.
+std::string continue_greedily(const LlamaModel& model, const ModelTokenizer& tokenizer, const std::vector<int64_t>& ids,
+                              size_t max_tokens) {
 	const auto max_positions = static_cast<size_t>(model.config().max_position_embeddings);
+	const auto fits = [&](size_t length) { return max_positions == 0 || length < max_positions; };
+	if (ids.empty() || max_tokens == 0 || !fits(ids.size())) return "";
+	LlamaModel::KvCache cache;
+	auto logits = model.forward_cached(as_tensor(ids), cache);
 	std::vector<int64_t> generated;
-	while (generated.size() < max_bytes && (max_positions == 0 || ids.size() < max_positions) && !ids.empty()) {
-		const auto logits = model.forward(as_tensor(ids));
+	while (true) {
 		const int64_t next = logits[0][-1].argmax().item<int64_t>();
-		if ((tokenizer.has_specials() && next == ByteTokenizer::kEos) || next == '\n') break;
-		ids.push_back(next);
+		if (tokenizer.is_eos(next)) break;
 		generated.push_back(next);
+		if (tokenizer.decode({next}).find('\n') != std::string::npos) break;
+		if (generated.size() >= max_tokens || !fits(ids.size() + generated.size())) break;
+		logits = model.forward_cached(as_tensor({next}), cache);
 	}
-	return tokenizer.decode(generated);
+	const auto text = tokenizer.decode(generated);
+	return text.substr(0, text.find('\n'));
 }
 
-EvalReport accuracy(Scorer& scorer, const ByteTokenizer& tokenizer, const std::vector<PromptAnswer>& tasks,
+EvalReport accuracy(Scorer& scorer, const ModelTokenizer& tokenizer, bool chat, const std::vector<PromptAnswer>& tasks,
                     const fs::path& data) {
 	if (tasks.empty()) throw Error(fmt::format("{}: no prompt/answer records", show(data)));
 	EvalReport report;
 	report.kind = EvalReport::Kind::Accuracy;
 	for (const auto& task : tasks) {
-		const auto& model = scorer.for_ids(scorer.routed() ? tokenizer.encode(task.prompt) : std::vector<int64_t>{});
-		const auto answer = continue_greedily(model, tokenizer, task.prompt, task.answer.size() + kExtraAnswerBytes);
+		const auto prompt = tokenizer.encode_prompt(task.prompt, chat);
+		const auto& model = scorer.for_ids(scorer.routed() ? prompt : std::vector<int64_t>{});
+		const size_t budget = tokenizer.encode_plain(task.answer).size() + kExtraAnswerTokens;
+		const auto answer = continue_greedily(model, tokenizer, prompt, budget);
 		if (strip(answer) == strip(task.answer)) ++report.correct;
 		++report.n;
 	}
@@ -217,15 +223,18 @@ EvalReport evaluate(const fs::path& model_dir, const fs::path& data, const EvalO
 	Scorer scorer(model_dir, dtype);
 	const at::NoGradGuard no_grad;
 	const auto& config = scorer.config();
+	if (options.chat && kind != DataKind::PromptAnswer)
+		throw Error(fmt::format("{}: --chat applies to prompt/answer files", show(data)));
 	switch (kind) {
 	case DataKind::TokenIds:
 		return perplexity(scorer, read_token_id_lines(data, config.vocab_size), data);
 	case DataKind::Text: {
-		const auto tokenizer = byte_tokenizer(model_dir, config);
+		const ModelTokenizer tokenizer(model_dir, config.vocab_size);
 		return perplexity(scorer, text_sequences(data, tokenizer, config.max_position_embeddings), data);
 	}
 	case DataKind::PromptAnswer:
-		return accuracy(scorer, byte_tokenizer(model_dir, config), read_prompt_answer_lines(data), data);
+		return accuracy(scorer, ModelTokenizer(model_dir, config.vocab_size), options.chat,
+		                read_prompt_answer_lines(data), data);
 	}
 	return {};
 }

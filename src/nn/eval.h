@@ -4,16 +4,20 @@
 // Data files:
 //   - `.jsonl` with {"input_ids": [...]} per line: one sequence per line, as given.
 //   - `.jsonl` with {"prompt": "...", "answer": "..."} per line: accuracy (see below).
-//   - anything else is UTF-8 text: each non-empty line is one sequence of byte tokens (after
-//     BOS when the vocabulary has one); a line longer than max_position_embeddings is cut into
-//     pieces that fit, each scored as its own sequence.
+//   - anything else is UTF-8 text: each non-empty line is one sequence, tokenized by the model's
+//     own tokenizer.json (src/text/tokenizer.h: BOS/EOS as its files say) where the folder has
+//     one, else as byte tokens (after BOS when the vocabulary has one). A line longer than
+//     max_position_embeddings is cut into pieces that fit, each scored as its own sequence.
 // Perplexity is exp of the mean negative log-likelihood of every token after the first of each
-// sequence, given the ones before it. Text and prompts need weld's byte tokenizer: a folder with
-// a tokenizer of its own (tokenizer.json, ...) takes token ids only.
+// sequence, given the ones before it. A folder whose tokenizer is not a tokenizer.json
+// (tokenizer.model, vocab.json, *.tiktoken) takes token ids only.
 //
-// Accuracy: the prompt's bytes are continued greedily (the most likely token each step) until
-// EOS, a newline, or len(answer) + 8 bytes; a record is correct when that continuation equals
-// the answer exactly once leading and trailing whitespace is stripped from both.
+// Accuracy: the prompt's tokens (with chat, the prompt as one user message rendered through the
+// model's chat template with add_generation_prompt, tokenized without added special tokens) are
+// continued greedily (the most likely token each step, one position per step from the KV cache)
+// until EOS, a token that holds a newline, or as many tokens as the answer has plus 8; a record
+// is correct when that continuation (up to any newline) equals the answer exactly once leading
+// and trailing whitespace is stripped from both.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +30,7 @@ namespace weld::nn {
 struct EvalOptions {
 	std::string dtype = "float32"; // or "bfloat16"
 	int threads = 0;               // 0: libtorch's default (all cores)
+	bool chat = false;             // prompts through the model's chat template
 };
 
 struct EvalReport {

@@ -415,30 +415,34 @@ at::Tensor rotate_half(const at::Tensor& x) {
 	return at::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);
 }
 
-// cos and sin [seq, head_dim] of transformers' LlamaRotaryEmbedding, computed in float32
-// (float64 for a float64 model) and cast to the model's dtype.
-std::pair<at::Tensor, at::Tensor> rotary(int64_t seq, int64_t head_dim, double theta, at::ScalarType dtype) {
+// cos and sin [seq, head_dim] of transformers' LlamaRotaryEmbedding for positions first..first+seq-1,
+// computed in float32 (float64 for a float64 model) and cast to the model's dtype.
+std::pair<at::Tensor, at::Tensor> rotary(int64_t first, int64_t seq, int64_t head_dim, double theta,
+                                         at::ScalarType dtype) {
 	const auto opts = at::TensorOptions().dtype(wide(dtype));
 	const auto exponents = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(wide(dtype)) /
 	                       static_cast<double>(head_dim);
 	const auto inv_freq = 1.0 / at::pow(theta, exponents);
-	const auto freqs = at::outer(at::arange(seq, opts), inv_freq);
+	const auto freqs = at::outer(at::arange(first, first + seq, opts), inv_freq);
 	const auto emb = at::cat({freqs, freqs}, -1);
 	return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
-// Additive mask [seq, seq]: 0 where key j may be seen from query i (j <= i, and i - j < window).
-at::Tensor causal_mask(int64_t seq, std::optional<int64_t> window, at::ScalarType dtype) {
+// Additive mask [seq, first + seq] for queries at positions first..first+seq-1 over keys at
+// 0..first+seq-1: 0 where key j may be seen from query position p (j <= p, and p - j < window).
+at::Tensor causal_mask(int64_t first, int64_t seq, std::optional<int64_t> window, at::ScalarType dtype) {
 	const double inf = std::numeric_limits<double>::infinity();
-	auto mask = at::full({seq, seq}, -inf, at::TensorOptions().dtype(wide(dtype))).triu(1);
-	if (window && *window < seq) mask = mask + at::full({seq, seq}, -inf, mask.options()).tril(-*window);
+	const int64_t keys = first + seq;
+	auto mask = at::full({seq, keys}, -inf, at::TensorOptions().dtype(wide(dtype))).triu(first + 1);
+	if (window && *window < keys) mask = mask + at::full({seq, keys}, -inf, mask.options()).tril(first - *window);
 	return mask;
 }
 
 } // namespace
 
 at::Tensor LlamaModel::attention(const Layer& layer, const at::Tensor& x, const at::Tensor& rope_cos,
-                                 const at::Tensor& rope_sin, const at::Tensor& mask) const {
+                                 const at::Tensor& rope_sin, const at::Tensor& mask, at::Tensor* cached_keys,
+                                 at::Tensor* cached_values) const {
 	const int64_t batch = x.size(0), seq = x.size(1);
 	const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads, d = config_.head_dim;
 	auto q = apply(layer.q, x).view({batch, seq, heads, d}).transpose(1, 2);
@@ -446,6 +450,14 @@ at::Tensor LlamaModel::attention(const Layer& layer, const at::Tensor& x, const 
 	auto v = apply(layer.v, x).view({batch, seq, kv_heads, d}).transpose(1, 2);
 	q = q * rope_cos + rotate_half(q) * rope_sin;
 	k = k * rope_cos + rotate_half(k) * rope_sin;
+	if (cached_keys) { // the earlier positions' keys and values, then this call's
+		if (cached_keys->defined()) {
+			k = at::cat({*cached_keys, k}, 2);
+			v = at::cat({*cached_values, v}, 2);
+		}
+		*cached_keys = k;
+		*cached_values = v;
+	}
 	if (kv_heads != heads) { // query head i reads key/value head i / (heads / kv_heads)
 		k = k.repeat_interleave(heads / kv_heads, 1);
 		v = v.repeat_interleave(heads / kv_heads, 1);
@@ -492,6 +504,21 @@ at::Tensor LlamaModel::sparse_moe(const SparseMoe& moe, const at::Tensor& x) con
 }
 
 at::Tensor LlamaModel::forward(const at::Tensor& input_ids, std::vector<at::Tensor>* hidden) const {
+	return run(input_ids, hidden, nullptr);
+}
+
+at::Tensor LlamaModel::forward_cached(const at::Tensor& input_ids, KvCache& cache) const {
+	if (cache.keys.empty()) {
+		cache.keys.resize(layers_.size());
+		cache.values.resize(layers_.size());
+	}
+	if (cache.keys.size() != layers_.size()) throw Error("forward_cached: the cache belongs to another model");
+	auto logits = run(input_ids, nullptr, &cache);
+	cache.positions += logits.size(1);
+	return logits;
+}
+
+at::Tensor LlamaModel::run(const at::Tensor& input_ids, std::vector<at::Tensor>* hidden, KvCache* cache) const {
 	const auto ids = input_ids.dim() == 1 ? input_ids.unsqueeze(0) : input_ids;
 	if (ids.dim() != 2 || ids.scalar_type() != at::kLong || ids.size(1) == 0)
 		throw Error("forward: input_ids must be a non-empty int64 tensor [batch, seq]");
@@ -499,13 +526,15 @@ at::Tensor LlamaModel::forward(const at::Tensor& input_ids, std::vector<at::Tens
 	if (lo < 0 || hi >= config_.vocab_size)
 		throw Error(fmt::format("forward: token id {} is outside the vocabulary [0, {})", lo < 0 ? lo : hi,
 		                        config_.vocab_size));
-	const int64_t seq = ids.size(1);
-	const auto [rope_cos, rope_sin] = rotary(seq, config_.head_dim, config_.rope_theta, dtype_);
-	const auto mask = causal_mask(seq, config_.sliding_window, dtype_);
+	const int64_t seq = ids.size(1), first = cache ? cache->positions : 0;
+	const auto [rope_cos, rope_sin] = rotary(first, seq, config_.head_dim, config_.rope_theta, dtype_);
+	const auto mask = causal_mask(first, seq, config_.sliding_window, dtype_);
 	const double eps = config_.rms_norm_eps;
 	auto h = at::embedding(embed_, ids);
-	for (const auto& layer : layers_) {
-		h = h + attention(layer, rms_norm(h, layer.input_norm, eps), rope_cos, rope_sin, mask);
+	for (size_t i = 0; i < layers_.size(); ++i) {
+		const auto& layer = layers_[i];
+		h = h + attention(layer, rms_norm(h, layer.input_norm, eps), rope_cos, rope_sin, mask,
+		                  cache ? &cache->keys[i] : nullptr, cache ? &cache->values[i] : nullptr);
 		const auto x = rms_norm(h, layer.post_norm, eps);
 		h = h + (layer.moe ? sparse_moe(*layer.moe, x) : feed_forward(layer.mlp, x));
 		if (hidden) hidden->push_back(h);

@@ -83,6 +83,17 @@ public:
 	// final norm), as transformers' output_hidden_states less the embeddings.
 	at::Tensor forward(const at::Tensor& input_ids, std::vector<at::Tensor>* hidden = nullptr) const;
 
+	// Incremental decoding: the keys and values (after RoPE) of every layer for the positions
+	// seen so far, so that each new token costs one position instead of the whole sequence.
+	struct KvCache {
+		std::vector<at::Tensor> keys, values; // per layer [batch, kv_heads, positions, head_dim]
+		int64_t positions = 0;
+	};
+	// forward() of input_ids [batch, new] at positions cache.positions.., attending to the cached
+	// keys/values and its own; appends its keys/values to the cache. The logits [batch, new,
+	// vocab] equal forward()'s on the whole sequence at those positions (sliding window included).
+	at::Tensor forward_cached(const at::Tensor& input_ids, KvCache& cache) const;
+
 	// The weights by their Hugging Face names (a tied lm_head is not listed: it is the embedding).
 	std::map<std::string, at::Tensor>& parameters() { return params_; }
 	const std::map<std::string, at::Tensor>& parameters() const { return params_; }
@@ -146,7 +157,9 @@ private:
 	at::Tensor feed_forward(const Mlp& mlp, const at::Tensor& x) const;
 	at::Tensor sparse_moe(const SparseMoe& moe, const at::Tensor& x) const;
 	at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& rope_cos,
-	                     const at::Tensor& rope_sin, const at::Tensor& mask) const;
+	                     const at::Tensor& rope_sin, const at::Tensor& mask, at::Tensor* cached_keys = nullptr,
+	                     at::Tensor* cached_values = nullptr) const;
+	at::Tensor run(const at::Tensor& input_ids, std::vector<at::Tensor>* hidden, KvCache* cache) const;
 };
 
 // Token id sequences as one int64 [count, longest] batch (at least min_length wide), right-padded

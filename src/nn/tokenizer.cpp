@@ -1,6 +1,8 @@
 #include "nn/tokenizer.h"
 
 #include "io/safetensors.h"
+#include "io/tokenizer_files.h"
+#include "text/jinja.h"
 #include "util/error.h"
 
 #include <fmt/format.h>
@@ -72,6 +74,76 @@ std::string ByteTokenizer::decode(const std::vector<int64_t>& ids) const {
 	for (int64_t id : ids)
 		if (id >= 0 && id < 256) text.push_back(static_cast<char>(id));
 	return text;
+}
+
+ModelTokenizer::ModelTokenizer(const fs::path& model_dir, int64_t vocab_size) : model_(model_dir.string()) {
+	const auto own = model_dir.empty() ? std::string() : own_tokenizer_file(model_dir);
+	if (own.empty()) {
+		bytes_.emplace(vocab_size, model_);
+	} else if (own != "tokenizer.json") {
+		throw Error(fmt::format("{}: the model's tokenizer is {}, which weld cannot run (it runs tokenizer.json); give "
+		                        "token ids as JSON lines {{\"input_ids\": [...]}}",
+		                        show(model_dir), own));
+	} else {
+		own_ = std::make_shared<const text::Tokenizer>(text::Tokenizer::load(model_dir));
+		if (own_->id_span() > vocab_size)
+			throw Error(fmt::format("{}: tokenizer.json has token ids up to {}, beyond the model's vocab_size {}",
+			                        show(model_dir), own_->id_span() - 1, vocab_size));
+	}
+	// Parsed only for --chat, so that a template weld cannot run stops nothing else.
+	chat_template_ = own_ ? own_->chat_template() : (model_dir.empty() ? std::nullopt : read_chat_template(model_dir));
+}
+
+std::vector<int64_t> ModelTokenizer::encode(std::string_view text) const {
+	return own_ ? own_->encode(text) : bytes_->encode(text);
+}
+
+std::vector<int64_t> ModelTokenizer::encode_plain(std::string_view text) const {
+	if (own_) return own_->encode(text, false);
+	std::vector<int64_t> ids;
+	for (const char c : text)
+		ids.push_back(static_cast<unsigned char>(c));
+	return ids;
+}
+
+std::string ModelTokenizer::decode(const std::vector<int64_t>& ids) const {
+	return own_ ? own_->decode(ids, true) : bytes_->decode(ids);
+}
+
+bool ModelTokenizer::is_eos(int64_t id) const {
+	if (own_) return own_->eos_id() == id;
+	return bytes_->has_specials() && id == ByteTokenizer::kEos;
+}
+
+std::vector<std::vector<int64_t>> ModelTokenizer::encode_line(std::string_view line, int64_t max_positions) const {
+	std::vector<std::vector<int64_t>> out;
+	if (own_) {
+		const auto ids = own_->encode(line);
+		const size_t room = max_positions > 0 ? static_cast<size_t>(max_positions) : SIZE_MAX;
+		for (size_t begin = 0; begin < ids.size(); begin += room)
+			out.emplace_back(ids.begin() + static_cast<std::ptrdiff_t>(begin),
+			                 ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), begin + room)));
+		return out;
+	}
+	const size_t room =
+	    max_positions > 0 ? static_cast<size_t>(max_positions) - (bytes_->has_specials() ? 1 : 0) : SIZE_MAX;
+	if (room == 0) throw Error("max_position_embeddings leaves no room for text");
+	for (size_t begin = 0; begin < line.size(); begin += room)
+		out.push_back(bytes_->encode(line.substr(begin, room)));
+	return out;
+}
+
+std::vector<int64_t> ModelTokenizer::encode_prompt(const std::string& prompt, bool chat) const {
+	if (!chat) return encode(prompt);
+	if (!chat_template_)
+		throw Error(fmt::format("{}: --chat needs the model's chat template (chat_template.jinja or "
+		                        "tokenizer_config.json's chat_template), and there is none",
+		                        escape_for_message(model_, 400)));
+	const auto messages = nlohmann::ordered_json::array({{{"role", "user"}, {"content", prompt}}});
+	const text::JinjaTemplate parsed(*chat_template_, escape_for_message(model_, 400));
+	const auto text =
+	    text::render_chat(parsed, messages, own_ ? own_->bos_token() : "", own_ ? own_->eos_token() : "", true);
+	return own_ ? own_->encode(text, false) : encode(text);
 }
 
 std::string own_tokenizer_file(const fs::path& model_dir) {

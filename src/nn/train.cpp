@@ -42,10 +42,11 @@ std::string show(const fs::path& path) {
 	return escape_for_message(path.string(), 400);
 }
 
-ByteTokenizer tokenizer_for(int64_t vocab_size, const std::string& model) {
+// weld's procedural tasks are written for byte tokens.
+ByteTokenizer task_tokenizer(int64_t vocab_size, const std::string& model) {
 	if (!model.empty())
 		if (const auto own = own_tokenizer_file(model); !own.empty())
-			throw Error(fmt::format("{}: the model has its own tokenizer ({}); weld trains on byte tokens only",
+			throw Error(fmt::format("{}: the model has its own tokenizer ({}); weld's tasks train on byte tokens only",
 			                        show(model), own));
 	return ByteTokenizer(vocab_size, model);
 }
@@ -57,12 +58,23 @@ TrainingSequence prompt_answer_sequence(const ByteTokenizer& tokenizer, const st
 	return s;
 }
 
+// The prompt's tokens (with BOS as the tokenizer's files say), then the answer's, on which the
+// loss is computed.
+TrainingSequence prompt_answer_sequence(const ModelTokenizer& tokenizer, const std::string& prompt,
+                                        const std::string& answer) {
+	TrainingSequence s{tokenizer.encode(prompt), 0};
+	s.loss_from = std::max<size_t>(1, s.ids.size());
+	const auto answer_ids = tokenizer.encode_plain(answer);
+	s.ids.insert(s.ids.end(), answer_ids.begin(), answer_ids.end());
+	return s;
+}
+
 } // namespace
 
 SequenceStream task_stream(const std::vector<std::string>& names, uint64_t seed, int64_t vocab_size,
                            const std::string& model, bool easy_only) {
 	const auto chosen = tasks::find_tasks(names);
-	const auto tokenizer = tokenizer_for(vocab_size, model);
+	const auto tokenizer = task_tokenizer(vocab_size, model);
 	return [chosen, seed, tokenizer, easy_only](uint64_t index) {
 		const auto example =
 		    tasks::make_training_example(chosen[index % chosen.size()], seed, index / chosen.size(), easy_only);
@@ -82,7 +94,7 @@ std::vector<TrainingSequence> read_sequences(const fs::path& file, int64_t vocab
 				sequences.push_back({std::vector<int64_t>(ids.begin(), ids.begin() + std::min(room, ids.size())), 1});
 		break;
 	case DataKind::PromptAnswer: {
-		const auto tokenizer = tokenizer_for(vocab_size, model);
+		const ModelTokenizer tokenizer(model, vocab_size);
 		for (const auto& r : read_prompt_answer_lines(file)) {
 			auto s = prompt_answer_sequence(tokenizer, r.prompt, r.answer);
 			if (s.ids.size() > room)
@@ -93,7 +105,7 @@ std::vector<TrainingSequence> read_sequences(const fs::path& file, int64_t vocab
 		break;
 	}
 	case DataKind::Text: {
-		const auto tokenizer = tokenizer_for(vocab_size, model);
+		const ModelTokenizer tokenizer(model, vocab_size);
 		for (const auto& line : read_text_lines(file)) {
 			auto ids = tokenizer.encode(line);
 			ids.resize(std::min(ids.size(), room));

@@ -54,15 +54,16 @@ SequenceStream task_stream(const std::vector<std::string>& tasks, uint64_t seed,
                            const std::string& model, bool easy_only = false);
 
 // The sequences of a data file, in file order: prompt/answer JSONL (loss on the answer), token
-// id JSONL or text lines (loss on every token after the first), byte tokens; lines longer than
-// max_positions are cut. Throws weld::Error naming the file when it holds no sequence of two or
-// more tokens, or is malformed.
+// id JSONL or text lines (loss on every token after the first), tokenized by the model folder's
+// tokenizer.json where it has one (prompt with BOS as its files say, then the answer), else as
+// byte tokens; lines longer than max_positions are cut. Throws weld::Error naming the file when it holds no sequence of
+// two or more tokens, or is malformed.
 std::vector<TrainingSequence> read_sequences(const std::filesystem::path& file, int64_t vocab_size,
                                              int64_t max_positions, const std::string& model);
 
 // A data file, in an order shuffled anew each epoch from seed: prompt/answer JSONL (loss on the
-// answer), or text lines (loss on every token after the first), byte tokens; lines longer than
-// max_positions are cut.
+// answer), or text lines (loss on every token after the first), tokenized as read_sequences
+// does; lines longer than max_positions are cut.
 SequenceStream file_stream(const std::filesystem::path& file, uint64_t seed, int64_t vocab_size, int64_t max_positions,
                            const std::string& model);
 

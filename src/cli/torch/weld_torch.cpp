@@ -46,7 +46,7 @@ int evaluate_tasks(const weld::cli::EvalArgs& args, const std::filesystem::path&
 int evaluate(const weld::cli::EvalArgs& args) {
 	const auto dir = weld::resolve_model_reference(args.model);
 	if (!args.tasks.empty()) return evaluate_tasks(args, dir);
-	const auto report = nn::evaluate(dir, args.data, {args.dtype, args.threads});
+	const auto report = nn::evaluate(dir, args.data, {args.dtype, args.threads, args.chat});
 	const bool perplexity = report.kind == nn::EvalReport::Kind::Perplexity;
 	if (args.json) {
 		nlohmann::ordered_json out;
