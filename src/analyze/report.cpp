@@ -364,7 +364,7 @@ th{background:#f0f0f0}figure{display:inline-block;margin:0.5em}figcaption{font-s
 std::string html_page(const Analysis& a, const Groups& g, const std::filesystem::path& dir) {
 	std::string models;
 	for (size_t i = 0; i < a.models.size(); i++)
-		models += fmt::format("<li>{}. {}</li>", i + 1, escape(a.models[i]));
+		models += fmt::format("<li>{}</li>", escape(a.models[i]));
 	std::string html =
 	    fmt::format("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>weld analyze: {}</title>"
 	                "<style>{}</style></head><body>\n<h1>weld analyze</h1>\n<p>Base model "

@@ -51,10 +51,10 @@ lapack_int gesdd(int m, int n, double* a, double* s, double* u, double* vt, int 
 	return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', m, n, a, n, s, u, k, vt, n);
 }
 lapack_int gesdd_values(int m, int n, float* a, float* s) {
-	return LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'N', m, n, a, n, s, nullptr, 1, nullptr, 1);
+	return LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'N', m, n, a, n, s, nullptr, m, nullptr, n); // ldu, ldvt unused but checked
 }
 lapack_int gesdd_values(int m, int n, double* a, double* s) {
-	return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'N', m, n, a, n, s, nullptr, 1, nullptr, 1);
+	return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'N', m, n, a, n, s, nullptr, m, nullptr, n);
 }
 lapack_int geqrf(int m, int n, float* a, float* tau) {
 	return LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, m, n, a, n, tau);

@@ -44,7 +44,7 @@ private:
 	Mode mode_;
 	std::atomic<uint64_t> done_{0}, bytes_{0};
 	std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-	int printed_tenths_ = -1; // Lines: the last tenth printed
+	int printed_tenths_ = 0; // Lines: the last tenth printed (none at 0%)
 	std::mutex mutex_;
 	std::condition_variable wake_;
 	bool stopping_ = false, finished_ = false;
