@@ -260,8 +260,10 @@ TEST_F(AnalyzeTest, MergeAndAnalyzeProgressIsPlainLinesOffATerminalAndSilentWhen
 TEST_F(AnalyzeTest, TorchCommandsProgressIsPlainLinesOffATerminalAndSilentWhenQuiet) {
 	if (!fs::exists(fs::path(WELD_BINARY).parent_path() / "weld-torch"))
 		GTEST_SKIP() << "weld was built without libtorch: no eval, stats or train";
-	test::write_file(dir_ / "text.txt", "hello there\nanother line of text\nand a third one\n");
-	const auto text = path("text.txt");
+	// Token ids: the tiny family's vocabulary (64) holds no byte tokens.
+	test::write_file(dir_ / "ids.jsonl", "{\"input_ids\": [1, 5, 9, 3, 7]}\n{\"input_ids\": [2, 4, 6, 8]}\n"
+	                                     "{\"input_ids\": [10, 11, 12, 13, 14, 15]}\n");
+	const auto text = path("ids.jsonl");
 	const std::vector<std::tuple<std::string, std::string, std::string, size_t>> commands = {
 	    {"eval " + path("base") + " --data " + text, "eval", "sequences", 3},
 	    {"train " + path("trained") + " --init " + path("base") + " --data " + text + " --steps 3 --batch 2", "train",

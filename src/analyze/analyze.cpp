@@ -181,9 +181,10 @@ void check_recipe_plan(const Plan& plan, const std::string& label) {
 			                        label, job.name));
 }
 
-// How much a model's task vector is scaled to see where the merge takes it from: a power of two
-// step, so that the scaled values are exact, large enough to move a float32 result.
-constexpr float kProbeScale = 1.0f + 1.0f / 64;
+// How much a model's task vector is scaled to see where the merge takes it from: a power-of-two
+// step, large enough to move a float32 result. Down, not up: a weaker model never wins a sign
+// election it lost, so an entry TIES overruled stays unchanged, while one it kept still moves.
+constexpr float kProbeScale = 1.0f - 1.0f / 64;
 
 std::vector<float> merge_sources(const Plan& plan, const TensorJob& job,
                                  const std::vector<std::vector<float>>& sources) {

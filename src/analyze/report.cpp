@@ -332,7 +332,7 @@ std::string recipe_section(const RecipeAnalysis& r, const std::filesystem::path&
 	std::string html = fmt::format(
 	    "<h2>What the recipe keeps</h2>\n<p>{} ({}), merged tensor by tensor with weld's own method code. Per layer, "
 	    "the share of each model's Σ|τ| (and of its nonzero entries) that the merge takes from it: the entries whose "
-	    "merged value moves when that model's task vector alone is scaled by 1 + 1/64. The rest the merge dropped "
+	    "merged value moves when that model's task vector alone is scaled by 1 − 1/64. The rest the merge dropped "
 	    "(trimmed, randomly dropped, or overruled by the sign election).</p>\n",
 	    escape(r.path.string()), escape(r.method));
 	if (layer_count > 0) {
