@@ -21,6 +21,7 @@ struct EvalArgs {
 	int threads = 0;
 	bool json = false;
 	bool chat = false;
+	bool quiet = false; // no progress lines
 };
 
 inline void add_eval_options(CLI::App& cmd, EvalArgs& args) {
@@ -45,6 +46,7 @@ inline void add_eval_options(CLI::App& cmd, EvalArgs& args) {
 	cmd.add_flag("--json", args.json,
 	             "print one JSON object: {\"perplexity\", \"tokens\"}, {\"accuracy\", \"n\"}, or with --tasks "
 	             "{\"accuracy\", \"n\", \"tasks\": {name: {\"accuracy\", \"n\"}}}");
+	cmd.add_flag("--quiet,-q", args.quiet, "no progress lines on stderr");
 	cmd.callback([&cmd, &args] {
 		if (args.data.empty() && args.tasks.empty()) throw CLI::RequiredError("--data or --tasks");
 	});
@@ -63,6 +65,7 @@ inline std::vector<std::string> eval_words(const EvalArgs& args) {
 	}
 	if (args.json) w.push_back("--json");
 	if (args.chat) w.push_back("--chat");
+	if (args.quiet) w.push_back("--quiet");
 	return w;
 }
 

@@ -60,7 +60,7 @@ int merge(const MergeArgs& args, const Distributed& dist) {
 		options.exec.memory_budget =
 		    args.memory_budget.empty() ? default_memory_budget() : parse_size(args.memory_budget, "--memory-budget");
 		options.exec.max_shard_bytes = parse_size(args.shard_size, "--out-shard-size");
-		options.exec.progress = !args.quiet && isatty(STDERR_FILENO);
+		options.exec.progress = !args.quiet; // a line in place on a terminal, else plain lines (util/progress.h)
 		options.exec.verbose = args.verbose && !args.quiet;
 		options.exec.allow_nonfinite = args.allow_nonfinite;
 		options.distributed = &dist;

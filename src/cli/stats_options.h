@@ -12,6 +12,7 @@ namespace weld::cli {
 struct StatsArgs {
 	stats::StatsJob job;
 	std::string model, data, out, kind;
+	bool quiet = false; // no progress lines
 };
 
 inline void add_stats_options(CLI::App& cmd, StatsArgs& a) {
@@ -31,6 +32,7 @@ inline void add_stats_options(CLI::App& cmd, StatsArgs& a) {
 	cmd.add_option("--batch-size", a.job.batch_size, "sequences per forward pass")->capture_default_str();
 	cmd.add_option("--threads", a.job.threads, "CPU threads (default: all cores)");
 	cmd.add_flag("--force", a.job.force, "replace an existing output folder");
+	cmd.add_flag("--quiet,-q", a.quiet, "no progress lines on stderr");
 }
 
 } // namespace weld::cli

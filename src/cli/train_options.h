@@ -15,6 +15,7 @@ struct TrainArgs {
 	nn::TrainOptions options;
 	std::string init, config, data, out;
 	int log_every = 100;
+	bool quiet = false; // no progress lines
 };
 
 inline void add_train_options(CLI::App& cmd, TrainArgs& a) {
@@ -62,6 +63,7 @@ inline void add_train_options(CLI::App& cmd, TrainArgs& a) {
 	             "also write AdamW's second moments (exp_avg_sq) to OUT/optimizer/");
 	cmd.add_option("--log-every", a.log_every, "print the loss every N steps (0: never)")->capture_default_str();
 	cmd.add_flag("--force", a.job.force, "replace an existing output folder");
+	cmd.add_flag("--quiet,-q", a.quiet, "no progress lines on stderr");
 	cmd.callback([&a] {
 		if (a.init.empty() && a.config.empty()) throw CLI::RequiredError("--init or --config");
 		if (a.job.tasks.empty() && a.data.empty()) throw CLI::RequiredError("--tasks or --data");

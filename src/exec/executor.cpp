@@ -5,6 +5,7 @@
 #include "tensor/convert.h"
 #include "tensor/row_remap.h"
 #include "util/error.h"
+#include "util/progress.h"
 #include "util/size.h"
 
 #include <fmt/format.h>
@@ -17,6 +18,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace weld {
@@ -49,33 +51,6 @@ private:
 	uint64_t in_use_ = 0;
 	std::mutex mutex_;
 	std::condition_variable freed_;
-};
-
-class Progress {
-public:
-	Progress(size_t total_jobs, bool enabled) : total_(total_jobs), enabled_(enabled) {}
-
-	void done(uint64_t bytes) {
-		jobs_done_ += 1;
-		bytes_done_ += bytes;
-	}
-	void print(bool final_line) {
-		if (!enabled_) return;
-		const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-		const size_t jobs = jobs_done_;
-		const double rate = seconds > 0 ? static_cast<double>(bytes_done_) / seconds : 0;
-		const double eta = jobs ? seconds * static_cast<double>(total_ - jobs) / static_cast<double>(jobs) : 0;
-		std::fprintf(stderr, "\r\033[Kweld: %zu/%zu tensors  %s/s  ETA %.0fs%s", jobs, total_,
-		             format_size(static_cast<uint64_t>(rate)).c_str(), eta, final_line ? "\n" : "");
-		std::fflush(stderr);
-	}
-
-private:
-	size_t total_;
-	bool enabled_;
-	std::atomic<size_t> jobs_done_{0};
-	std::atomic<uint64_t> bytes_done_{0};
-	std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
 MergeInput job_input(const Plan& plan, const TensorJob& job) {
@@ -155,7 +130,8 @@ void run_job(const Plan& plan, size_t index, TensorSink& writer, const ExecOptio
 	std::vector<float> result(n);
 	plan.method->merge(input, result);
 	for (const auto& note : notes)
-		std::fprintf(stderr, "%sweld: %s: %s\n", options.progress ? "\r\033[K" : "", job.name.c_str(), note.c_str());
+		std::fprintf(stderr, "%sweld: %s: %s\n", options.progress && isatty(STDERR_FILENO) ? "\r\033[K" : "",
+		             job.name.c_str(), note.c_str());
 	std::vector<uint8_t> out(job.out_nbytes());
 	convert_from_f32(job.out_dtype, result.data(), out.data(), n);
 	writer.write(index, out);
@@ -323,7 +299,7 @@ void run_whole_tensor_jobs(const Plan& plan, const std::vector<size_t>& jobs, Te
 			throw;
 		}
 		budget.release(bytes);
-		progress.done(plan.jobs[i].out_nbytes());
+		progress.add(1, plan.jobs[i].out_nbytes());
 	});
 }
 
@@ -343,16 +319,11 @@ void execute_plan(const Plan& plan, TensorSink& writer, const ExecOptions& optio
 	std::vector<size_t> own_jobs; // all of them, except in a distributed merge
 	for (size_t i = 0; i < plan.jobs.size(); i++)
 		if (writer.owns(i)) own_jobs.push_back(i);
-	Progress progress(own_jobs.size(), options.progress);
-	std::atomic<bool> finished{false};
-	std::thread ticker;
-	if (options.progress)
-		ticker = std::thread([&] {
-			while (!finished) {
-				progress.print(false);
-				std::this_thread::sleep_for(std::chrono::milliseconds(250));
-			}
-		});
+	uint64_t own_bytes = 0;
+	for (size_t i : own_jobs)
+		own_bytes += plan.jobs[i].out_nbytes();
+	Progress progress("merge", own_jobs.size(), "tensors", own_bytes,
+	                  options.progress ? Progress::Mode::Auto : Progress::Mode::Silent);
 	try {
 		// Tensors a method can merge in blocks stream one after another, each on every thread;
 		// the others then run side by side, one per thread, under the memory budget.
@@ -373,18 +344,15 @@ void execute_plan(const Plan& plan, TensorSink& writer, const ExecOptions& optio
 				for (const auto& source : plan.jobs[own_jobs[k + 1]].sources)
 					source.tensor->file->prefetch(*source.tensor->info);
 			stream_job(plan, i, *kernel, writer, options, buffers);
-			progress.done(job.out_nbytes());
+			progress.add(1, job.out_nbytes());
 		}
 		buffers.clear();
 		run_whole_tensor_jobs(plan, whole_tensor_jobs, writer, options, progress);
 	} catch (...) {
-		finished = true;
-		if (ticker.joinable()) ticker.join();
+		progress.abandon();
 		throw;
 	}
-	finished = true;
-	if (ticker.joinable()) ticker.join();
-	progress.print(true);
+	progress.finish();
 	writer.finish();
 }
 

@@ -50,6 +50,12 @@ lapack_int gesdd(int m, int n, float* a, float* s, float* u, float* vt, int k) {
 lapack_int gesdd(int m, int n, double* a, double* s, double* u, double* vt, int k) {
 	return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', m, n, a, n, s, u, k, vt, n);
 }
+lapack_int gesdd_values(int m, int n, float* a, float* s) {
+	return LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'N', m, n, a, n, s, nullptr, m, nullptr, n); // ldu, ldvt unused but checked
+}
+lapack_int gesdd_values(int m, int n, double* a, double* s) {
+	return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'N', m, n, a, n, s, nullptr, m, nullptr, n);
+}
 lapack_int geqrf(int m, int n, float* a, float* tau) {
 	return LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, m, n, a, n, tau);
 }
@@ -122,6 +128,15 @@ template <class T> Svd<T> svd(const Matrix<T>& a) {
 	return out;
 }
 
+template <class T> std::vector<T> singular_values(const Matrix<T>& a) {
+	std::vector<T> s(std::min(a.rows, a.cols));
+	if (s.empty()) return s;
+	single_threaded_blas();
+	Matrix<T> work = a; // gesdd destroys its input
+	check_info(gesdd_values(as_int(a.rows), as_int(a.cols), work.data.data(), s.data()), "singular values (gesdd)");
+	return s;
+}
+
 template <class T> Matrix<T> orthonormal_columns(const Matrix<T>& a) {
 	assert(a.rows >= a.cols);
 	Matrix<T> q = a;
@@ -168,6 +183,7 @@ template <class T> Matrix<T> polar_factor(const Matrix<T>& a) {
 	template Matrix<T> matmul(const Matrix<T>&, bool, const Matrix<T>&, bool);                                         \
 	template void add_product(Matrix<T>&, const Matrix<T>&, bool, const Matrix<T>&, bool);                             \
 	template Svd<T> svd(const Matrix<T>&);                                                                             \
+	template std::vector<T> singular_values(const Matrix<T>&);                                                         \
 	template Matrix<T> orthonormal_columns(const Matrix<T>&);                                                          \
 	template Svd<T> randomized_svd(const Matrix<T>&, size_t, uint64_t, size_t, int);                                   \
 	template Svd<T> truncated_svd(const Matrix<T>&, size_t, uint64_t, SvdPath*);                                       \

@@ -54,6 +54,9 @@ template <class T> Matrix<T> matmul(const Matrix<T>& a, bool transpose_a, const 
 // Thin SVD with k = min(m, n) (LAPACK gesdd).
 template <class T> Svd<T> svd(const Matrix<T>& a);
 
+// The min(m, n) singular values alone, descending (gesdd without vectors: several times faster).
+template <class T> std::vector<T> singular_values(const Matrix<T>& a);
+
 // C += op(A) op(B), op transposing where asked; no temporary of C's size.
 template <class T>
 void add_product(Matrix<T>& c, const Matrix<T>& a, bool transpose_a, const Matrix<T>& b, bool transpose_b);

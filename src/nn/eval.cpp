@@ -6,6 +6,7 @@
 #include "nn/tokenizer.h"
 #include "nn/twin.h"
 #include "util/error.h"
+#include "util/progress.h"
 
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
@@ -74,7 +75,8 @@ EvalReport perplexity(Scorer& scorer, const std::vector<std::vector<int64_t>>& s
 	const int64_t max_positions = scorer.config().max_position_embeddings;
 	EvalReport report;
 	double nll = 0;
-	for (size_t i = 0; i < sequences.size(); ++i) {
+	Progress progress("eval", sequences.size(), "sequences");
+	for (size_t i = 0; i < sequences.size(); ++i, progress.add(1)) {
 		const auto& seq = sequences[i];
 		if (max_positions > 0 && static_cast<int64_t>(seq.size()) > max_positions)
 			throw Error(fmt::format("{}: sequence {} has {} tokens, more than max_position_embeddings {}", show(data),
@@ -135,6 +137,7 @@ EvalReport accuracy(Scorer& scorer, const ModelTokenizer& tokenizer, bool chat, 
 	if (tasks.empty()) throw Error(fmt::format("{}: no prompt/answer records", show(data)));
 	EvalReport report;
 	report.kind = EvalReport::Kind::Accuracy;
+	Progress progress("eval", tasks.size(), "prompts");
 	for (const auto& task : tasks) {
 		const auto prompt = tokenizer.encode_prompt(task.prompt, chat);
 		const auto& model = scorer.for_ids(scorer.routed() ? prompt : std::vector<int64_t>{});
@@ -142,6 +145,7 @@ EvalReport accuracy(Scorer& scorer, const ModelTokenizer& tokenizer, bool chat, 
 		const auto answer = continue_greedily(model, tokenizer, prompt, budget);
 		if (strip(answer) == strip(task.answer)) ++report.correct;
 		++report.n;
+		progress.add(1);
 	}
 	report.accuracy = static_cast<double>(report.correct) / static_cast<double>(report.n);
 	return report;
@@ -205,12 +209,14 @@ std::vector<TaskScore> evaluate_tasks(const fs::path& model_dir, const std::vect
 	const auto tokenizer = byte_tokenizer(model_dir, scorer.config());
 	const at::NoGradGuard no_grad;
 	std::vector<TaskScore> scores;
+	Progress progress("eval", chosen.size(), "tasks");
 	for (const auto task : chosen) {
 		const auto examples = tasks::split_examples(task, seed, count, true);
 		TaskScore score{std::string(tasks::task_info(task).name), count_exact_matches(scorer, tokenizer, examples),
 		                examples.size(), 0};
 		score.accuracy = static_cast<double>(score.correct) / static_cast<double>(score.n);
 		scores.push_back(std::move(score));
+		progress.add(1);
 	}
 	return scores;
 }

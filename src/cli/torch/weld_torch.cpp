@@ -9,12 +9,14 @@
 #include "nn/eval.h"
 #include "nn/moe_states.h"
 #include "search/search.h"
+#include "util/progress.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <exception>
+#include <optional>
 #include <unistd.h>
 
 namespace {
@@ -44,6 +46,7 @@ int evaluate_tasks(const weld::cli::EvalArgs& args, const std::filesystem::path&
 }
 
 int evaluate(const weld::cli::EvalArgs& args) {
+	weld::set_progress_quiet(args.quiet);
 	const auto dir = weld::resolve_model_reference(args.model);
 	if (!args.tasks.empty()) return evaluate_tasks(args, dir);
 	const auto report = nn::evaluate(dir, args.data, {args.dtype, args.threads, args.chat});
@@ -66,13 +69,17 @@ int evaluate(const weld::cli::EvalArgs& args) {
 
 int train(const weld::cli::TrainArgs& args) {
 	const auto steps = args.options.steps;
+	weld::set_progress_quiet(args.quiet);
+	weld::Progress progress("train", static_cast<uint64_t>(steps), "steps");
 	nn::train(args.job, args.options, [&](const nn::StepReport& r) {
+		progress.add(1);
 		if (args.log_every > 0 && ((r.step + 1) % args.log_every == 0 || r.step + 1 == steps)) {
 			fmt::print("step {}/{} loss {:.4f} lr {:.2e} grad-norm {:.3f}\n", r.step + 1, steps, r.loss, r.lr,
 			           r.grad_norm);
 			std::fflush(stdout);
 		}
 	});
+	progress.finish();
 	fmt::print("wrote {}\n", args.job.out.string());
 	return 0;
 }
@@ -82,17 +89,15 @@ int compute_stats(weld::cli::StatsArgs& args) {
 	args.job.data = args.data;
 	args.job.out = args.out;
 	args.job.kind = weld::stats::parse_kind(args.kind);
-	const bool tty = isatty(fileno(stderr));
-	double last = -1;
+	weld::set_progress_quiet(args.quiet);
+	std::optional<weld::Progress> progress; // the total is known once the data is read
+	uint64_t reported = 0;
 	const auto summary = weld::stats::compute_statistics(args.job, [&](const weld::stats::StatsProgress& p) {
-		if (p.seconds - last < 0.5 && p.tokens < p.total_tokens) return;
-		last = p.seconds;
-		const double rate = p.seconds > 0 ? static_cast<double>(p.tokens) / p.seconds : 0;
-		const double eta = rate > 0 ? static_cast<double>(p.total_tokens - p.tokens) / rate : 0;
-		std::fprintf(stderr, "%sweld stats: %llu/%llu tokens  %.0f tokens/s  ETA %.0fs%s", tty ? "\r\033[K" : "",
-		             static_cast<unsigned long long>(p.tokens), static_cast<unsigned long long>(p.total_tokens), rate,
-		             eta, tty && p.tokens < p.total_tokens ? "" : "\n");
+		if (!progress) progress.emplace("stats", p.total_tokens, "tokens");
+		progress->add(p.tokens - reported);
+		reported = p.tokens;
 	});
+	if (progress) progress->finish();
 	fmt::print("wrote {} ({} statistics over {} tokens of {} sequences)\n", args.out, args.kind, summary.tokens,
 	           summary.sequences);
 	return 0;
