@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <optional>
+#include <unistd.h>
 
 namespace weld {
 namespace fs = std::filesystem;
@@ -69,6 +70,12 @@ fs::path lora_scratch_root(const fs::path& out_dir) {
 }
 
 } // namespace
+
+uint64_t default_memory_budget() {
+	const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+	if (pages <= 0 || page_size <= 0) return 2ull << 30;
+	return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) / 4;
+}
 
 MergeSummary run_merge(const MergeOptions& options) {
 	const auto start = std::chrono::steady_clock::now();
