@@ -10,7 +10,10 @@ import pathlib
 import shutil
 import struct
 import subprocess
+import signal
 import tempfile
+import threading
+import time
 import unittest
 import warnings
 
@@ -208,6 +211,50 @@ class MergeTest(Family):
         with self.assertRaisesRegex(TypeError, r"recipe\['models'\]\[0\]: a set has no YAML form"):
             weld.merge({"merge_method": "linear", "models": [{"a"}]}, "py-opt")
         self.assertFalse((self.tmp / "py-opt").exists())
+
+    def test_dict_strings_that_yaml_would_read_as_other_types_stay_strings(self):
+        for name in ("on", "1.5"):  # a YAML 1.1 boolean, a number
+            if not (self.tmp / name).exists():
+                shutil.copytree(self.tmp / "a", self.tmp / name)
+        recipe = {"merge_method": "linear", "models": [{"model": "on", "parameters": {"weight": 1.0}},
+                                                       {"model": "1.5", "parameters": {"weight": 1.0}}]}
+        weld.merge(recipe, "py-odd-names", quiet=True)
+        merged = read_safetensors(self.tmp / "py-odd-names" / "model.safetensors")
+        np.testing.assert_allclose(merged["model.norm.weight"], self.models["a"]["model.norm.weight"], rtol=1e-6)
+
+    def test_ctrl_c_stops_the_merge_and_leaves_nothing(self):
+        # A model whose TSV merge takes a while (an SVD per tensor); Ctrl-C once its output is begun.
+        layers = 40
+        for name, scale in (("slow-base", 0.0), ("slow-a", 0.1), ("slow-b", 0.1)):
+            folder = self.tmp / name
+            folder.mkdir()
+            rng = np.random.default_rng(1)
+            base = {f"model.layers.{i}.mlp.down_proj.weight": rng.standard_normal((256, 256)).astype(np.float32)
+                    for i in range(layers)}
+            noise = np.random.default_rng(len(name))
+            write_safetensors(folder / "model.safetensors",
+                              {n: v + scale * noise.standard_normal(v.shape).astype(np.float32)
+                               for n, v in base.items()})
+            (folder / "config.json").write_text(json.dumps({"num_hidden_layers": layers}))
+        recipe = {"merge_method": "tsv", "base_model": "slow-base",
+                  "models": [{"model": "slow-a"}, {"model": "slow-b"}]}
+        main = threading.get_ident()
+
+        def interrupt_once_begun():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(self.tmp.glob(".py-slow.weld-tmp-*")):
+                time.sleep(0.001)
+            signal.pthread_kill(main, signal.SIGINT)
+
+        watcher = threading.Thread(target=interrupt_once_begun)
+        watcher.start()
+        with self.assertRaises(KeyboardInterrupt):
+            weld.merge(recipe, "py-slow", threads=1, quiet=True)
+        watcher.join()
+        self.assertFalse((self.tmp / "py-slow").exists())
+        self.assertEqual(list(self.tmp.glob(".py-slow.weld-tmp-*")), [])
+        # Later merges run.
+        self.assertEqual(weld.merge(TIES_RECIPE, "py-after-interrupt", quiet=True)["tensors"], len(SHAPES))
 
     def test_learned_methods_are_left_to_the_cli(self):
         recipe = "merge_method: adamerging\nbase_model: base\nmodels:\n  - model: a\n  - model: b\n" \
