@@ -147,6 +147,21 @@ class MergeTest(Family):
             a, b = (self.models[m][name].astype(np.float64) for m in ("a", "b"))
             np.testing.assert_allclose(merged[name], (1.0 * a + 3.0 * b) / 4.0, rtol=1e-6, atol=1e-7)
 
+    def test_merge_tensors_computes_each_tensor_of_merge(self):
+        # DARE's random drop is keyed by seed, tensor name and source: the per-tensor kernel with
+        # the tensor's name and the recipe's seed gives weld merge's tensor.
+        recipe = TIES_RECIPE.replace("merge_method: ties", "merge_method: dare_ties")
+        weld.merge(recipe, "py-dare", seed=5, quiet=True)
+        merged = read_safetensors(self.tmp / "py-dare" / "model.safetensors")
+        for name in SHAPES:
+            a, b, base = (self.models[m][name] for m in ("a", "b", "base"))
+            alone = weld.merge_tensors("dare_ties", base, [a, b], weight=[0.7, 0.4], density=0.5, normalize=True,
+                                       seed=5, tensor_name=name)
+            np.testing.assert_array_equal(alone, merged[name])
+        other_seed = weld.merge_tensors("dare_ties", base, [a, b], weight=[0.7, 0.4], density=0.5, seed=6,
+                                        tensor_name=name)
+        self.assertFalse(np.array_equal(other_seed, merged[name]))
+
     def test_small_shards_and_dry_run(self):
         summary = weld.merge(TIES_RECIPE, "py-shards", out_shard_size="1KB", quiet=True)
         self.assertGreater(summary["shards"], 1)
