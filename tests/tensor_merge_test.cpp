@@ -76,6 +76,7 @@ TEST(TensorMerge, RefusesWhatARecipeWouldRefuse) {
 	TensorMergeRequest unknown{.method = "tiez", .shape = {4}, .models = {kA}};
 	EXPECT_NE(merge_error(unknown).find("unknown method 'tiez'"), std::string::npos);
 	TensorMergeRequest short_shape{.method = "linear", .shape = {3}, .models = {kA, kB}};
+	short_shape.params["weight"] = scalar(1);
 	EXPECT_NE(merge_error(short_shape).find("a tensor has 4 elements where the shape [3] has 3"), std::string::npos)
 	    << merge_error(short_shape);
 }

@@ -19,17 +19,17 @@ namespace weld {
 // A parameter as a caller gives it: one value for every model (and the base), or one per model
 // (the base then takes the default).
 struct ParamArgument {
-	std::vector<ParamValue> values;
+	std::vector<ParamValue> values = {};
 	bool per_model = false;
 };
 
 struct TensorMergeRequest {
 	std::string method;
 	std::string tensor_name = "tensor"; // what a recipe's tensor would be called (random streams)
-	std::vector<uint64_t> shape;        // of every model, the base and the output
-	std::vector<std::span<const float>> models;
-	std::optional<std::span<const float>> base;
-	std::map<std::string, ParamArgument, std::less<>> params;
+	std::vector<uint64_t> shape = {};   // of every model, the base and the output
+	std::vector<std::span<const float>> models = {};
+	std::optional<std::span<const float>> base = {};
+	std::map<std::string, ParamArgument, std::less<>> params = {};
 	uint64_t seed = 0; // random methods
 };
 
