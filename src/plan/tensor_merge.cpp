@@ -2,6 +2,7 @@
 
 #include "methods/method.h"
 #include "plan/plan.h"
+#include "tensor/convert.h"
 #include "util/error.h"
 
 #include <fmt/format.h>
@@ -94,6 +95,20 @@ ParamValues source_values(const MethodInfo& info, const TensorMergeRequest& requ
 	return values;
 }
 
+// As weld merge refuses them (exec/executor.cpp): NaN and ±Inf spread through every method.
+void check_finite(const TensorMergeRequest& request) {
+	for (size_t s = 0; s <= request.models.size(); s++) {
+		const bool is_base = s == request.models.size();
+		if (is_base && !request.base) break;
+		const auto values = is_base ? *request.base : request.models[s];
+		const size_t at = first_nonfinite(values.data(), values.size());
+		if (at < values.size())
+			throw Error(fmt::format("{}: {}: element {} is {} (allow_nonfinite=True merges it anyway)", kWhere,
+			                        is_base ? std::string("base") : fmt::format("tensors[{}]", s), at,
+			                        nonfinite_name(values[at])));
+	}
+}
+
 } // namespace
 
 bool is_data_free(const MethodInfo& info) {
@@ -127,6 +142,7 @@ void merge_tensor(const TensorMergeRequest& request, std::span<float> out) {
 			                        fmt::join(request.shape, ", "), numel));
 	if (out.size() != numel)
 		throw Error(fmt::format("{}: the output has {} elements where the shape has {}", kWhere, out.size(), numel));
+	if (!request.allow_nonfinite) check_finite(request);
 	method->merge(input, out);
 }
 

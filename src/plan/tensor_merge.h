@@ -30,7 +30,8 @@ struct TensorMergeRequest {
 	std::vector<std::span<const float>> models = {};
 	std::optional<std::span<const float>> base = {};
 	std::map<std::string, ParamArgument, std::less<>> params = {};
-	uint64_t seed = 0; // random methods
+	uint64_t seed = 0;            // random methods
+	bool allow_nonfinite = false; // merge NaN/Inf inputs instead of refusing them
 };
 
 // Whether a method merges tensors from their values alone: no statistics of data, nothing
@@ -40,7 +41,7 @@ bool is_data_free(const MethodInfo& info);
 // Writes the merged tensor into out (the shape's element count). Throws weld::Error (starting
 // "merge_tensors: ") for an unknown method, one that needs data, statistics or text parameters,
 // a base the method needs or ignores, a parameter unknown, of the wrong type, out of range or
-// missing, and sources of the wrong size or number.
+// missing, sources of the wrong size or number, and NaN or ±Inf inputs (unless allowed).
 void merge_tensor(const TensorMergeRequest& request, std::span<float> out);
 
 } // namespace weld

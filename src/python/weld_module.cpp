@@ -1,6 +1,7 @@
 // The Python module `weld` (docs/python.md): a thin layer that turns Python values into the
 // engine's requests and its answers into Python values. Merging, inspecting and describing
 // methods are the engine's (exec/merge.h, exec/describe.h, plan/tensor_merge.h), shared with the CLI.
+#include "cli/thread_count.h"
 #include "exec/describe.h"
 #include "exec/executor.h"
 #include "exec/merge.h"
@@ -19,6 +20,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <future>
 #include <thread>
@@ -203,13 +205,12 @@ PythonMerge merge_options(const py::object& recipe, const py::object& out, const
 	set_recipe(o, recipe);
 	if (!is_path(out)) throw py::type_error(fmt::format("merge(): out must be a path, not {}", type_name(out)));
 	o.out_dir = fspath(out);
-	o.exec.threads = std::max(1u, std::thread::hardware_concurrency());
+	unsigned threads = std::max(1u, std::thread::hardware_concurrency());
 	o.exec.memory_budget = default_memory_budget();
 	for (const auto& [key, value] : kwargs) {
 		const auto name = key.cast<std::string>();
 		if (name == "threads")
-			o.exec.threads =
-			    static_cast<unsigned>(std::min<uint64_t>(count_option("merge", "threads", value, 1), 4096));
+			threads = static_cast<unsigned>(std::min<uint64_t>(count_option("merge", "threads", value, 1), UINT_MAX));
 		else if (name == "memory_budget")
 			o.exec.memory_budget = size_option("memory_budget", value);
 		else if (name == "out_shard_size")
@@ -224,11 +225,15 @@ PythonMerge merge_options(const py::object& recipe, const py::object& out, const
 			m.quiet = bool_option("quiet", value);
 		else if (name == "verbose")
 			o.exec.verbose = bool_option("verbose", value);
+		else if (name == "allow_nonfinite")
+			o.exec.allow_nonfinite = bool_option("allow_nonfinite", value);
 		else
-			throw py::type_error(fmt::format("merge() got an unexpected keyword argument '{}' (options: threads, "
-			                                 "memory_budget, out_shard_size, seed, force, dry_run, quiet, verbose)",
-			                                 name));
+			throw py::type_error(
+			    fmt::format("merge() got an unexpected keyword argument '{}' (options: threads, "
+			                "memory_budget, out_shard_size, seed, force, dry_run, quiet, verbose, allow_nonfinite)",
+			                name));
 	}
+	o.exec.threads = cli::capped_thread_count(threads, "threads", m.quiet);
 	o.exec.verbose = o.exec.verbose && !m.quiet;
 	o.exec.progress = !m.quiet && isatty(STDERR_FILENO);
 	return m;
@@ -387,6 +392,11 @@ py::array_t<float> merge_tensors(const std::string& method, const py::object& ba
 		const auto name = key.cast<std::string>();
 		if (name == "seed") {
 			request.seed = count_option("merge_tensors", "seed", value, 0);
+		} else if (name == "allow_nonfinite") {
+			if (!py::isinstance<py::bool_>(value))
+				throw py::type_error(
+				    fmt::format("merge_tensors(): allow_nonfinite must be True or False, not {}", type_name(value)));
+			request.allow_nonfinite = value.cast<bool>();
 		} else if (name == "tensor_name") {
 			if (!py::isinstance<py::str>(value))
 				throw py::type_error(
@@ -417,7 +427,8 @@ PYBIND11_MODULE(weld, m) {
 	m.def("merge", &merge, py::arg("recipe"), py::arg("out"),
 	      "merge(recipe, out, **options) -> dict\n\n"
 	      "Runs a merge recipe (a YAML file path, a YAML string or a dict) into the folder out, as `weld merge`.\n"
-	      "Options: threads, memory_budget, out_shard_size (bytes or '4GB'), seed, force, dry_run, quiet, verbose.\n"
+	      "Options: threads, memory_budget, out_shard_size (bytes or '4GB'), seed, force, dry_run, quiet, verbose,\n"
+	      "allow_nonfinite.\n"
 	      "Returns {'tensors', 'shards', 'bytes_written', 'seconds', 'warnings'} (and 'plan' for dry_run).");
 	m.def(
 	    "inspect",
@@ -438,7 +449,8 @@ PYBIND11_MODULE(weld, m) {
 	      "merge_tensors(method, base, tensors, **params) -> numpy.ndarray (float32)\n\n"
 	      "Merges NumPy arrays of one shape with a data-free method's kernel. base: an array, or None for\n"
 	      "methods without a base. params: the method's parameters, a scalar for every model or a list of\n"
-	      "one value per tensor; seed= for random methods, tensor_name= for their random streams.\n"
+	      "one value per tensor; seed= for random methods, tensor_name= for their random streams;\n"
+	      "allow_nonfinite=True merges NaN/Inf inputs instead of refusing them.\n"
 	      "float32 C-contiguous arrays are read in place; others are converted to float32.");
 	m.def(
 	    "_conversions", [] { return g_conversions.load(); },

@@ -206,9 +206,25 @@ class MergeTest(Family):
             weld.merge("no-such-recipe.yml", "py-bad")
         self.assertIn("no-such-recipe.yml", str(caught.exception))
         with self.assertRaises(weld.Error) as caught:
-            weld.merge(TIES_RECIPE.replace("model: b", "model: missing"), "py-bad", quiet=True)
+            weld.merge(TIES_RECIPE.replace("- model: b", "- model: missing"), "py-bad", quiet=True)
         self.assertIn("missing", str(caught.exception))
         self.assertFalse((self.tmp / "py-bad").exists())
+
+    def test_nonfinite_models_are_refused_unless_allowed(self):
+        folder = self.tmp / "nan-model"
+        if not folder.exists():
+            tensors = dict(self.models["b"])
+            tensors["model.norm.weight"] = tensors["model.norm.weight"].copy()
+            tensors["model.norm.weight"][2] = np.nan
+            write_model(folder, tensors)
+        recipe = {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1.0}},
+                                                       {"model": "nan-model", "parameters": {"weight": 1.0}}]}
+        with self.assertRaisesRegex(weld.Error, "model.norm.weight.*element 2 is NaN"):
+            weld.merge(recipe, "py-nan", quiet=True)
+        self.assertFalse((self.tmp / "py-nan").exists())
+        weld.merge(recipe, "py-nan", quiet=True, allow_nonfinite=True)
+        merged = read_safetensors(self.tmp / "py-nan" / "model.safetensors")
+        self.assertTrue(np.isnan(merged["model.norm.weight"][2]))
 
     def test_wrong_options_are_type_and_value_errors(self):
         with self.assertRaisesRegex(TypeError, "unexpected keyword argument 'thread'"):
@@ -433,6 +449,18 @@ class MergeTensorsTest(unittest.TestCase):
             weld.merge_tensors("linear", None, [])
         with self.assertRaisesRegex(TypeError, "must be a number or a boolean"):
             weld.merge_tensors("linear", None, [a, b], weight="heavy")
+
+    def test_nonfinite_inputs_are_refused_unless_allowed(self):
+        a, b = self.normal(2, 3), self.normal(2, 3)
+        b[1, 0] = np.nan
+        with self.assertRaisesRegex(weld.Error, r"tensors\[1\]: element 3 is NaN"):
+            weld.merge_tensors("linear", None, [a, b], weight=1.0)
+        merged = weld.merge_tensors("linear", None, [a, b], weight=1.0, allow_nonfinite=True)
+        self.assertTrue(np.isnan(merged[1, 0]))
+        np.testing.assert_allclose(merged[0], (a[0].astype(np.float64) + b[0]) / 2, rtol=1e-6)
+        base = np.full((2, 3), np.inf, dtype=np.float32)
+        with self.assertRaisesRegex(weld.Error, r"base: element 0 is \+Inf"):
+            weld.merge_tensors("task_arithmetic", base, [a], weight=1.0)
 
     def test_weld_errors_carry_weld_messages(self):
         a, b = self.normal(4, 4), self.normal(4, 4)
