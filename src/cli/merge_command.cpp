@@ -22,12 +22,6 @@
 namespace weld::cli {
 namespace {
 
-uint64_t default_memory_budget() {
-	const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
-	if (pages <= 0 || page_size <= 0) return 2ull << 30;
-	return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) / 4;
-}
-
 struct MergeArgs {
 	std::string recipe, out, memory_budget, shard_size = "5GB";
 	std::string format, gguf_type; // "" : safetensors, or gguf when out ends in .gguf

@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "exec/describe.h"
 #include "methods/method.h"
 #include "util/error.h"
 
@@ -85,12 +86,18 @@ void print_markdown_table() {
 std::function<int()> add_methods_command(CLI::App& app) {
 	auto name = std::make_shared<std::string>();
 	auto markdown = std::make_shared<bool>(false);
+	auto json = std::make_shared<bool>(false);
 	auto* cmd = app.add_subcommand("methods", "List the merge methods, or show one with its parameters");
 	cmd->add_option("name", *name, "a method name");
 	cmd->add_flag("--markdown", *markdown, "print the table of every method as Markdown (docs/methods.md)");
-	return [name, markdown] {
+	cmd->add_flag("--json", *json, "machine-readable: each method's properties and parameters, by name");
+	return [name, markdown, json] {
 		if (*markdown) {
 			print_markdown_table();
+			return 0;
+		}
+		if (*json && name->empty()) {
+			fmt::print("{}\n", describe_methods().dump(2));
 			return 0;
 		}
 		if (name->empty()) {
@@ -100,6 +107,12 @@ std::function<int()> add_methods_command(CLI::App& app) {
 		}
 		const auto* method = find_method(*name);
 		if (!method) throw Error(fmt::format("unknown method '{}' (see `weld methods`)", *name));
+		if (*json) {
+			nlohmann::ordered_json one;
+			one[*name] = describe_method(method->info());
+			fmt::print("{}\n", one.dump(2));
+			return 0;
+		}
 		print_method(method->info(), true);
 		return 0;
 	};

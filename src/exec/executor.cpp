@@ -267,6 +267,10 @@ void request_cancel() {
 	g_cancelled = true;
 }
 
+void clear_cancel() {
+	g_cancelled = false;
+}
+
 uint64_t job_working_bytes(const TensorJob& job) {
 	// float32 copies of the sources and the result, plus as much again for the scratch buffers
 	// of methods that sparsify each task vector (TIES, DARE), plus the output bytes.

@@ -32,6 +32,8 @@ uint64_t job_working_bytes(const TensorJob& job);
 // Asks running merges to stop at the next tensor and fail with "interrupted" (so the partial
 // output is removed). Async-signal-safe: meant for SIGINT/SIGTERM handlers.
 void request_cancel();
+// Lets merges run again after a cancelled one (a process that goes on: the Python module).
+void clear_cancel();
 
 // Writes the weights of `plan` into dir (which must exist). Throws weld::Error on failure;
 // the first failure stops the other threads.

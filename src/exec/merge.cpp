@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <optional>
+#include <unistd.h>
 
 namespace weld {
 namespace fs = std::filesystem;
@@ -94,6 +95,12 @@ void write_gguf(Plan& plan, const MergeOptions& options, const ExecOptions& exec
 }
 
 } // namespace
+
+uint64_t default_memory_budget() {
+	const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+	if (pages <= 0 || page_size <= 0) return 2ull << 30;
+	return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) / 4;
+}
 
 MergeSummary run_merge(const MergeOptions& options) {
 	const auto start = std::chrono::steady_clock::now();

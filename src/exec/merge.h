@@ -56,4 +56,7 @@ struct MergeSummary {
 
 MergeSummary run_merge(const MergeOptions& options);
 
+// The default of --memory-budget: a quarter of the machine's memory (2 GB when unknown).
+uint64_t default_memory_budget();
+
 } // namespace weld

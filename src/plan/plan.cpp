@@ -241,6 +241,21 @@ std::string closest_name(std::string_view name, const std::set<std::string, std:
 
 } // namespace
 
+void check_param_value(const ParamDef& def, const ParamValue& value, std::string_view tensor, std::string_view where) {
+	if (value.is_text)
+		throw Error(fmt::format("{}: parameter '{}' must be {}, got '{}'", where, def.name,
+		                        def.type == ParamType::Bool ? "true or false" : "a number", value.text));
+	if (def.type == ParamType::Number && value.is_bool)
+		throw Error(fmt::format("{}: parameter '{}' must be a number, not true/false", where, def.name));
+	if (def.type == ParamType::Bool && !value.is_bool && value.number != 0 && value.number != 1)
+		throw Error(fmt::format("{}: parameter '{}' must be true or false, got {}", where, def.name, value.number));
+	const double v = value.number;
+	if (def.type == ParamType::Number &&
+	    (v > def.max_value || v < def.min_value || (def.min_exclusive && v == def.min_value)))
+		throw Error(fmt::format("{}: parameter '{}' is {:g} for tensor '{}', outside {}{:g}, {:g}]", where, def.name, v,
+		                        tensor, def.min_exclusive ? "(" : "[", def.min_value, def.max_value));
+}
+
 std::vector<std::string> check_parameter_names(const MethodInfo& info, const Recipe& recipe) {
 	std::vector<std::string> warnings;
 	std::vector<std::string> valid;
@@ -299,18 +314,7 @@ std::optional<ParamValue> Planner::lookup(const ParamDef& def, const std::vector
 		if (!setting) continue;
 		auto value = evaluate_setting(*setting, tensor, t);
 		if (!value) continue;
-		if (value->is_text)
-			throw Error(fmt::format("recipe: parameter '{}' must be {}, got '{}'", def.name,
-			                        def.type == ParamType::Bool ? "true or false" : "a number", value->text));
-		if (def.type == ParamType::Number && value->is_bool)
-			throw Error(fmt::format("recipe: parameter '{}' must be a number, not true/false", def.name));
-		if (def.type == ParamType::Bool && !value->is_bool && value->number != 0 && value->number != 1)
-			throw Error(fmt::format("recipe: parameter '{}' must be true or false, got {}", def.name, value->number));
-		const double v = value->number;
-		if (def.type == ParamType::Number &&
-		    (v > def.max_value || v < def.min_value || (def.min_exclusive && v == def.min_value)))
-			throw Error(fmt::format("recipe: parameter '{}' is {:g} for tensor '{}', outside {}{:g}, {:g}]", def.name,
-			                        v, tensor, def.min_exclusive ? "(" : "[", def.min_value, def.max_value));
+		check_param_value(def, *value, tensor, "recipe");
 		return value;
 	}
 	return std::nullopt;

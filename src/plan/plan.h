@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace weld {
@@ -89,6 +90,11 @@ std::string describe_plan(const Plan& plan);
 // Whether `weld merge` hands the recipe to the model runtime (weld-torch): info.learned, or the
 // recipe sets info.learned_when's text parameter to its value.
 bool learns_from_data(const MethodInfo& info, const Recipe& recipe);
+
+// Checks a parameter's value against its definition: true/false for Bool, a number within
+// [min_value, max_value] for Number. Throws weld::Error starting with `where` (e.g. "recipe")
+// and naming the parameter and the tensor.
+void check_param_value(const ParamDef& def, const ParamValue& value, std::string_view tensor, std::string_view where);
 
 // Checks every parameter name of the recipe against the method: a name the method does not take
 // but another weld method does is ignored, with a warning returned (as mergekit ignores it); any
