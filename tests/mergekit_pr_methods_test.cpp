@@ -146,13 +146,7 @@ Vec reference_core_space(const Case& c, double weight) {
 	    {"sources", c.sources}, {"base", c.base_index < 0 ? 0 : c.base_index}, {"shape", c.shape}, {"weight", weight}};
 	const std::string command =
 	    "/usr/bin/python3 " + std::string(WELD_SOURCE_DIR) + "/tests/core_space_reference.py '" + args.dump() + "'";
-	FILE* pipe = popen(command.c_str(), "r");
-	std::string out;
-	char buffer[65536];
-	for (size_t n; pipe && (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;)
-		out.append(buffer, n);
-	EXPECT_TRUE(pipe && pclose(pipe) == 0) << command;
-	return nlohmann::json::parse(out).get<Vec>();
+	return nlohmann::json::parse(test::command_output(command)).get<Vec>();
 }
 
 class CoreSpaceTest : public ::testing::Test {

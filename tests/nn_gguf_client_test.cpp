@@ -32,13 +32,7 @@ bool have_node_llama_cpp() {
 std::vector<std::vector<double>> llama_cpp_logprobs(const fs::path& gguf) {
 	const std::string command = "cd '" + clients_dir().string() + "' && node gguf_logits.mjs '" + gguf.string() +
 	                            "' '" + nlohmann::json(kTokens).dump() + "' 2>&1";
-	FILE* pipe = popen(command.c_str(), "r");
-	if (!pipe) throw std::runtime_error("cannot run " + command);
-	std::string out;
-	char buffer[65536];
-	for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;)
-		out.append(buffer, n);
-	if (pclose(pipe) != 0) throw std::runtime_error("node-llama-cpp failed: " + out);
+	const std::string out = test::command_output(command, "node-llama-cpp failed");
 	const auto rows = nlohmann::json::parse(out.substr(out.find('[')));
 	std::vector<std::vector<double>> result;
 	for (const auto& row : rows) {

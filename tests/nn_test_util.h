@@ -24,13 +24,7 @@ inline nlohmann::json run_reference(const std::filesystem::path& model, const st
 	const std::string command = "/usr/bin/python3 " + std::string(WELD_SOURCE_DIR) + "/tests/nn_reference.py '" +
 	                            model.string() + "' '" + nlohmann::json(seqs).dump() + "' " +
 	                            std::to_string(greedy_steps) + (hidden_states ? " hidden" : "");
-	FILE* pipe = popen(command.c_str(), "r");
-	if (!pipe) throw std::runtime_error("cannot run " + command);
-	std::string out;
-	char buffer[65536];
-	for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;)
-		out.append(buffer, n);
-	if (pclose(pipe) != 0) throw std::runtime_error("failed: " + command);
+	const std::string out = test::command_output(command);
 	return nlohmann::json::parse(out);
 }
 

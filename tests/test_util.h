@@ -8,6 +8,7 @@
 #include "util/error.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <map>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -113,6 +115,19 @@ inline Tensors read_model(const std::filesystem::path& dir) {
 }
 
 // Runs the weld binary; returns the exit status and fills stderr_text.
+// The standard output of a shell command. Throws std::runtime_error, with `what` and the output,
+// when it cannot run or exits non-zero.
+inline std::string command_output(const std::string& command, const std::string& what = "") {
+	FILE* pipe = popen(command.c_str(), "r");
+	if (!pipe) throw std::runtime_error("cannot run " + command);
+	std::string out;
+	char buffer[65536];
+	for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;)
+		out.append(buffer, n);
+	if (pclose(pipe) != 0) throw std::runtime_error((what.empty() ? "failed: " + command : what) + "\n" + out);
+	return out;
+}
+
 inline int run_weld(const std::string& args, std::string* stderr_text = nullptr, std::string* stdout_text = nullptr) {
 	TempDir capture;
 	const auto out = capture / "out.txt", err = capture / "err.txt";

@@ -26,17 +26,6 @@ std::string client_missing() {
 	return "";
 }
 
-std::string run_output(const std::string& command) {
-	FILE* pipe = popen(command.c_str(), "r");
-	if (!pipe) throw std::runtime_error("cannot run " + command);
-	std::string out;
-	char buffer[65536];
-	for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;)
-		out.append(buffer, n);
-	if (pclose(pipe) != 0) throw std::runtime_error("failed: " + command);
-	return out;
-}
-
 ordered_json message(const char* role, const char* content) {
 	return ordered_json{{"role", role}, {"content", content}};
 }
@@ -115,9 +104,9 @@ TEST(TextJinja, ChatTemplatesMatchHuggingFaceJinja) {
 				                          {"bos_token", "<s>"},
 				                          {"eos_token", "</s>"}});
 	write_file(dir / "cases.json", input.dump());
-	const auto expected =
-	    ordered_json::parse(run_output("cd '" + (kSource / "tests/clients").string() +
-	                                   "' && node render_templates.mjs '" + (dir / "cases.json").string() + "'"));
+	const auto expected = ordered_json::parse(test::command_output("cd '" + (kSource / "tests/clients").string() +
+	                                                               "' && node render_templates.mjs '" +
+	                                                               (dir / "cases.json").string() + "'"));
 	ASSERT_EQ(expected.size(), input["cases"].size());
 	size_t rendered = 0;
 	for (size_t i = 0; i < expected.size(); ++i) {

@@ -28,17 +28,6 @@ std::string client_missing() {
 	return "";
 }
 
-std::string run_output(const std::string& command) {
-	FILE* pipe = popen(command.c_str(), "r");
-	if (!pipe) throw std::runtime_error("cannot run " + command);
-	std::string out;
-	char buffer[65536];
-	for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;)
-		out.append(buffer, n);
-	if (pclose(pipe) != 0) throw std::runtime_error("failed: " + command);
-	return out;
-}
-
 std::vector<std::string> text_lines(const fs::path& file) {
 	std::ifstream in(file, std::ios::binary);
 	std::vector<std::string> lines;
@@ -50,8 +39,8 @@ std::vector<std::string> text_lines(const fs::path& file) {
 void compare_with_client(const std::string& name) {
 	if (const auto why = client_missing(); !why.empty()) GTEST_SKIP() << "real client unavailable: " << why;
 	const auto dir = kData / name, lines_file = kData / "lines.txt";
-	const auto out = run_output("cd '" + kClients.string() + "' && node tokenize.mjs '" + dir.string() + "' '" +
-	                            lines_file.string() + "'");
+	const auto out = test::command_output("cd '" + kClients.string() + "' && node tokenize.mjs '" + dir.string() +
+	                                      "' '" + lines_file.string() + "'");
 	const auto tokenizer = text::Tokenizer::load(dir);
 	const auto lines = text_lines(lines_file);
 	std::istringstream records(out);

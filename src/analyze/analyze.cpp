@@ -8,6 +8,7 @@
 #include "plan/recipe.h"
 #include "tensor/convert.h"
 #include "util/error.h"
+#include "util/memory_budget.h"
 #include "util/progress.h"
 
 #include <fmt/format.h>
@@ -25,34 +26,11 @@
 namespace weld::analyze {
 namespace {
 
-// Admits work while its buffers fit the budget; one item always runs, however large.
-class Budget {
-public:
-	explicit Budget(uint64_t limit) : limit_(limit) {}
-	void acquire(uint64_t bytes) {
-		std::unique_lock lock(mutex_);
-		freed_.wait(lock, [&] { return in_use_ == 0 || in_use_ + bytes <= limit_; });
-		in_use_ += bytes;
-	}
-	void release(uint64_t bytes) {
-		{
-			std::lock_guard lock(mutex_);
-			in_use_ -= bytes;
-		}
-		freed_.notify_all();
-	}
-
-private:
-	uint64_t limit_, in_use_ = 0;
-	std::mutex mutex_;
-	std::condition_variable freed_;
-};
-
 // Runs fn(i) for i in [0, count) on `threads` threads, each item holding bytes_of(i) of the
 // budget while it runs. The first exception stops the rest and is rethrown.
 void for_each_under_budget(size_t count, unsigned threads, uint64_t budget_bytes,
                            const std::function<uint64_t(size_t)>& bytes_of, const std::function<void(size_t)>& fn) {
-	Budget budget(budget_bytes);
+	MemoryBudget budget(budget_bytes);
 	std::atomic<size_t> next{0};
 	std::atomic<bool> failed{false};
 	std::exception_ptr error;

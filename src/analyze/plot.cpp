@@ -1,9 +1,9 @@
 #include "analyze/plot.h"
 
+#include "io/png.h"
 #include "util/error.h"
 
 #include <fmt/format.h>
-#include <png.h>
 
 #include <algorithm>
 #include <cmath>
@@ -90,22 +90,7 @@ struct Canvas {
 };
 
 void write_png(const std::filesystem::path& file, const Canvas& c) {
-	std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(file.c_str(), "wb"), std::fclose);
-	if (!out) throw Error(fmt::format("{}: cannot write", file.string()));
-	png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
-	png_infop info = png ? png_create_info_struct(png) : nullptr;
-	if (!info || setjmp(png_jmpbuf(png))) {
-		png_destroy_write_struct(&png, &info);
-		throw Error(fmt::format("{}: writing the PNG failed", file.string()));
-	}
-	png_init_io(png, out.get());
-	png_set_IHDR(png, info, static_cast<png_uint_32>(c.width), static_cast<png_uint_32>(c.height), 8,
-	             PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-	png_write_info(png, info);
-	for (int y = 0; y < c.height; ++y)
-		png_write_row(png, &c.rgb[static_cast<size_t>(y * c.width) * 3]);
-	png_write_end(png, nullptr);
-	png_destroy_write_struct(&png, &info);
+	write_rgb_png(file, c.width, c.height, c.rgb);
 }
 
 Rgb mix(const Rgb& a, const Rgb& b, double t) {

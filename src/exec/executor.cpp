@@ -5,6 +5,7 @@
 #include "tensor/convert.h"
 #include "tensor/row_remap.h"
 #include "util/error.h"
+#include "util/memory_budget.h"
 #include "util/progress.h"
 #include "util/size.h"
 
@@ -26,32 +27,6 @@ namespace {
 
 std::atomic<bool> g_cancelled{false};
 static_assert(std::atomic<bool>::is_always_lock_free, "request_cancel must be async-signal-safe");
-
-// Admits jobs while their working buffers fit the budget; one job is always admitted so a
-// tensor larger than the budget still runs (alone).
-class MemoryBudget {
-public:
-	explicit MemoryBudget(uint64_t limit) : limit_(limit) {}
-
-	void acquire(uint64_t bytes) {
-		std::unique_lock lock(mutex_);
-		freed_.wait(lock, [&] { return in_use_ == 0 || in_use_ + bytes <= limit_; });
-		in_use_ += bytes;
-	}
-	void release(uint64_t bytes) {
-		{
-			std::lock_guard lock(mutex_);
-			in_use_ -= bytes;
-		}
-		freed_.notify_all();
-	}
-
-private:
-	uint64_t limit_;
-	uint64_t in_use_ = 0;
-	std::mutex mutex_;
-	std::condition_variable freed_;
-};
 
 MergeInput job_input(const Plan& plan, const TensorJob& job) {
 	MergeInput input;

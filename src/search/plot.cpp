@@ -1,9 +1,9 @@
 #include "search/plot.h"
 
+#include "io/png.h"
 #include "util/error.h"
 
 #include <fmt/format.h>
-#include <png.h>
 
 #include <algorithm>
 #include <cmath>
@@ -63,22 +63,7 @@ void write_scatter_png(const std::filesystem::path& file, const std::vector<std:
 	for (size_t i : front)
 		c.dot(px(points[i].first), py(points[i].second), 4, 220, 40, 40);
 
-	std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(file.c_str(), "wb"), std::fclose);
-	if (!out) throw Error(fmt::format("{}: cannot write", file.string()));
-	png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
-	png_infop info = png ? png_create_info_struct(png) : nullptr;
-	if (!info || setjmp(png_jmpbuf(png))) {
-		png_destroy_write_struct(&png, &info);
-		throw Error(fmt::format("{}: writing the PNG failed", file.string()));
-	}
-	png_init_io(png, out.get());
-	png_set_IHDR(png, info, kWidth, kHeight, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-	             PNG_FILTER_TYPE_DEFAULT);
-	png_write_info(png, info);
-	for (int y = 0; y < kHeight; ++y)
-		png_write_row(png, &c.rgb[static_cast<size_t>(y * kWidth) * 3]);
-	png_write_end(png, nullptr);
-	png_destroy_write_struct(&png, &info);
+	write_rgb_png(file, kWidth, kHeight, c.rgb);
 }
 
 } // namespace weld::search
