@@ -131,17 +131,6 @@ std::vector<TensorStats> analyze_family(const AnalyzeOptions& options) {
 	return stats;
 }
 
-MergeInput job_input(const Plan& plan, const TensorJob& job) {
-	MergeInput input;
-	input.tensor_name = job.name;
-	input.shape = job.shape;
-	input.base_index = job.base_index;
-	input.params = job.params;
-	input.source_params = job.source_params;
-	input.random_seed = plan.seed;
-	return input;
-}
-
 void check_recipe_plan(const Plan& plan, const std::string& label) {
 	const auto& info = plan.method->info();
 	if (plan.base_model < 0)

@@ -28,17 +28,6 @@ namespace {
 std::atomic<bool> g_cancelled{false};
 static_assert(std::atomic<bool>::is_always_lock_free, "request_cancel must be async-signal-safe");
 
-MergeInput job_input(const Plan& plan, const TensorJob& job) {
-	MergeInput input;
-	input.tensor_name = job.name;
-	input.shape = job.shape;
-	input.base_index = job.base_index;
-	input.params = job.params;
-	input.source_params = job.source_params;
-	input.random_seed = plan.seed;
-	return input;
-}
-
 // NaN and ±Inf in an input are refused (ExecOptions::allow_nonfinite lets them through):
 // every method would spread them, and most checkpoints that hold one are broken.
 [[noreturn]] void throw_nonfinite(const Plan& plan, const JobSource& source, uint64_t element, float value) {

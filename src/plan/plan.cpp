@@ -780,6 +780,17 @@ uint64_t Plan::output_bytes() const {
 	return total;
 }
 
+MergeInput job_input(const Plan& plan, const TensorJob& job) {
+	MergeInput input;
+	input.tensor_name = job.name;
+	input.shape = job.shape;
+	input.base_index = job.base_index;
+	input.params = job.params;
+	input.source_params = job.source_params;
+	input.random_seed = plan.seed;
+	return input;
+}
+
 Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed,
                 const std::filesystem::path& lora_scratch) {
 	Plan plan;

@@ -81,6 +81,9 @@ using ComputedStatistics = std::map<std::string, std::string>;
 // Throws weld::Error naming the recipe key, model or tensor at fault. Models referenced as
 // model+lora are written with their adapter applied (and .gguf files as folders) under lora_scratch (default: the
 // system's temporary folder) and removed when the plan goes away.
+// A job's method input without its sources and statistics (the caller adds those).
+MergeInput job_input(const Plan& plan, const TensorJob& job);
+
 Plan build_plan(Recipe recipe, uint64_t seed, const ComputedStatistics& computed = {},
                 const std::filesystem::path& lora_scratch = {});
 
