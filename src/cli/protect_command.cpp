@@ -1,0 +1,35 @@
+// `weld protect MODEL OUT --seed S`: MergeLock, the same function in weights that merge with nothing.
+#include "align/protect.h"
+#include "cli/commands.h"
+#include "util/size.h"
+
+#include <fmt/format.h>
+
+#include <memory>
+
+namespace weld::cli {
+
+std::function<int()> add_protect_command(CLI::App& app) {
+	struct Args {
+		ProtectOptions options;
+		std::string shard_size = "5GB";
+		bool quiet = false;
+	};
+	auto args = std::make_shared<Args>();
+	auto* cmd = app.add_subcommand("protect", "MergeLock: rewrite a Llama-family model's attention with random "
+	                                          "function-preserving transforms so that merges with it fail");
+	cmd->add_option("model", args->options.model, "model folder (or Hugging Face cache id)")->required();
+	cmd->add_option("out", args->options.out, "output folder")->required();
+	cmd->add_option("--seed", args->options.seed, "seed of the transforms (keep it secret: it is the key)");
+	cmd->add_option("--out-shard-size", args->shard_size, "largest output shard (default 5GB)");
+	cmd->add_flag("--force", args->options.force, "replace the output folder if it exists");
+	cmd->add_flag("--quiet,-q", args->quiet, "print nothing but errors");
+	return [args] {
+		args->options.max_shard_bytes = parse_size(args->shard_size, "--out-shard-size");
+		protect_model(args->options);
+		if (!args->quiet) fmt::print("weld: protected {} into {}\n", args->options.model, args->options.out);
+		return 0;
+	};
+}
+
+} // namespace weld::cli

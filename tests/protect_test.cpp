@@ -1,0 +1,123 @@
+// weld protect (MergeLock): the protected model computes the same logits as the original (the
+// NumPy reference forward pass of tests/nn_reference.py on both), while its attention weights
+// are scrambled; the seed is the key.
+#include "nn_test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace weld {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::vector<std::vector<int64_t>> kSequences = {{1, 5, 9, 33, 2, 17, 60, 4, 8}, {3, 3, 8, 40, 12, 0, 63}};
+
+TinyLlamaSpec gqa_spec() {
+	TinyLlamaSpec spec;
+	spec.layers = 2;
+	spec.hidden = 32;
+	spec.heads = 4;
+	spec.kv_heads = 2; // two query heads per key/value head
+	return spec;
+}
+
+double max_logit_difference(const fs::path& a, const fs::path& b) {
+	const auto x = test::run_reference(a, kSequences)["logits"], y = test::run_reference(b, kSequences)["logits"];
+	double diff = 0;
+	for (size_t s = 0; s < x.size(); s++)
+		for (size_t p = 0; p < x[s].size(); p++)
+			for (size_t v = 0; v < x[s][p].size(); v++)
+				diff = std::max(diff, std::abs(x[s][p][v].get<double>() - y[s][p][v].get<double>()));
+	return diff;
+}
+
+// ‖a − b‖ / ‖a‖ over one tensor.
+double relative_change(const fs::path& a, const fs::path& b, const std::string& name) {
+	const auto x = test::read_model(a).at(name), y = test::read_model(b).at(name);
+	double num = 0, den = 0;
+	for (size_t i = 0; i < x.size(); i++) {
+		num += (x[i] - y[i]) * (x[i] - y[i]);
+		den += x[i] * x[i];
+	}
+	return std::sqrt(num / den);
+}
+
+class ProtectTest : public ::testing::Test {
+protected:
+	void SetUp() override {
+		if (!test::have_numpy()) GTEST_SKIP() << "Debian's /usr/bin/python3 with NumPy is needed";
+	}
+	int protect(const std::string& model, const std::string& out, int seed, std::string* err = nullptr) {
+		return test::run_weld(
+		    fmt::format("protect {} {} --seed {} --quiet", (dir_ / model).string(), (dir_ / out).string(), seed), err);
+	}
+	test::TempDir dir_;
+};
+
+TEST_F(ProtectTest, LlamaWithGqaKeepsItsLogitsAndScramblesItsAttention) {
+	const auto spec = gqa_spec();
+	write_tiny_llama(dir_ / "model", spec, make_tiny_llama(spec, 3));
+	ASSERT_EQ(protect("model", "locked", 7), 0);
+	const double diff = max_logit_difference(dir_ / "model", dir_ / "locked");
+	std::printf("max |logit difference| after protect (Llama, GQA): %.3g\n", diff);
+	EXPECT_LE(diff, 1e-4);
+	for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"})
+		EXPECT_GT(
+		    relative_change(dir_ / "model", dir_ / "locked", fmt::format("model.layers.1.self_attn.{}.weight", proj)),
+		    0.3)
+		    << proj;
+	EXPECT_EQ(relative_change(dir_ / "model", dir_ / "locked", "model.layers.1.mlp.up_proj.weight"), 0.0);
+}
+
+TEST_F(ProtectTest, Qwen2WithBiasesKeepsItsLogits) {
+	const auto spec = gqa_spec();
+	auto tensors = make_tiny_llama(spec, 5);
+	const auto weights = tensors;
+	for (const auto& t : weights)
+		for (const char* proj : {"q_proj", "k_proj", "v_proj"})
+			if (t.name.find(std::string(proj) + ".weight") != std::string::npos) {
+				NamedTensor bias{t.name.substr(0, t.name.size() - 6) + "bias", {t.shape[0]}, {}};
+				for (uint64_t i = 0; i < t.shape[0]; ++i)
+					bias.values.push_back(0.05f * static_cast<float>(i % 7) - 0.15f);
+				tensors.push_back(bias);
+			}
+	write_tiny_llama(dir_ / "qwen", spec, tensors);
+	test::edit_config(dir_ / "qwen", {{"architectures", {"Qwen2ForCausalLM"}}, {"rope_theta", 1000000.0}});
+	ASSERT_EQ(protect("qwen", "locked", 11), 0);
+	const double diff = max_logit_difference(dir_ / "qwen", dir_ / "locked");
+	std::printf("max |logit difference| after protect (Qwen2, biases): %.3g\n", diff);
+	EXPECT_LE(diff, 1e-4);
+	EXPECT_GT(relative_change(dir_ / "qwen", dir_ / "locked", "model.layers.0.self_attn.k_proj.bias"), 0.1);
+}
+
+TEST_F(ProtectTest, TheSeedIsTheKey) {
+	const auto spec = gqa_spec();
+	write_tiny_llama(dir_ / "model", spec, make_tiny_llama(spec, 3));
+	ASSERT_EQ(protect("model", "a", 1), 0);
+	ASSERT_EQ(protect("model", "b", 1), 0);
+	ASSERT_EQ(protect("model", "c", 2), 0);
+	EXPECT_EQ(test::read_file(dir_ / "a" / "model.safetensors"), test::read_file(dir_ / "b" / "model.safetensors"));
+	EXPECT_GT(relative_change(dir_ / "a", dir_ / "c", "model.layers.0.self_attn.q_proj.weight"), 0.3);
+}
+
+TEST_F(ProtectTest, WhatCannotBeProtectedIsOneErrorAndNothingWritten) {
+	const auto spec = gqa_spec();
+	write_tiny_llama(dir_ / "model", spec, make_tiny_llama(spec, 3));
+	test::edit_config(dir_ / "model", {{"architectures", {"GPT2LMHeadModel"}}});
+	std::string err;
+	EXPECT_NE(protect("model", "out", 1, &err), 0);
+	EXPECT_NE(err.find("architecture GPT2LMHeadModel cannot be protected"), std::string::npos) << err;
+	test::edit_config(dir_ / "model", {{"architectures", {"LlamaForCausalLM"}}, {"num_key_value_heads", 3}});
+	EXPECT_NE(protect("model", "out", 1, &err), 0);
+	EXPECT_NE(err.find("num_attention_heads 4 is not a multiple of num_key_value_heads 3"), std::string::npos) << err;
+	EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+	EXPECT_FALSE(fs::exists(dir_ / "out"));
+}
+
+} // namespace
+} // namespace weld
