@@ -26,5 +26,6 @@ std::function<int()> add_rmm_command(CLI::App& app);
 std::function<int()> add_convert_command(CLI::App& app);
 std::function<int()> add_analyze_command(CLI::App& app);
 std::function<int()> add_protect_command(CLI::App& app);
+std::function<int()> add_verify_protect_command(CLI::App& app);
 
 } // namespace weld::cli

@@ -18,7 +18,8 @@ int main(int argc, char** argv) {
 	                 weld::cli::add_stats_command, weld::cli::add_search_command, weld::cli::add_task_data_command,
 	                 weld::cli::add_moe_command, weld::cli::add_apply_lora_command, weld::cli::add_extract_lora_command,
 	                 weld::cli::add_lora_merge_command, weld::cli::add_rmm_command, weld::cli::add_example_command,
-	                 weld::cli::add_convert_command, weld::cli::add_analyze_command, weld::cli::add_protect_command}) {
+	                 weld::cli::add_convert_command, weld::cli::add_analyze_command, weld::cli::add_protect_command,
+	                 weld::cli::add_verify_protect_command}) {
 		auto run = add(app);
 		commands.emplace_back(app.get_subcommands({}).back(), std::move(run));
 	}

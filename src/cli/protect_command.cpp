@@ -1,6 +1,8 @@
 // `weld protect MODEL OUT --seed S`: MergeLock, the same function in weights that merge with nothing.
 #include "align/protect.h"
 #include "cli/commands.h"
+#include "cli/torch_program.h"
+#include "cli/verify_protect_options.h"
 #include "util/size.h"
 
 #include <fmt/format.h>
@@ -30,6 +32,18 @@ std::function<int()> add_protect_command(CLI::App& app) {
 		if (!args->quiet) fmt::print("weld: protected {} into {}\n", args->options.model, args->options.out);
 		return 0;
 	};
+}
+
+} // namespace weld::cli
+
+namespace weld::cli {
+
+std::function<int()> add_verify_protect_command(CLI::App& app) {
+	auto args = std::make_shared<VerifyProtectArgs>();
+	auto* cmd = app.add_subcommand("verify-protect", "The largest logit difference between a model and its protected "
+	                                                 "copy on random token sequences (libtorch)");
+	add_verify_protect_options(*cmd, *args);
+	return [args]() -> int { run_torch_program("verify-protect", verify_protect_words(*args)); };
 }
 
 } // namespace weld::cli

@@ -5,6 +5,7 @@
 #include "nn/tasks.h"
 #include "nn/tokenizer.h"
 #include "nn/twin.h"
+#include "tensor/kernels.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -243,6 +244,32 @@ EvalReport evaluate(const fs::path& model_dir, const fs::path& data, const EvalO
 		                read_prompt_answer_lines(data), data);
 	}
 	return {};
+}
+
+LogitComparison compare_logits(const fs::path& a, const fs::path& b, size_t sequences, size_t length, uint64_t seed,
+                               const EvalOptions& options) {
+	if (options.threads > 0) at::set_num_threads(options.threads);
+	const auto first = LlamaModel::load(a, parse_dtype(options.dtype));
+	const auto second = LlamaModel::load(b, parse_dtype(options.dtype));
+	const int64_t vocab = first.config().vocab_size;
+	if (second.config().vocab_size != vocab)
+		throw Error(fmt::format("{} and {}: vocabularies of {} and {} tokens", show(a), show(b), vocab,
+		                        second.config().vocab_size));
+	if (sequences == 0 || length == 0) throw Error("--sequences and --length must be positive");
+	const at::NoGradGuard no_grad;
+	LogitComparison result;
+	const uint64_t key = random_stream_key(seed, "verify-protect", 0);
+	for (size_t s = 0; s < sequences; s++) {
+		std::vector<int64_t> ids(length);
+		for (size_t i = 0; i < length; i++)
+			ids[i] = static_cast<int64_t>(random_uniform(key, s * length + i) * static_cast<double>(vocab));
+		const auto x = first.forward(as_tensor(ids)).to(at::kDouble),
+		           y = second.forward(as_tensor(ids)).to(at::kDouble);
+		result.max_difference = std::max(result.max_difference, (x - y).abs().max().item<double>());
+		result.max_abs_logit = std::max(result.max_abs_logit, x.abs().max().item<double>());
+		result.positions += length;
+	}
+	return result;
 }
 
 } // namespace weld::nn

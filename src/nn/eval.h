@@ -62,4 +62,15 @@ std::vector<TaskScore> evaluate_tasks(const std::filesystem::path& model_dir, co
 EvalReport evaluate(const std::filesystem::path& model_dir, const std::filesystem::path& data,
                     const EvalOptions& options);
 
+// weld verify-protect: the largest |logit difference| between two models of one architecture
+// and vocabulary (an original and its protected copy) on `sequences` sequences of `length`
+// token ids drawn uniformly from the vocabulary with `seed`.
+struct LogitComparison {
+	double max_difference = 0;
+	double max_abs_logit = 0; // of the first model, for scale
+	uint64_t positions = 0;
+};
+LogitComparison compare_logits(const std::filesystem::path& a, const std::filesystem::path& b, size_t sequences,
+                               size_t length, uint64_t seed, const EvalOptions& options);
+
 } // namespace weld::nn

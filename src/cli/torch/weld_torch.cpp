@@ -3,6 +3,7 @@
 #include "cli/moe_options.h"
 #include "cli/stats_options.h"
 #include "cli/train_options.h"
+#include "cli/verify_protect_options.h"
 #include "exec/distributed.h"
 #include "io/model.h"
 #include "learned/learned_merge.h"
@@ -118,6 +119,21 @@ int search(weld::search::SearchOptions& args, const std::string& spec, const std
 	return 0;
 }
 
+int verify_protect(const weld::cli::VerifyProtectArgs& a) {
+	nn::EvalOptions options;
+	options.threads = a.threads;
+	const auto r = nn::compare_logits(a.original, a.protected_model, a.sequences, a.length, a.seed, options);
+	if (a.json) {
+		const nlohmann::ordered_json out = {
+		    {"max_logit_difference", r.max_difference}, {"max_abs_logit", r.max_abs_logit}, {"positions", r.positions}};
+		fmt::print("{}\n", out.dump());
+	} else {
+		fmt::print("max |logit difference| {:.3g} over {} positions (largest |logit| {:.3g})\n", r.max_difference,
+		           r.positions, r.max_abs_logit);
+	}
+	return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -152,6 +168,10 @@ int main(int argc, char** argv) {
 	weld::cli::MoeArgs moe_args;
 	auto* moe_cmd = app.add_subcommand("moe", "a mixture of experts whose gates run the base model (weld moe)");
 	weld::cli::add_moe_options(*moe_cmd, moe_args);
+	weld::cli::VerifyProtectArgs verify_args;
+	auto* verify_cmd =
+	    app.add_subcommand("verify-protect", "largest logit difference of a model and its protected copy");
+	weld::cli::add_verify_protect_options(*verify_cmd, verify_args);
 	try {
 		app.parse(argc, argv);
 	} catch (const CLI::ParseError& e) {
@@ -159,6 +179,7 @@ int main(int argc, char** argv) {
 	}
 	try {
 		if (stats_cmd->parsed()) return compute_stats(stats_args);
+		if (verify_cmd->parsed()) return verify_protect(verify_args);
 		if (moe_cmd->parsed()) return weld::cli::run_moe(moe_args, nn::runtime_prompt_states());
 		if (search_cmd->parsed()) return search(search_args, search_spec, search_out);
 		if (merge_cmd->parsed()) {
