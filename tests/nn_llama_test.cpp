@@ -76,15 +76,7 @@ TEST_F(NnReference, LogitsMatchTiedBf16Weights) {
 TEST_F(NnReference, LogitsMatchQwen2WithBiases) {
 	auto spec = gqa_spec(false);
 	auto tensors = make_tiny_llama(spec, 11);
-	const auto with_bias = tensors;
-	for (const auto& t : with_bias)
-		for (const char* proj : {"q_proj", "k_proj", "v_proj"})
-			if (t.name.find(std::string(proj) + ".weight") != std::string::npos) {
-				NamedTensor bias{t.name.substr(0, t.name.size() - 6) + "bias", {t.shape[0]}, {}};
-				for (uint64_t i = 0; i < t.shape[0]; ++i)
-					bias.values.push_back(0.05f * static_cast<float>(i % 7) - 0.15f);
-				tensors.push_back(bias);
-			}
+	test::add_qkv_biases(tensors);
 	write_tiny_llama(tmp.path(), spec, tensors);
 	test::edit_config(tmp.path(), {{"architectures", {"Qwen2ForCausalLM"}},
 	                               {"rope_theta", 1000000.0},

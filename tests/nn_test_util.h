@@ -37,6 +37,19 @@ inline std::vector<NamedTensor> write_model(const std::filesystem::path& dir, co
 }
 
 // Replaces keys of dir/config.json.
+// q/k/v biases as Qwen2 has them (a fixed, non-zero pattern), added to a tiny Llama's tensors.
+inline void add_qkv_biases(std::vector<weld::NamedTensor>& tensors) {
+	const auto weights = tensors;
+	for (const auto& t : weights)
+		for (const char* proj : {"q_proj", "k_proj", "v_proj"})
+			if (t.name.find(std::string(proj) + ".weight") != std::string::npos) {
+				weld::NamedTensor bias{t.name.substr(0, t.name.size() - 6) + "bias", {t.shape[0]}, {}};
+				for (uint64_t i = 0; i < t.shape[0]; ++i)
+					bias.values.push_back(0.05f * static_cast<float>(i % 7) - 0.15f);
+				tensors.push_back(bias);
+			}
+}
+
 inline void edit_config(const std::filesystem::path& dir, const nlohmann::json& changes) {
 	auto config = nlohmann::json::parse(read_file(dir / "config.json"));
 	config.update(changes);

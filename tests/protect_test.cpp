@@ -77,15 +77,7 @@ TEST_F(ProtectTest, LlamaWithGqaKeepsItsLogitsAndScramblesItsAttention) {
 TEST_F(ProtectTest, Qwen2WithBiasesKeepsItsLogits) {
 	const auto spec = gqa_spec();
 	auto tensors = make_tiny_llama(spec, 5);
-	const auto weights = tensors;
-	for (const auto& t : weights)
-		for (const char* proj : {"q_proj", "k_proj", "v_proj"})
-			if (t.name.find(std::string(proj) + ".weight") != std::string::npos) {
-				NamedTensor bias{t.name.substr(0, t.name.size() - 6) + "bias", {t.shape[0]}, {}};
-				for (uint64_t i = 0; i < t.shape[0]; ++i)
-					bias.values.push_back(0.05f * static_cast<float>(i % 7) - 0.15f);
-				tensors.push_back(bias);
-			}
+	test::add_qkv_biases(tensors);
 	write_tiny_llama(dir_ / "qwen", spec, tensors);
 	test::edit_config(dir_ / "qwen", {{"architectures", {"Qwen2ForCausalLM"}}, {"rope_theta", 1000000.0}});
 	ASSERT_EQ(protect("qwen", "locked", 11), 0);
