@@ -165,7 +165,12 @@ void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& 
 		b.out.resize(kBlockElements);
 		b.staged.resize(std::max(b.staged.size(), kItemBlocks * kBlockElements * out_size));
 	}
+	// Inputs are checked for NaN/Inf in the first pass that reads them, not again in later ones.
+	int first_pass = -1;
+	for (int pass = kernel.stat_passes() - 1; pass >= 0; pass--)
+		if (kernel.wants_pass(pass)) first_pass = pass;
 	auto run_pass = [&](int pass) { // pass < 0: the output pass
+		const bool check_inputs = !options.allow_nonfinite && pass == first_pass;
 		parallel_for(items, threads, [&](uint64_t item, unsigned worker) {
 			if (g_cancelled) throw Error("interrupted");
 			WorkerBuffers& wb = buffers[worker];
@@ -178,7 +183,7 @@ void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& 
 					const uint8_t* data = job.sources[s].tensor->file->data(info).data();
 					convert_to_f32(info.dtype, data + offset * dtype_size(info.dtype), wb.sources[s].data(), size);
 					wb.views[s] = {wb.sources[s].data(), size};
-					if (!options.allow_nonfinite) check_finite(plan, job.sources[s], wb.views[s], offset);
+					if (check_inputs) check_finite(plan, job.sources[s], wb.views[s], offset);
 				}
 				const Block block{.index = offset / kBlockElements, .offset = offset, .sources = wb.views};
 				if (pass >= 0) {
