@@ -16,10 +16,13 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 namespace weld {
+
+class ModelFolder;
 
 struct LlamaShape {
 	std::string architecture; // LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM
@@ -47,5 +50,30 @@ ModelPermutation identity_permutation(const LlamaShape& shape);
 // Throws weld::Error naming what is wrong when a vector has the wrong length or is not a
 // permutation.
 void check_permutation(const ModelPermutation& p, const LlamaShape& shape);
+
+// The shape of a Llama, Mistral or Qwen2 model from its config.json (head_dim defaults to
+// hidden_size / num_attention_heads, num_key_value_heads to num_attention_heads; qkv_bias is
+// whether layer 0 has q_proj.bias). Throws weld::Error naming `label` and the key otherwise.
+LlamaShape read_llama_shape(const ModelFolder& model, const std::string& label);
+
+// Throws one weld::Error naming both models and the first field in which they differ.
+void check_same_shape(const LlamaShape& a, const std::string& label_a, const LlamaShape& b, const std::string& label_b);
+
+// Every tensor of a model as float32, by name.
+using WeightMap = std::map<std::string, std::vector<float>>;
+
+// Reads every tensor of `model` as float32, after checking that each tensor the shape implies
+// exists with the shape config.json implies (throws weld::Error naming `label` and the tensor).
+WeightMap read_weights(const ModelFolder& model, const LlamaShape& shape, const std::string& label);
+
+// Applies p (checked first) to the weights as described above: every gather is exact, so the
+// model computes the same function.
+void permute_weights(WeightMap& w, const LlamaShape& shape, const ModelPermutation& p);
+
+// Writes `w` as a model folder at `out`: every tensor of `like` in its dtype and order (from `w`
+// where it has the name, else `like`'s bytes), with `like`'s config.json and tokenizer files,
+// all or nothing. Throws weld::Error when `w` holds a tensor `like` lacks or of another size.
+void write_weights(const ModelFolder& like, const WeightMap& w, const std::string& out, bool force,
+                   uint64_t max_shard_bytes);
 
 } // namespace weld

@@ -25,6 +25,7 @@ std::function<int()> add_lora_merge_command(CLI::App& app);
 std::function<int()> add_rmm_command(CLI::App& app);
 std::function<int()> add_convert_command(CLI::App& app);
 std::function<int()> add_analyze_command(CLI::App& app);
+std::function<int()> add_align_command(CLI::App& app);
 std::function<int()> add_protect_command(CLI::App& app);
 std::function<int()> add_verify_protect_command(CLI::App& app);
 
