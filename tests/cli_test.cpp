@@ -187,6 +187,14 @@ TEST_F(CliTest, InvalidYamlGivesTheLine) {
 	expect_merge_error("merge_method: [ties\n", "invalid YAML at line");
 }
 
+// Found by fuzz/fuzz_recipe: a mapping used as a key (YAML's `? key`) escaped as yaml-cpp's
+// bad-conversion exception instead of a recipe error.
+TEST_F(CliTest, AComplexKeyIsARecipeError) {
+	expect_merge_error("merge_method: linear\nmodels:\n  - model: a\nparameters:\n  ? {kind: zero}: 1\n",
+	                   "a key must be a plain name");
+	expect_merge_error("? [a, b]\n: 1\nmerge_method: linear\n", "a key must be a plain name");
+}
+
 TEST_F(CliTest, ShapeMismatchNamesTensorAndModel) {
 	auto other = spec_;
 	other.intermediate = spec_.intermediate * 2;

@@ -69,7 +69,8 @@ TEST(MethodsTest, RegistryListsEveryMethodSorted) {
 	                                           "tsv",
 	                                           "twin",
 	                                           "varm",
-	                                           "widen"}));
+	                                           "widen",
+	                                           "zipit"}));
 	for (const MergeMethod* m : all_methods()) {
 		EXPECT_FALSE(m->info().description.empty()) << m->info().name;
 		EXPECT_FALSE(m->info().reference.empty()) << m->info().name;

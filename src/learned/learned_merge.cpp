@@ -10,6 +10,7 @@
 #include "learned/localize_stitch.h"
 #include "learned/regmean_pp.h"
 #include "learned/twin.h"
+#include "learned/zipit.h"
 #include "methods/method.h"
 #include "plan/plan.h"
 #include "plan/recipe.h"
@@ -60,6 +61,15 @@ public:
 			throw Error(fmt::format("recipe: parameters.{} is {:g}, outside {}{:g}, {:g}]", name, s->number,
 			                        d->min_exclusive ? "(" : "[", d->min_value, d->max_value));
 		return s->number;
+	}
+
+	// A true/false parameter (a number: 0 is false).
+	bool flag(const std::string& name) const {
+		const auto* s = find_setting(recipe_.parameters, name);
+		if (!s) return def(name)->default_value != 0;
+		if (s->kind != ParamSetting::Kind::Bool && s->kind != ParamSetting::Kind::Number)
+			throw Error(fmt::format("recipe: parameters.{}: expected true or false", name));
+		return s->number != 0;
 	}
 
 	// A per-model number: as the model's parameters set it, else its default.
@@ -271,6 +281,16 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 		return run_twin(recipe, s.number("lambda"), s.number("density"), s.number("router_lr"),
 		                static_cast<int64_t>(s.number("router_epochs")), options.seed, options.out, options.force,
 		                options.quiet);
+	}
+	if (info.name == "zipit") {
+		const Settings s(recipe, info);
+		ZipitOptions z;
+		z.data = s.text("data");
+		z.absval = s.flag("absval");
+		z.samples = static_cast<size_t>(s.number("samples"));
+		for (const auto& m : recipe.models)
+			z.weights.push_back(s.model_number(m, "weight"));
+		return run_zipit(recipe, z, options);
 	}
 	if (!recipe.base_model) throw Error(fmt::format("recipe: method '{}' needs a base_model", info.name));
 	const Settings settings(recipe, info);

@@ -59,6 +59,7 @@ const MergeMethod& regmean_pp_method();
 const MergeMethod& concrete_method();
 const MergeMethod& expert_merging_method();
 const MergeMethod& twin_method();
+const MergeMethod& zipit_method();
 
 // Throws weld::Error naming the tensor unless the sources are non-empty, equally long, as long
 // as out, within info's source-count limits, and (for BaseModel::Required) base_index is valid.

@@ -52,7 +52,8 @@ const std::vector<const MergeMethod*>& sorted_methods() {
 		                                       &concrete_method(),
 		                                       &expert_merging_method(),
 		                                       &twin_method(),
-		                                       &doge_method()};
+		                                       &doge_method(),
+		                                       &zipit_method()};
 		std::sort(all.begin(), all.end(),
 		          [](const MergeMethod* a, const MergeMethod* b) { return a->info().name < b->info().name; });
 		return all;

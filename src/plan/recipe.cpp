@@ -29,11 +29,17 @@ std::string join(std::initializer_list<std::string_view> names) {
 	return out;
 }
 
+// A mapping's key as text: YAML allows lists and mappings as keys (`? [a, b]: 1`), recipes do not.
+std::string key_string(const Context& ctx, const YAML::Node& key, const std::string& where) {
+	if (!key.IsScalar()) ctx.fail(where, "a key must be a plain name, not a list or mapping");
+	return key.as<std::string>();
+}
+
 void check_keys(const Context& ctx, const YAML::Node& node, const std::string& where,
                 std::initializer_list<std::string_view> allowed) {
 	if (!node.IsMap()) ctx.fail(where, "expected a mapping");
 	for (const auto& item : node) {
-		const auto key = item.first.as<std::string>();
+		const auto key = key_string(ctx, item.first, where);
 		if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
 			ctx.fail(where, fmt::format("unknown key '{}' (valid keys: {})", key, join(allowed)));
 	}
@@ -120,7 +126,7 @@ ParamSettings parse_parameters(const Context& ctx, const YAML::Node& node, const
 	if (!node || node.IsNull()) return out;
 	if (!node.IsMap()) ctx.fail(where, "expected a mapping of parameter names to values");
 	for (const auto& item : node) {
-		const auto name = item.first.as<std::string>();
+		const auto name = key_string(ctx, item.first, where);
 		out.emplace_back(name, parse_setting(ctx, item.second, where + "." + name));
 	}
 	return out;
@@ -197,7 +203,7 @@ std::vector<ModuleSpec> parse_modules(const Context& ctx, const YAML::Node& modu
 	std::vector<ModuleSpec> out;
 	for (const auto& item : modules) {
 		ModuleSpec module;
-		module.name = item.first.as<std::string>();
+		module.name = key_string(ctx, item.first, "modules");
 		const auto where = "modules." + module.name;
 		check_keys(ctx, item.second, where, {"models", "slices", "parameters"});
 		if (item.second["models"].IsDefined() == item.second["slices"].IsDefined())
@@ -269,7 +275,7 @@ TokenizerSpec parse_tokenizer(const Context& ctx, const YAML::Node& node) {
 	if (!tokens || tokens.IsNull()) return spec;
 	if (!tokens.IsMap()) ctx.fail("tokenizer.tokens", "expected a mapping of token strings to {source, force}");
 	for (const auto& item : tokens) {
-		const auto token = item.first.as<std::string>();
+		const auto token = key_string(ctx, item.first, "tokenizer.tokens");
 		const auto where = fmt::format("tokenizer.tokens['{}']", token);
 		if (token.empty()) ctx.fail(where, "a token cannot be empty");
 		TokenEmbeddingSpec entry;
@@ -289,7 +295,9 @@ TokenizerSpec parse_tokenizer(const Context& ctx, const YAML::Node& node) {
 
 } // namespace
 
-Recipe parse_recipe(const std::string& yaml_text, const std::string& label) {
+namespace {
+
+Recipe parse_recipe_text(const std::string& yaml_text, const std::string& label) {
 	const Context ctx{label};
 	YAML::Node root;
 	try {
@@ -327,6 +335,17 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& label) {
 		if (recipe.chat_template->empty()) ctx.fail("chat_template", "empty");
 	}
 	return recipe;
+}
+
+} // namespace
+
+Recipe parse_recipe(const std::string& yaml_text, const std::string& label) {
+	try {
+		return parse_recipe_text(yaml_text, label);
+	} catch (const YAML::Exception& e) { // a conversion the checks above did not foresee
+		throw Error(fmt::format("{}: invalid recipe at line {}, column {}: {}", label, e.mark.line + 1,
+		                        e.mark.column + 1, e.msg));
+	}
 }
 
 const ParamSetting* find_setting(const ParamSettings& settings, std::string_view name) {

@@ -1,4 +1,5 @@
 // weld-torch: the libtorch side of `weld eval` and `weld train` (cli/torch_program.h).
+#include "cli/align_options.h"
 #include "cli/eval_options.h"
 #include "cli/moe_options.h"
 #include "cli/stats_options.h"
@@ -7,10 +8,12 @@
 #include "exec/distributed.h"
 #include "io/model.h"
 #include "learned/learned_merge.h"
+#include "nn/align_activation.h"
 #include "nn/eval.h"
 #include "nn/moe_states.h"
 #include "search/search.h"
 #include "util/progress.h"
+#include "util/size.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -134,6 +137,29 @@ int verify_protect(const weld::cli::VerifyProtectArgs& a) {
 	return 0;
 }
 
+int align(const weld::cli::AlignArgs& a) {
+	if (a.data.empty()) throw weld::Error(fmt::format("weld align --method {}: needs --data", a.method));
+	nn::DataAlignJob job;
+	job.ref = a.ref;
+	job.model = a.model;
+	job.out = a.out;
+	job.data = a.data;
+	job.method = a.method;
+	job.width = a.width;
+	job.ridge = a.ridge;
+	job.samples = a.samples;
+	job.force = a.force;
+	job.threads = a.threads;
+	job.max_shard_bytes = weld::parse_size(a.shard_size, "--out-shard-size");
+	const auto r = nn::run_data_alignment(job);
+	if (!a.quiet)
+		fmt::print("weld: align --method {}: {} sequences, {} tokens; mean correlation of matched units: residual "
+		           "{:.3f} -> {:.3f}, MLP {:.3f} -> {:.3f}; wrote {}\n",
+		           a.method, r.sequences, r.tokens, r.match.residual_before, r.match.residual_after, r.match.mlp_before,
+		           r.match.mlp_after, a.out);
+	return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -172,6 +198,9 @@ int main(int argc, char** argv) {
 	auto* verify_cmd =
 	    app.add_subcommand("verify-protect", "largest logit difference of a model and its protected copy");
 	weld::cli::add_verify_protect_options(*verify_cmd, verify_args);
+	weld::cli::AlignArgs align_args;
+	auto* align_cmd = app.add_subcommand("align", "align a model to another by activations, or merge them by PLeaS");
+	weld::cli::add_align_options(*align_cmd, align_args);
 	try {
 		app.parse(argc, argv);
 	} catch (const CLI::ParseError& e) {
@@ -180,6 +209,7 @@ int main(int argc, char** argv) {
 	try {
 		if (stats_cmd->parsed()) return compute_stats(stats_args);
 		if (verify_cmd->parsed()) return verify_protect(verify_args);
+		if (align_cmd->parsed()) return align(align_args);
 		if (moe_cmd->parsed()) return weld::cli::run_moe(moe_args, nn::runtime_prompt_states());
 		if (search_cmd->parsed()) return search(search_args, search_spec, search_out);
 		if (merge_cmd->parsed()) {
