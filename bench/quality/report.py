@@ -713,7 +713,8 @@ def write_report(args, runs, refs, expert_acc, family, wall, chart_names, comman
     old = args.out.read_text() if args.out.exists() else ""
     kept = ""
     for start, end in (("<!-- recipe search: bench/quality/search -->", "<!-- end of recipe search -->"),
-                       ("<!-- protection: bench/quality/protect -->", "<!-- end of protection -->")):
+                       ("<!-- protection: bench/quality/protect -->", "<!-- end of protection -->"),
+                       ("<!-- alignment: bench/quality/align -->", "<!-- end of alignment -->")):
         if start in old and end in old:
             kept += "\n" + old[old.index(start):old.index(end) + len(end)] + "\n"
     args.out.write_text("\n".join(L) + kept)
