@@ -5,12 +5,14 @@
 #include "io/output_folder.h"
 #include "learned/adamerging.h"
 #include "learned/concrete.h"
+#include "learned/dam.h"
 #include "learned/expert_merging.h"
 #include "learned/fw_merging.h"
 #include "learned/localize_stitch.h"
 #include "learned/regmean_pp.h"
 #include "learned/twin.h"
 #include "methods/method.h"
+#include "nn/tokenizer.h"
 #include "plan/plan.h"
 #include "plan/recipe.h"
 #include "stats/statistics.h"
@@ -340,6 +342,42 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 		    header + fmt::format(" (variant {}, {} steps, lr {:g}, temperature {:g}, λ {:g}, seed {}; final mask "
 		                         "above 1/2 on {:.4f} of the weights) on {} (sha256 {})\n",
 		                         variant, o.steps, o.lr, o.temperature, o.lambda, o.seed, kept,
+		                         data.filename().string(), stats::file_sha256(data)),
+		    options);
+	}
+	if (info.name == "dam") {
+		const fs::path data = settings.text("data");
+		DamOptions o;
+		o.sample_final = settings.choice("final_mask", {"median", "sample"}) == "sample";
+		o.lambda = settings.number("lambda");
+		o.temperature = settings.number("temperature");
+		o.steps = static_cast<int64_t>(settings.number("steps"));
+		o.lr = settings.number("lr");
+		o.batch = static_cast<int64_t>(settings.number("batch"));
+		o.alpha = settings.number("alpha");
+		o.backdoor_init = settings.number("backdoor_init");
+		o.seed = options.seed;
+		const auto prompts = read_prompts(data, tv.model(), base_dir);
+		if (nn::detect_data_kind(data) != nn::DataKind::PromptAnswer)
+			throw Error(fmt::format("{}: method 'dam' needs a labeled clean set (prompt/answer JSONL)", data.string()));
+		const auto& c = tv.model().config();
+		const auto examples = nn::read_sequences(data, c.vocab_size, c.max_position_embeddings, base_dir.string());
+		if (examples.size() < static_cast<size_t>(o.batch))
+			throw Error(fmt::format("{}: {} labeled examples, too few for parameters.batch {}", data.string(),
+			                        examples.size(), o.batch));
+		const auto result = learn_dam(tv, prompts, examples, o, [&](const DamStep& s) {
+			if (!options.quiet && ((s.step + 1) % 10 == 0 || s.step + 1 == o.steps))
+				std::fprintf(
+				    stderr, "weld: dam step %lld/%lld entropy %.4f, clean loss %.4f, mean backdoor mask %.4f\n",
+				    static_cast<long long>(s.step + 1), static_cast<long long>(o.steps), s.entropy, s.loss, s.removed);
+		});
+		return write_learned_model(
+		    tv, recipe,
+		    header + fmt::format(" ({} steps, lr {:g}, temperature {:g}, λ {:g}, alpha {:g}, backdoor_init {:g}, "
+		                         "final_mask {}, seed {}; final shared mask above 1/2 on {:.4f} of the weights, "
+		                         "backdoor mask on {:.4f}) on {} (sha256 {})\n",
+		                         o.steps, o.lr, o.temperature, o.lambda, o.alpha, o.backdoor_init,
+		                         o.sample_final ? "sample" : "median", o.seed, result.kept, result.removed,
 		                         data.filename().string(), stats::file_sha256(data)),
 		    options);
 	}
