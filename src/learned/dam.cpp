@@ -14,8 +14,8 @@ namespace weld::learned {
 DamResult learn_dam(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts,
                     const std::vector<nn::TrainingSequence>& examples, const DamOptions& o,
                     const std::function<void(const DamStep&)>& on_step) {
-	if (o.steps < 0 || o.batch <= 0 || !(o.lr > 0) || !(o.temperature > 0) || o.alpha < 0)
-		throw Error("dam: steps >= 0, batch > 0, lr > 0, temperature > 0 and alpha >= 0 needed");
+	if (o.steps < 0 || o.batch <= 0 || !(o.lr > 0) || !(o.backdoor_lr > 0) || !(o.temperature > 0) || o.alpha < 0)
+		throw Error("dam: steps >= 0, batch > 0, lr > 0, backdoor_lr > 0, temperature > 0 and alpha >= 0 needed");
 	if (prompts.empty() || examples.size() < static_cast<size_t>(o.batch))
 		throw Error(fmt::format("dam: the clean data holds {} labeled examples; batch {} needs at least as many",
 		                        examples.size(), o.batch));
@@ -32,7 +32,8 @@ DamResult learn_dam(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>
 		total += static_cast<double>(tv.base(n).numel());
 	}
 	torch::optim::Adam shared_optimizer(x, torch::optim::AdamOptions(o.lr));
-	torch::optim::Adam backdoor_optimizer(y, torch::optim::AdamOptions(o.lr));
+	// ε far below Adam's usual 1e-8: the removal reward's gradient per weight is α/N · b(1 − b)/T.
+	torch::optim::Adam backdoor_optimizer(y, torch::optim::AdamOptions(o.backdoor_lr).eps(1e-12));
 	auto generator = at::detail::createCPUGenerator(o.seed);
 	const PromptOrder prompt_order(prompts.size(), o.seed), example_order(examples.size(), o.seed);
 	const auto T = o.temperature;

@@ -25,9 +25,10 @@ struct DamOptions {
 	double lambda = 0.3;      // task arithmetic's λ
 	double temperature = 0.5; // T of both masks
 	int64_t steps = 100;
-	double lr = 1e-2;   // Adam, both masks
-	int64_t batch = 16; // clean examples per step
-	double alpha = 1;   // weight of the removal reward in the backdoor mask's loss (nats)
+	double lr = 1e-2;         // Adam, the task-shared mask (concrete's)
+	double backdoor_lr = 0.1; // Adam, the backdoor-detection mask
+	int64_t batch = 16;       // clean examples per step
+	double alpha = 1;         // weight of the removal reward in the backdoor mask's loss (nats)
 	double backdoor_init = -3;
 	bool sample_final = false;
 	uint64_t seed = 0; // the mask draws and the example order

@@ -353,6 +353,7 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 		o.temperature = settings.number("temperature");
 		o.steps = static_cast<int64_t>(settings.number("steps"));
 		o.lr = settings.number("lr");
+		o.backdoor_lr = settings.number("backdoor_lr");
 		o.batch = static_cast<int64_t>(settings.number("batch"));
 		o.alpha = settings.number("alpha");
 		o.backdoor_init = settings.number("backdoor_init");
@@ -373,12 +374,14 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 		});
 		return write_learned_model(
 		    tv, recipe,
-		    header + fmt::format(" ({} steps, lr {:g}, temperature {:g}, λ {:g}, alpha {:g}, backdoor_init {:g}, "
-		                         "final_mask {}, seed {}; final shared mask above 1/2 on {:.4f} of the weights, "
-		                         "backdoor mask on {:.4f}) on {} (sha256 {})\n",
-		                         o.steps, o.lr, o.temperature, o.lambda, o.alpha, o.backdoor_init,
-		                         o.sample_final ? "sample" : "median", o.seed, result.kept, result.removed,
-		                         data.filename().string(), stats::file_sha256(data)),
+		    header +
+		        fmt::format(
+		            " ({} steps, lr {:g}, backdoor_lr {:g}, temperature {:g}, λ {:g}, alpha {:g}, backdoor_init {:g}, "
+		            "final_mask {}, seed {}; final shared mask above 1/2 on {:.4f} of the weights, "
+		            "backdoor mask on {:.4f}) on {} (sha256 {})\n",
+		            o.steps, o.lr, o.backdoor_lr, o.temperature, o.lambda, o.alpha, o.backdoor_init,
+		            o.sample_final ? "sample" : "median", o.seed, result.kept, result.removed, data.filename().string(),
+		            stats::file_sha256(data)),
 		    options);
 	}
 	if (info.name == "expert_merging") {
