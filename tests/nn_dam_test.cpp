@@ -4,7 +4,8 @@
 // learning, the output is that formula at the learned logits; after one step the backdoor mask's
 // logits of embedding rows no clean example uses (no clean gradient, only the removal reward)
 // moved up by Adam's first step, recomputed from the draws; the same seed gives the same bytes; bad clean data
-// is one clear error and writes nothing.
+// is one clear error and writes nothing; the output's weld_recipe.yml reruns from its masks file
+// without data, to the same bytes.
 #include "learned/concrete.h"
 #include "learned/dam.h"
 #include "learned/learned_merge.h"
@@ -150,6 +151,14 @@ TEST_F(Dam, SameSeedSameBytesAndTheRecipeIsKept) {
 	EXPECT_NE(text.find("merge_method: dam"), std::string::npos);
 	EXPECT_NE(text.find("sha256"), std::string::npos);
 	EXPECT_EQ(test::read_file(tmp / "a" / "weld_recipe.yml"), text);
+	// The output's recipe reruns without data, from the masks file beside the model: the same bytes.
+	EXPECT_EQ(text.find("data: clean.jsonl"), std::string::npos);
+	EXPECT_NE(text.find("dam_masks.pt"), std::string::npos);
+	{
+		const test::WorkingDir here(tmp.path());
+		learned::run_learned_merge({tmp / "a" / "weld_recipe.yml", tmp / "rerun", false, 1, 0, true});
+	}
+	EXPECT_EQ(test::read_file(tmp / "a" / "model.safetensors"), test::read_file(tmp / "rerun" / "model.safetensors"));
 }
 
 TEST_F(Dam, BadCleanDataIsOneClearErrorAndWritesNothing) {
@@ -167,6 +176,8 @@ TEST_F(Dam, BadCleanDataIsOneClearErrorAndWritesNothing) {
 	fails("data: clean.jsonl", "4 labeled examples, too few for parameters.batch 16");
 	fails("data: clean.jsonl, batch: 2, alpha: -1", "parameters.alpha is -1");
 	fails("data: clean.jsonl, batch: 2, final_mask: hard", "final_mask is 'hard'");
+	fails("masks: missing.pt", "missing.pt: no such file");
+	fails("masks: clean.jsonl", "clean.jsonl: not a dam masks file");
 }
 
 } // namespace

@@ -95,8 +95,28 @@ DamResult learn_dam(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>
 	}
 	result.kept /= total;
 	result.removed /= total;
-	tv.apply_tensors([&](size_t n) { return merged(n, x[n].detach(), y[n].detach(), shared[n], backdoor[n]); });
+	for (size_t n = 0; n < tensors; ++n)
+		result.coefficients.push_back(rescaled_concrete_mask(x[n].detach(), shared[n], T) *
+		                              (1 - at::sigmoid((backdoor[n] + y[n].detach()) / T)));
+	apply_dam_coefficients(tv, result.coefficients, o.lambda, "dam");
 	return result;
+}
+
+void apply_dam_coefficients(TaskVectorModel& tv, const std::vector<at::Tensor>& coefficients, double lambda,
+                            const std::string& source) {
+	if (coefficients.size() != tv.names().size())
+		throw Error(
+		    fmt::format("{}: {} mask tensors for a model of {}", source, coefficients.size(), tv.names().size()));
+	for (size_t n = 0; n < coefficients.size(); ++n)
+		if (!coefficients[n].sizes().equals(tv.base(n).sizes()))
+			throw Error(fmt::format("{}: the mask of {} has the wrong shape", source, tv.names()[n]));
+	const at::NoGradGuard no_grad;
+	tv.apply_tensors([&](size_t n) {
+		auto sum = at::zeros_like(tv.base(n));
+		for (size_t k = 0; k < tv.experts(); ++k)
+			sum += tv.delta(k, n);
+		return tv.base(n) + lambda * coefficients[n].to(sum.scalar_type()) * sum;
+	});
 }
 
 } // namespace weld::learned

@@ -43,6 +43,7 @@ struct DamStep {
 
 struct DamResult {
 	std::vector<at::Tensor> shared_logits, backdoor_logits; // x and y, per tensor of tv.names()
+	std::vector<at::Tensor> coefficients;                   // the final m̂ ⊙ (1 − b), per tensor
 	double kept = 0;                                        // fraction of weights whose final shared mask is above 1/2
 	double removed = 0;                                     // fraction whose final backdoor mask is above 1/2
 };
@@ -52,5 +53,11 @@ struct DamResult {
 DamResult learn_dam(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts,
                     const std::vector<nn::TrainingSequence>& examples, const DamOptions& options,
                     const std::function<void(const DamStep&)>& on_step);
+
+// θ = θ_base + λ M ⊙ Σ_k τ_k for the per-weight coefficients M (one tensor per tv.names(), each of
+// its tensor's shape; otherwise an error naming `source`): the merge of learn_dam's coefficients,
+// and dam's rerun from the masks file its output holds.
+void apply_dam_coefficients(TaskVectorModel& tv, const std::vector<at::Tensor>& coefficients, double lambda,
+                            const std::string& source);
 
 } // namespace weld::learned

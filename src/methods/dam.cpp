@@ -15,9 +15,13 @@ const MergeMethod& dam_method() {
 	    .global_params =
 	        {{.name = "data",
 	          .type = ParamType::Text,
-	          .required = true,
 	          .has_default = false,
-	          .help = "A small clean labeled set: prompt/answer JSONL"},
+	          .help = "A small clean labeled set: prompt/answer JSONL (required unless masks is given)"},
+	         {.name = "masks",
+	          .type = ParamType::Text,
+	          .has_default = false,
+	          .help = "The dam_masks.pt of an earlier dam merge: merge with its masks, without data (the output's "
+	                  "weld_recipe.yml does)"},
 	         {.name = "lambda", .default_value = 0.3, .help = "Task arithmetic's λ"},
 	         {.name = "temperature",
 	          .default_value = 0.5,
