@@ -709,11 +709,14 @@ def write_report(args, runs, refs, expert_acc, family, wall, chart_names, comman
     L += ["", "## Chart", "",
           f"Normalized mean accuracy of each method merging all {len(TASKS)} experts at its chosen setting, "
           "between the base and the multitask model.", "", f"![]({chart_names[0]})", ""]
-    # The recipe-search section (bench/quality/search writes it) stays from the file before.
-    start, end = "<!-- recipe search: bench/quality/search -->", "<!-- end of recipe search -->"
+    # The sections other scripts write (bench/quality/search, bench/quality/dam) stay from the file before.
     old = args.out.read_text() if args.out.exists() else ""
-    kept = old[old.index(start):old.index(end) + len(end)] + "\n" if start in old and end in old else ""
-    args.out.write_text("\n".join(L) + ("\n" + kept if kept else ""))
+    kept = ""
+    for start, end in [("<!-- recipe search: bench/quality/search -->", "<!-- end of recipe search -->"),
+                       ("<!-- backdoor: bench/quality/dam -->", "<!-- end of backdoor -->")]:
+        if start in old and end in old:
+            kept += "\n" + old[old.index(start):old.index(end) + len(end)] + "\n"
+    args.out.write_text("\n".join(L) + kept)
 
 
 def family_section(refs, family):
