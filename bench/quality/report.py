@@ -709,12 +709,13 @@ def write_report(args, runs, refs, expert_acc, family, wall, chart_names, comman
     L += ["", "## Chart", "",
           f"Normalized mean accuracy of each method merging all {len(TASKS)} experts at its chosen setting, "
           "between the base and the multitask model.", "", f"![]({chart_names[0]})", ""]
-    # The sections that bench/quality/search and bench/quality/protect write stay from the file before.
+    # The sections other scripts write (bench/quality/search, protect, dam, align) stay from the file before.
     old = args.out.read_text() if args.out.exists() else ""
     kept = ""
-    for start, end in (("<!-- recipe search: bench/quality/search -->", "<!-- end of recipe search -->"),
+    for start, end in [("<!-- recipe search: bench/quality/search -->", "<!-- end of recipe search -->"),
                        ("<!-- protection: bench/quality/protect -->", "<!-- end of protection -->"),
-                       ("<!-- alignment: bench/quality/align -->", "<!-- end of alignment -->")):
+                       ("<!-- backdoor: bench/quality/dam -->", "<!-- end of backdoor -->"),
+                       ("<!-- alignment: bench/quality/align -->", "<!-- end of alignment -->")]:
         if start in old and end in old:
             kept += "\n" + old[old.index(start):old.index(end) + len(end)] + "\n"
     args.out.write_text("\n".join(L) + kept)

@@ -7,10 +7,7 @@
 
 namespace weld::learned {
 
-namespace {
-
-// One Concrete draw per tensor: uniform noise from the generator, in tensor order.
-std::vector<at::Tensor> draw_noise(TaskVectorModel& tv, at::Generator& generator) {
+std::vector<at::Tensor> concrete_noise(TaskVectorModel& tv, at::Generator& generator) {
 	std::vector<at::Tensor> noise;
 	for (size_t n = 0; n < tv.names().size(); ++n) {
 		const auto u = at::rand(tv.base(n).sizes(), generator, at::TensorOptions().dtype(tv.base(n).scalar_type()))
@@ -20,13 +17,10 @@ std::vector<at::Tensor> draw_noise(TaskVectorModel& tv, at::Generator& generator
 	return noise;
 }
 
-// m̂ = m / mean(m) with m = σ((noise + x) / T).
-at::Tensor rescaled_mask(const at::Tensor& logits, const at::Tensor& noise, double temperature) {
+at::Tensor rescaled_concrete_mask(const at::Tensor& logits, const at::Tensor& noise, double temperature) {
 	const auto m = at::sigmoid((noise + logits) / temperature);
 	return m / m.mean().clamp_min(1e-12);
 }
-
-} // namespace
 
 double learn_concrete(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts, const ConcreteOptions& o,
                       const std::function<void(const ConcreteStep&)>& on_step) {
@@ -45,13 +39,13 @@ double learn_concrete(TaskVectorModel& tv, const std::vector<std::vector<int64_t
 	auto generator = at::detail::createCPUGenerator(o.seed);
 	const PromptOrder order(prompts.size(), o.seed);
 	for (int64_t step = 0; step < o.steps; ++step) {
-		const auto noise = draw_noise(tv, generator);
+		const auto noise = concrete_noise(tv, generator);
 		const double entropy = entropy_step(
 		    tv, optimizer,
 		    [&](bool track) {
 			    tv.apply_tensors([&](size_t n) {
 				    const auto x = track ? logits[n] : logits[n].detach();
-				    return tv.base(n) + o.lambda * rescaled_mask(x, noise[n], o.temperature) * summed[n];
+				    return tv.base(n) + o.lambda * rescaled_concrete_mask(x, noise[n], o.temperature) * summed[n];
 			    });
 		    },
 		    prompt_batch(prompts, order, step, o.batch), 16);
@@ -69,9 +63,9 @@ double learn_concrete(TaskVectorModel& tv, const std::vector<std::vector<int64_t
 	std::vector<at::Tensor> masks;
 	{
 		const at::NoGradGuard no_grad;
-		const auto noise = draw_noise(tv, generator);
+		const auto noise = concrete_noise(tv, generator);
 		for (size_t n = 0; n < tensors; ++n) {
-			masks.push_back(rescaled_mask(logits[n].detach(), noise[n], o.temperature));
+			masks.push_back(rescaled_concrete_mask(logits[n].detach(), noise[n], o.temperature));
 			above += (at::sigmoid((noise[n] + logits[n].detach()) / o.temperature) > 0.5).sum().item<double>();
 			count += static_cast<double>(masks.back().numel());
 		}

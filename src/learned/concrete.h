@@ -31,6 +31,13 @@ struct ConcreteStep {
 	double mean_keep = 0; // mean σ(x) over all weights
 };
 
+// One Concrete draw per tensor of tv.names(): logistic noise log u − log(1 − u), u uniform from the
+// generator, tensor after tensor.
+std::vector<at::Tensor> concrete_noise(TaskVectorModel& tv, at::Generator& generator);
+
+// m̂ = m / mean(m) with m = σ((noise + logits) / T), per tensor.
+at::Tensor rescaled_concrete_mask(const at::Tensor& logits, const at::Tensor& noise, double temperature);
+
 // Learns the mask and leaves tv's model at the merged weights (tv's task vectors masked for the
 // adamerging variant). Returns the fraction of weights whose final mask value is above 1/2.
 double learn_concrete(TaskVectorModel& tv, const std::vector<std::vector<int64_t>>& prompts,

@@ -5,6 +5,7 @@
 #include "io/output_folder.h"
 #include "learned/adamerging.h"
 #include "learned/concrete.h"
+#include "learned/dam.h"
 #include "learned/expert_merging.h"
 #include "learned/fw_merging.h"
 #include "learned/localize_stitch.h"
@@ -12,6 +13,7 @@
 #include "learned/twin.h"
 #include "learned/zipit.h"
 #include "methods/method.h"
+#include "nn/tokenizer.h"
 #include "plan/plan.h"
 #include "plan/recipe.h"
 #include "stats/statistics.h"
@@ -21,6 +23,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
+#include <torch/serialize.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -262,6 +265,76 @@ std::string write_learned_model(TaskVectorModel& tv, const Recipe& recipe, const
 	return text;
 }
 
+// dam: learns the masks from the clean `data` and writes the merged model, the per-weight
+// coefficients m̂ ⊙ (1 − b) as dam_masks.pt and, as weld_recipe.yml, a dam recipe that merges from
+// that file (`masks`) without data; or, given `masks`, merges from them.
+std::string run_dam(const Recipe& recipe, const Settings& settings, TaskVectorModel& tv,
+                    const std::vector<std::string>& experts, const std::string& header,
+                    const LearnedMergeOptions& options) {
+	const double lambda = settings.number("lambda");
+	if (const fs::path masks = settings.text("masks"); !masks.empty()) {
+		if (!fs::is_regular_file(masks)) throw Error(fmt::format("{}: no such file", masks.string()));
+		std::vector<at::Tensor> coefficients;
+		try {
+			torch::load(coefficients, masks.string());
+		} catch (const c10::Error&) {
+			throw Error(fmt::format("{}: not a dam masks file", masks.string()));
+		}
+		apply_dam_coefficients(tv, coefficients, lambda, masks.string());
+		return write_learned_model(tv, recipe,
+		                           fmt::format("# Merged by weld's dam from the masks in {} (sha256 {})\n",
+		                                       masks.string(), stats::file_sha256(masks)),
+		                           options);
+	}
+	const fs::path data = settings.text("data");
+	if (data.empty()) throw Error("recipe: method 'dam' needs parameter 'data' (or the masks: of an earlier merge)");
+	DamOptions o;
+	o.sample_final = settings.choice("final_mask", {"median", "sample"}) == "sample";
+	o.lambda = lambda;
+	o.temperature = settings.number("temperature");
+	o.steps = static_cast<int64_t>(settings.number("steps"));
+	o.lr = settings.number("lr");
+	o.backdoor_lr = settings.number("backdoor_lr");
+	o.batch = static_cast<int64_t>(settings.number("batch"));
+	o.alpha = settings.number("alpha");
+	o.backdoor_init = settings.number("backdoor_init");
+	o.seed = options.seed;
+	const auto base_dir = resolve_model_reference(*recipe.base_model);
+	const auto prompts = read_prompts(data, tv.model(), base_dir);
+	if (nn::detect_data_kind(data) != nn::DataKind::PromptAnswer)
+		throw Error(fmt::format("{}: method 'dam' needs a labeled clean set (prompt/answer JSONL)", data.string()));
+	const auto& c = tv.model().config();
+	const auto examples = nn::read_sequences(data, c.vocab_size, c.max_position_embeddings, base_dir.string());
+	if (examples.size() < static_cast<size_t>(o.batch))
+		throw Error(fmt::format("{}: {} labeled examples, too few for parameters.batch {}", data.string(),
+		                        examples.size(), o.batch));
+	const auto result = learn_dam(tv, prompts, examples, o, [&](const DamStep& s) {
+		if (!options.quiet && ((s.step + 1) % 10 == 0 || s.step + 1 == o.steps))
+			std::fprintf(stderr, "weld: dam step %lld/%lld entropy %.4f, clean loss %.4f, mean backdoor mask %.4f\n",
+			             static_cast<long long>(s.step + 1), static_cast<long long>(o.steps), s.entropy, s.loss,
+			             s.removed);
+	});
+	const auto masks_path = options.out / "dam_masks.pt";
+	std::string text =
+	    header +
+	    fmt::format(" ({} steps, lr {:g}, backdoor_lr {:g}, temperature {:g}, λ {:g}, alpha {:g}, backdoor_init {:g}, "
+	                "final_mask {}, seed {}; final shared mask above 1/2 on {:.4f} of the weights, backdoor mask on "
+	                "{:.4f}) on {} (sha256 {}).\n# Rerun without data: weld merge this recipe (it reads {}).\n",
+	                o.steps, o.lr, o.backdoor_lr, o.temperature, o.lambda, o.alpha, o.backdoor_init,
+	                o.sample_final ? "sample" : "median", o.seed, result.kept, result.removed, data.filename().string(),
+	                stats::file_sha256(data), masks_path.string());
+	text += "merge_method: dam\nbase_model: " + quoted(*recipe.base_model) + "\n";
+	text += fmt::format("parameters: {{lambda: {:.17g}, masks: {}}}\nmodels:\n", o.lambda, quoted(masks_path.string()));
+	for (const auto& e : experts)
+		text += "  - model: " + quoted(e) + "\n";
+	OutputFolder out(options.out, options.force);
+	tv.model().save(out.path());
+	torch::save(result.coefficients, (out.path() / "dam_masks.pt").string());
+	write_text_file(out.path() / "weld_recipe.yml", text);
+	out.publish();
+	return text;
+}
+
 std::string run_learned_merge(const LearnedMergeOptions& options) {
 	const auto label = options.recipe.string();
 	const Recipe recipe = parse_recipe(read_text_file(options.recipe), label);
@@ -363,6 +436,7 @@ std::string run_learned_merge(const LearnedMergeOptions& options) {
 		                         data.filename().string(), stats::file_sha256(data)),
 		    options);
 	}
+	if (info.name == "dam") return run_dam(recipe, settings, tv, experts, header, options);
 	if (info.name == "expert_merging") {
 		const auto files = model_data_files(recipe, experts, info.name);
 		ExpertMergingOptions o;

@@ -57,6 +57,7 @@ const MergeMethod& adamerging_method();
 const MergeMethod& fw_merging_method();
 const MergeMethod& regmean_pp_method();
 const MergeMethod& concrete_method();
+const MergeMethod& dam_method();
 const MergeMethod& expert_merging_method();
 const MergeMethod& twin_method();
 const MergeMethod& zipit_method();

@@ -50,6 +50,7 @@ const std::vector<const MergeMethod*>& sorted_methods() {
 		                                       &fw_merging_method(),
 		                                       &regmean_pp_method(),
 		                                       &concrete_method(),
+		                                       &dam_method(),
 		                                       &expert_merging_method(),
 		                                       &twin_method(),
 		                                       &doge_method(),
