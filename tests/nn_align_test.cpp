@@ -146,6 +146,39 @@ TEST_F(DataAlignTest, ActivationAlignmentKeepsTheFunction) {
 	}
 }
 
+TEST_F(DataAlignTest, RotationKeepsTheFunctionAndUndoesNothingOnACopy) {
+	for (const bool qwen : {false, true}) {
+		SCOPED_TRACE(qwen ? "Qwen2" : "Llama");
+		const std::string tag = qwen ? "q" : "l";
+		write("ref" + tag, 3, qwen);
+		write("other" + tag, 11, qwen);
+		ASSERT_EQ(align("activation", "ref" + tag, "other" + tag, "rotated" + tag, "--rotate"), 0);
+		const auto seqs = token_sequences(4, 12, 81);
+		const double diff =
+		    max_difference(logits_of(path("other" + tag), seqs), logits_of(path("rotated" + tag), seqs));
+		std::printf("max |logit difference| after activation alignment with --rotate (%s): %.3g\n",
+		            qwen ? "Qwen2" : "Llama", diff);
+		EXPECT_LE(diff, 1e-4);
+		// Aligned onto itself: the permutation is the identity and so is every rotation.
+		write_permuted_copy(path("ref" + tag), path("shuffled" + tag), 9);
+		ASSERT_EQ(align("activation", "ref" + tag, "shuffled" + tag, "back" + tag, "--rotate"), 0);
+		const ModelFolder ref(path("ref" + tag)), back(path("back" + tag));
+		double largest = 0;
+		for (const auto& t : ref.tensors()) {
+			const auto a = t.file->data(*t.info);
+			const auto* other = back.find(t.info->name);
+			ASSERT_NE(other, nullptr);
+			const auto b = other->file->data(*other->info);
+			const auto* fa = reinterpret_cast<const float*>(a.data());
+			const auto* fb = reinterpret_cast<const float*>(b.data());
+			for (size_t i = 0; i < a.size() / 4; ++i)
+				largest = std::max(largest, static_cast<double>(std::abs(fa[i] - fb[i])));
+		}
+		std::printf("--rotate of a permuted copy back onto the model: largest weight difference %.3g\n", largest);
+		EXPECT_LE(largest, 1e-5);
+	}
+}
+
 TEST_F(DataAlignTest, PleasOfAModelAndItsPermutedCopyIsTheModel) {
 	write("ref", 3);
 	write_permuted_copy(path("ref"), path("shuffled"), 9);

@@ -17,6 +17,7 @@ struct AlignArgs {
 	std::string data;
 	int64_t width = 0;
 	double ridge = 1e-4;
+	bool rotate = false;
 	size_t samples = 256;
 	uint64_t seed = 0;
 	int64_t iterations = 100;
@@ -39,6 +40,9 @@ inline void add_align_options(CLI::App& cmd, AlignArgs& a) {
 	cmd.add_option("--ridge", a.ridge,
 	               "pleas: ridge of the least-squares fits, relative to the mean squared input (default 1e-4)")
 	    ->check(CLI::NonNegativeNumber);
+	cmd.add_flag("--rotate", a.rotate,
+	             "activation and pleas: after the permutation, also rotate the residual stream, value heads and "
+	             "RoPE pairs onto REF's (orthogonal maps fitted to the activations; the function is kept)");
 	cmd.add_option("--samples", a.samples, "activation and pleas: sequences of --data to use (default 256)");
 	cmd.add_option("--seed", a.seed, "weight_matching: seed of the order the layers are visited in");
 	cmd.add_option("--iterations", a.iterations, "weight_matching: most sweeps over the layers (default 100)");
@@ -66,6 +70,7 @@ inline std::vector<std::string> align_words(const AlignArgs& a) {
 	                              a.shard_size,
 	                              "--threads",
 	                              std::to_string(a.threads)};
+	if (a.rotate) w.push_back("--rotate");
 	if (a.force) w.push_back("--force");
 	if (a.quiet) w.push_back("--quiet");
 	return w;

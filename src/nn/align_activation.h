@@ -40,6 +40,18 @@ ActivationMatch match_activations(LlamaModel& ref, LlamaModel& model,
 // Applies a permutation to a loaded model (the same function, other unit order).
 void permute_model(LlamaModel& model, const LlamaShape& shape, const ModelPermutation& permutation);
 
+// Beyond permutations (for a model already permuted onto ref by match_activations): the
+// residual stream rotated by the orthogonal R that best maps MODEL's residual states onto REF's
+// (Procrustes), with every RMSNorm weight folded into the maps that read it and REF's norm
+// weights unfolded back, so the output shares REF's norm weights; each value head rotated by its
+// own orthogonal Procrustes map (o_proj's columns following); each RoPE pair of a key/value group
+// rotated by the angle that best maps MODEL's keys and queries onto REF's (rotations commute with
+// RoPE and keep qᵀk). The function is unchanged; tied embeddings are refused.
+struct RotationReport {
+	double residual_before = 0, residual_after = 0; // ‖H_model − H_ref‖ / ‖H_ref‖ without and with R
+};
+RotationReport rotate_onto(LlamaModel& ref, LlamaModel& model, const std::vector<std::vector<int64_t>>& sequences);
+
 // PLeaS (Nasery et al. 2024) for two models whose units are already matched (`aligned` permuted
 // onto `ref`, `match` its MLP correlations): each layer's MLP keeps `width` units: the
 // 2·intermediate − width best-correlated pairs merged and the rest kept from both models (width ≥
@@ -65,6 +77,7 @@ struct DataAlignJob {
 	std::string method; // activation or pleas
 	int64_t width = 0;
 	double ridge = 1e-4;
+	bool rotate = false; // also rotate_onto() after the permutation
 	size_t samples = 256;
 	bool force = false;
 	int threads = 0; // 0: all cores
@@ -73,6 +86,7 @@ struct DataAlignJob {
 struct DataAlignReport {
 	int64_t sequences = 0, tokens = 0;
 	ActivationMatch match;
+	double residual_misfit_before = 0, residual_misfit_after = 0; // with rotate
 };
 DataAlignReport run_data_alignment(const DataAlignJob& job);
 

@@ -147,6 +147,7 @@ int align(const weld::cli::AlignArgs& a) {
 	job.method = a.method;
 	job.width = a.width;
 	job.ridge = a.ridge;
+	job.rotate = a.rotate;
 	job.samples = a.samples;
 	job.force = a.force;
 	job.threads = a.threads;
@@ -157,6 +158,9 @@ int align(const weld::cli::AlignArgs& a) {
 		           "{:.3f} -> {:.3f}, MLP {:.3f} -> {:.3f}; wrote {}\n",
 		           a.method, r.sequences, r.tokens, r.match.residual_before, r.match.residual_after, r.match.mlp_before,
 		           r.match.mlp_after, a.out);
+	if (!a.quiet && a.rotate)
+		fmt::print("weld: align --rotate: residual misfit |H_model - H_ref| / |H_ref| {:.3f} -> {:.3f}\n",
+		           r.residual_misfit_before, r.residual_misfit_after);
 	return 0;
 }
 
