@@ -3,6 +3,7 @@
 #include "io/model.h"
 #include "io/output_folder.h"
 #include "linalg/assignment.h"
+#include "nn/align_capture.h"
 #include "nn/tokenizer.h"
 #include "util/error.h"
 
@@ -15,24 +16,18 @@
 #include <map>
 #include <numeric>
 
-namespace weld::nn {
-namespace fs = std::filesystem;
-namespace {
+namespace weld::nn::detail {
 
+namespace {
 constexpr int64_t kBatch = 64;
+} // namespace
 
 std::string layer_name(int64_t layer, const char* rest) {
 	return fmt::format("model.layers.{}.{}", layer, rest);
 }
 
-// What to keep of a linear map: its input or its output.
-enum class Side { Input, Output };
-
-// Runs the model over the sequences with the linear observer on, and returns, per requested
-// weight name, its input or output at every real (unpadded) token, [tokens, width] in double;
-// with `hidden`, also the residual stream after every layer, stacked as [layers·tokens, hidden].
 std::map<std::string, at::Tensor> capture(LlamaModel& model, const std::vector<std::vector<int64_t>>& sequences,
-                                          const std::map<std::string, Side>& wanted, at::Tensor* hidden = nullptr) {
+                                          const std::map<std::string, Side>& wanted, at::Tensor* hidden) {
 	at::NoGradGuard no_grad;
 	std::map<std::string, std::vector<at::Tensor>> parts;
 	std::vector<std::vector<at::Tensor>> hidden_parts(static_cast<size_t>(model.config().num_hidden_layers));
@@ -80,6 +75,13 @@ at::Tensor standardize(const at::Tensor& x) {
 at::Tensor correlation(const at::Tensor& a, const at::Tensor& b) {
 	return standardize(a).t().matmul(standardize(b)) / static_cast<double>(a.size(0));
 }
+
+} // namespace weld::nn::detail
+
+namespace weld::nn {
+namespace fs = std::filesystem;
+using namespace detail;
+namespace {
 
 struct Assignment {
 	std::vector<int64_t> perm;
@@ -233,248 +235,6 @@ void permute_model(LlamaModel& model, const LlamaShape& shape, const ModelPermut
 		values[name] = at::from_blob(w.data(), t.sizes(), at::kFloat).clone().to(t.scalar_type());
 	}
 	model.replace_parameters(values);
-}
-
-namespace {
-
-// argmin over orthogonal R of ‖B Rᵀ − A‖ (rows are samples): R = V Uᵀ for Bᵀ A = U S Vᵀ.
-at::Tensor procrustes(const at::Tensor& b, const at::Tensor& a) {
-	const auto [u, s, vh] = at::linalg_svd(b.t().matmul(a), false);
-	(void)s;
-	return vh.t().matmul(u.t());
-}
-
-// Rows [first + j] and [first + j + half] of w (a matrix, or a bias as [n, 1]) rotated by φ_j.
-void rotate_pair_rows(at::Tensor& w, int64_t first, const std::vector<double>& angle) {
-	const auto half = static_cast<int64_t>(angle.size());
-	for (int64_t j = 0; j < half; ++j) {
-		const double c = std::cos(angle[static_cast<size_t>(j)]), s = std::sin(angle[static_cast<size_t>(j)]);
-		const auto x = w[first + j].clone(), y = w[first + j + half].clone();
-		w[first + j] = c * x - s * y;
-		w[first + j + half] = s * x + c * y;
-	}
-}
-
-} // namespace
-
-RotationReport rotate_onto(LlamaModel& ref, LlamaModel& model, const std::vector<std::vector<int64_t>>& sequences) {
-	const auto& c = ref.config();
-	if (c.tie_word_embeddings)
-		throw Error("--rotate: the embeddings are tied to lm_head, so the residual stream cannot be rotated");
-	const int64_t d = c.head_dim, half = d / 2, group = c.num_attention_heads / c.num_key_value_heads;
-	std::map<std::string, Side> wanted;
-	for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-		for (const char* p : {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"})
-			wanted[layer_name(l, p)] = Side::Output;
-	at::Tensor hidden_ref, hidden_model;
-	const auto a = capture(ref, sequences, wanted, &hidden_ref);
-	const auto b = capture(model, sequences, wanted, &hidden_model);
-	RotationReport report;
-	const auto r = procrustes(hidden_model, hidden_ref); // residual: x' = R x
-	report.residual_before = (hidden_model - hidden_ref).norm().item<double>() / hidden_ref.norm().item<double>();
-	report.residual_after =
-	    (hidden_model.matmul(r.t()) - hidden_ref).norm().item<double>() / hidden_ref.norm().item<double>();
-
-	at::NoGradGuard no_grad;
-	std::map<std::string, at::Tensor> w;
-	for (const auto& [name, t] : model.parameters())
-		w[name] = t.detach().to(at::kDouble).clone();
-	auto ref_norm = [&](const std::string& name) { return ref.parameter(name).detach().to(at::kDouble); };
-	// A reader of the residual stream through the norm `norm`: W diag(g) Rᵀ diag(1/g_ref), and the
-	// norm takes REF's weight, so that the output shares REF's norm weights and basis.
-	auto reread = [&](const std::string& norm, const std::vector<std::string>& readers) {
-		const auto g = w.at(norm), g_ref = ref_norm(norm);
-		if (g_ref.abs().min().item<double>() < 1e-6 * g_ref.abs().max().item<double>())
-			throw Error(fmt::format("--rotate: REF's {} has a weight near 0, so it cannot carry MODEL's", norm));
-		for (const auto& name : readers)
-			w.at(name) = (w.at(name) * g).matmul(r.t()) / g_ref;
-		w.at(norm) = g_ref;
-	};
-	w.at("model.embed_tokens.weight") = w.at("model.embed_tokens.weight").matmul(r.t());
-	for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-		auto n = [&](const char* p) { return layer_name(l, p); };
-		reread(n("input_layernorm.weight"),
-		       {n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")});
-		reread(n("post_attention_layernorm.weight"), {n("mlp.gate_proj.weight"), n("mlp.up_proj.weight")});
-		for (const char* writer : {"self_attn.o_proj.weight", "mlp.down_proj.weight"})
-			w.at(n(writer)) = r.matmul(w.at(n(writer)));
-		if (w.count(n("self_attn.o_proj.bias")))
-			w.at(n("self_attn.o_proj.bias")) = r.matmul(w.at(n("self_attn.o_proj.bias")));
-		// Per key/value group: value dims by an orthogonal A (Procrustes), q/k RoPE pairs by angles.
-		const auto qa = a.at(n("self_attn.q_proj.weight")), qb = b.at(n("self_attn.q_proj.weight"));
-		const auto ka = a.at(n("self_attn.k_proj.weight")), kb = b.at(n("self_attn.k_proj.weight"));
-		const auto va = a.at(n("self_attn.v_proj.weight")), vb = b.at(n("self_attn.v_proj.weight"));
-		auto& wq = w.at(n("self_attn.q_proj.weight"));
-		auto& wk = w.at(n("self_attn.k_proj.weight"));
-		auto& wv = w.at(n("self_attn.v_proj.weight"));
-		auto& wo = w.at(n("self_attn.o_proj.weight"));
-		for (int64_t g = 0; g < c.num_key_value_heads; ++g) {
-			const auto rot = procrustes(vb.slice(1, g * d, (g + 1) * d), va.slice(1, g * d, (g + 1) * d));
-			wv.slice(0, g * d, (g + 1) * d) = rot.matmul(wv.slice(0, g * d, (g + 1) * d));
-			if (w.count(n("self_attn.v_proj.bias"))) {
-				auto& bv = w.at(n("self_attn.v_proj.bias"));
-				bv.slice(0, g * d, (g + 1) * d) = rot.matmul(bv.slice(0, g * d, (g + 1) * d));
-			}
-			// The angle of pair j maximizes Σ ⟨R(φ) b, a⟩ over the group's keys and queries.
-			std::vector<double> angle;
-			for (int64_t j = 0; j < half; ++j) {
-				double dot = 0, cross = 0;
-				auto add = [&](const at::Tensor& fa, const at::Tensor& fb, int64_t first) {
-					const auto ax = fa.select(1, first + j), ay = fa.select(1, first + j + half);
-					const auto bx = fb.select(1, first + j), by = fb.select(1, first + j + half);
-					dot += (bx * ax + by * ay).sum().item<double>();
-					cross += (bx * ay - by * ax).sum().item<double>();
-				};
-				add(ka, kb, g * d);
-				for (int64_t h = g * group; h < (g + 1) * group; ++h)
-					add(qa, qb, h * d);
-				angle.push_back(std::atan2(cross, dot));
-			}
-			rotate_pair_rows(wk, g * d, angle);
-			if (w.count(n("self_attn.k_proj.bias"))) {
-				auto bk = w.at(n("self_attn.k_proj.bias")).unsqueeze(1);
-				rotate_pair_rows(bk, g * d, angle);
-			}
-			for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-				rotate_pair_rows(wq, h * d, angle);
-				if (w.count(n("self_attn.q_proj.bias"))) {
-					auto bq = w.at(n("self_attn.q_proj.bias")).unsqueeze(1);
-					rotate_pair_rows(bq, h * d, angle);
-				}
-				wo.slice(1, h * d, (h + 1) * d) = wo.slice(1, h * d, (h + 1) * d).matmul(rot.t());
-			}
-		}
-	}
-	reread("model.norm.weight", {"lm_head.weight"});
-	std::map<std::string, at::Tensor> values;
-	for (const auto& [name, t] : model.parameters())
-		values[name] = w.at(name).to(t.scalar_type()).contiguous();
-	model.replace_parameters(values);
-	return report;
-}
-
-namespace {
-
-// One unit of a merged MLP: the ref unit and/or the aligned model's unit it is made of (−1: none).
-struct MergedUnit {
-	int64_t ref = -1, aligned = -1;
-};
-
-// PLeaS's partial matching of one layer's MLP: pairs by falling correlation.
-std::vector<MergedUnit> plan_units(const std::vector<double>& correlation, int64_t width) {
-	const auto n = static_cast<int64_t>(correlation.size());
-	std::vector<int64_t> order(static_cast<size_t>(n));
-	std::iota(order.begin(), order.end(), 0);
-	std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
-		return correlation[static_cast<size_t>(x)] > correlation[static_cast<size_t>(y)];
-	});
-	const int64_t merged = width >= n ? 2 * n - width : width;
-	std::vector<MergedUnit> units;
-	for (int64_t i = 0; i < merged; ++i)
-		units.push_back({order[static_cast<size_t>(i)], order[static_cast<size_t>(i)]});
-	for (int64_t i = merged; i < n && width > n; ++i)
-		units.push_back({order[static_cast<size_t>(i)], -1});
-	for (int64_t i = merged; i < n && width > n; ++i)
-		units.push_back({-1, order[static_cast<size_t>(i)]});
-	return units;
-}
-
-// Rows (dim 0) or columns (dim 1) of the merged MLP from the two models' (a, b): a pair's mean,
-// or the one model's unit; scaled by `single` where only one model has the unit.
-at::Tensor gather_units(const at::Tensor& a, const at::Tensor& b, const std::vector<MergedUnit>& units, int64_t dim,
-                        double single) {
-	std::vector<at::Tensor> parts;
-	for (const auto& u : units) {
-		if (u.ref >= 0 && u.aligned >= 0)
-			parts.push_back((a.select(dim, u.ref) + b.select(dim, u.aligned)) / 2);
-		else if (u.ref >= 0)
-			parts.push_back(a.select(dim, u.ref) * single);
-		else
-			parts.push_back(b.select(dim, u.aligned) * single);
-	}
-	return at::stack(parts, dim);
-}
-
-// argmin_W ‖[X 1] Wᵀ − T‖² + ridge·mean(diag)·‖W‖²: the weight [out, in] and, with bias, the bias.
-std::pair<at::Tensor, at::Tensor> least_squares(const at::Tensor& x, const at::Tensor& target, bool bias,
-                                                double ridge) {
-	const auto xx = bias ? at::cat({x, at::ones({x.size(0), 1}, x.options())}, 1) : x;
-	auto gram = xx.t().matmul(xx);
-	const double scale = gram.diagonal().mean().item<double>();
-	gram = gram + at::eye(gram.size(0), gram.options()) * (ridge * std::max(scale, 1e-30));
-	const auto solution = at::linalg_solve(gram, xx.t().matmul(target)); // [in(+1), out]
-	if (!bias) return {solution.t(), at::Tensor()};
-	return {solution.slice(0, 0, x.size(1)).t(), solution[x.size(1)]};
-}
-
-} // namespace
-
-LlamaModel pleas_merge(LlamaModel& ref, LlamaModel& aligned, const ActivationMatch& match,
-                       const std::vector<std::vector<int64_t>>& sequences, const std::string& ref_config_json,
-                       const PleasOptions& options) {
-	const auto& c = ref.config();
-	const int64_t width = options.width > 0 ? options.width : c.intermediate_size;
-	if (width > 2 * c.intermediate_size)
-		throw Error(fmt::format("--width {}: at most twice intermediate_size ({})", width, 2 * c.intermediate_size));
-	auto config = nlohmann::json::parse(ref_config_json);
-	config["intermediate_size"] = width;
-	config["torch_dtype"] = "float32";
-	auto merged = LlamaModel::create(config.dump(2) + "\n", "merged config", 0);
-
-	std::vector<std::vector<MergedUnit>> plans;
-	for (const auto& corr : match.mlp_correlation)
-		plans.push_back(plan_units(corr, width));
-	std::map<std::string, at::Tensor> start;
-	for (const auto& [name, t] : merged.parameters()) {
-		const auto a = ref.parameter(name).detach().to(at::kFloat), b = aligned.parameter(name).detach().to(at::kFloat);
-		int64_t layer = -1;
-		std::sscanf(name.c_str(), "model.layers.%ld.", &layer);
-		if (name.find("mlp.gate_proj") != std::string::npos || name.find("mlp.up_proj") != std::string::npos)
-			start[name] = gather_units(a, b, plans[static_cast<size_t>(layer)], 0, 1.0);
-		else if (name.find("mlp.down_proj") != std::string::npos)
-			start[name] = gather_units(a, b, plans[static_cast<size_t>(layer)], 1, 0.5);
-		else
-			start[name] = (a + b) / 2;
-	}
-	merged.replace_parameters(start);
-
-	// The linear maps in forward order, in groups that share their input.
-	std::vector<std::vector<std::string>> groups;
-	for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-		groups.push_back({layer_name(l, "self_attn.q_proj.weight"), layer_name(l, "self_attn.k_proj.weight"),
-		                  layer_name(l, "self_attn.v_proj.weight")});
-		groups.push_back({layer_name(l, "self_attn.o_proj.weight")});
-		groups.push_back({layer_name(l, "mlp.gate_proj.weight"), layer_name(l, "mlp.up_proj.weight")});
-		groups.push_back({layer_name(l, "mlp.down_proj.weight")});
-	}
-	if (!c.tie_word_embeddings) groups.push_back({"lm_head.weight"});
-	for (const auto& group : groups) {
-		std::map<std::string, Side> inputs, outputs;
-		for (const auto& name : group) {
-			inputs[name] = Side::Input;
-			outputs[name] = Side::Output;
-		}
-		const auto x = capture(merged, sequences, inputs);
-		const auto ya = capture(ref, sequences, outputs);
-		const auto yb = capture(aligned, sequences, outputs);
-		std::map<std::string, at::Tensor> solved;
-		for (const auto& name : group) {
-			int64_t layer = -1;
-			std::sscanf(name.c_str(), "model.layers.%ld.", &layer);
-			const bool widened =
-			    name.find("gate_proj") != std::string::npos || name.find("up_proj") != std::string::npos;
-			const auto target = widened
-			                        ? gather_units(ya.at(name), yb.at(name), plans[static_cast<size_t>(layer)], 1, 1.0)
-			                        : (ya.at(name) + yb.at(name)) / 2;
-			const auto bias_name = name.substr(0, name.size() - std::string("weight").size()) + "bias";
-			const bool bias = merged.parameters().count(bias_name) > 0;
-			auto [w, b] = least_squares(x.at(name), target, bias, options.ridge);
-			solved[name] = w.to(at::kFloat).contiguous();
-			if (bias) solved[bias_name] = b.to(at::kFloat).contiguous();
-		}
-		merged.replace_parameters(solved);
-	}
-	return merged;
 }
 
 } // namespace weld::nn
