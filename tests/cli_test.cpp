@@ -2,7 +2,9 @@
 #include "test_util.h"
 
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include <algorithm>
 #include <cmath>
@@ -79,6 +81,23 @@ TEST_F(CliTest, ThreadsBeyondTheCoresAreCappedWithAWarningAndGiveTheSameBytes) {
 	EXPECT_NE(err.find("--threads 100000 is more than this machine's"), std::string::npos) << err;
 	EXPECT_EQ(test::read_file(dir_ / "one" / "model.safetensors"),
 	          test::read_file(dir_ / "many" / "model.safetensors"));
+}
+
+// Each streaming thread's buffers come out of --memory-budget: a budget that holds one thread's
+// streams on one (with a warning), and gives the same bytes.
+TEST_F(CliTest, AMemoryBudgetSmallerThanTheThreadsBuffersStreamsOnFewerThreads) {
+	if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "one core: --threads 2 is capped to 1 anyway";
+	test::write_file(dir_ / "recipe.yml", models_recipe("ties"));
+	const auto merge = "merge " + (dir_ / "recipe.yml").string() + " ";
+	ASSERT_EQ(test::run_weld(merge + (dir_ / "one").string() + " --threads 1 --quiet"), 0);
+	std::string err;
+	ASSERT_EQ(test::run_weld(merge + (dir_ / "small").string() + " --threads 2 --memory-budget 64KB", &err), 0);
+	EXPECT_NE(err.find("holds the streaming buffers of 1 thread, not 2"), std::string::npos) << err;
+	EXPECT_EQ(test::read_file(dir_ / "one" / "model.safetensors"),
+	          test::read_file(dir_ / "small" / "model.safetensors"));
+	err.clear();
+	ASSERT_EQ(test::run_weld(merge + (dir_ / "large").string() + " --threads 2 --memory-budget 1GB", &err), 0);
+	EXPECT_EQ(err.find("streaming buffers"), std::string::npos) << err;
 }
 
 // A NaN or Inf in an input is refused, naming model, tensor and element, whichever path the

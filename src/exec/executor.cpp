@@ -145,21 +145,44 @@ struct WorkerBuffers {
 // once, up front, and stay mapped through the passes; larger ones are released item by item as
 // read (and fault in again in the next pass), so memory stays within the budget plus a few
 // blocks per thread whatever the tensor size.
+// What one streaming worker holds: a block of every source and of the output in float32, and
+// one item of converted output.
+uint64_t worker_buffer_bytes(const TensorJob& job) {
+	return (job.sources.size() + 1) * kBlockElements * sizeof(float) +
+	       kItemBlocks * kBlockElements * dtype_size(job.out_dtype);
+}
+
+// The workers' buffers come out of the memory budget: as many threads as it holds, at least one.
+unsigned streaming_threads(const TensorJob& job, const ExecOptions& options) {
+	const uint64_t requested = std::max(1u, options.threads);
+	const uint64_t held = std::max<uint64_t>(1, options.memory_budget / worker_buffer_bytes(job));
+	static std::atomic<bool> warned{false};
+	if (held < requested && !warned.exchange(true))
+		std::fprintf(stderr,
+		             "weld: warning: --memory-budget %s holds the streaming buffers of %llu thread%s, not %llu: "
+		             "streaming on %llu\n",
+		             format_size(options.memory_budget).c_str(), static_cast<unsigned long long>(held),
+		             held == 1 ? "" : "s", static_cast<unsigned long long>(requested),
+		             static_cast<unsigned long long>(held));
+	return static_cast<unsigned>(std::min(requested, held));
+}
+
 void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& writer, const ExecOptions& options,
                 std::vector<WorkerBuffers>& buffers) {
 	const TensorJob& job = plan.jobs[index];
-	const unsigned threads = std::max(1u, options.threads);
+	const unsigned threads = streaming_threads(job, options);
 	uint64_t input_bytes = 0;
 	for (const auto& source : job.sources)
 		input_bytes += source.tensor->info->nbytes();
-	const bool stay_mapped = input_bytes <= options.memory_budget;
+	const bool stay_mapped = input_bytes + threads * worker_buffer_bytes(job) <= options.memory_budget;
 	if (stay_mapped)
 		for (const auto& source : job.sources)
 			source.tensor->file->prefetch(*source.tensor->info, true);
 	const uint64_t n = job.numel(), blocks = block_count(n);
 	const uint64_t items = (blocks + kItemBlocks - 1) / kItemBlocks;
 	const size_t out_size = dtype_size(job.out_dtype);
-	for (WorkerBuffers& b : buffers) {
+	for (unsigned worker = 0; worker < threads; worker++) {
+		WorkerBuffers& b = buffers[worker];
 		b.sources.resize(job.sources.size(), std::vector<float>(kBlockElements));
 		b.views.resize(job.sources.size());
 		b.out.resize(kBlockElements);
