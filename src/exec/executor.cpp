@@ -1,6 +1,7 @@
 #include "exec/executor.h"
 
 #include "io/safetensors.h"
+#include "io/shard_journal.h"
 #include "methods/method.h"
 #include "tensor/convert.h"
 #include "tensor/row_remap.h"
@@ -12,12 +13,17 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <optional>
+#include <string_view>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -214,20 +220,59 @@ void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& 
 		source.tensor->file->release(*source.tensor->info);
 }
 
+// WELD_TEST_KILL_AT (see execute_plan): when a test wants this process killed.
+struct KillPoint {
+	std::optional<uint64_t> after_shards, after_writes;
+};
+
+KillPoint test_kill_point() {
+	KillPoint point;
+	const char* value = std::getenv("WELD_TEST_KILL_AT");
+	if (!value) return point;
+	const std::string_view text(value);
+	const auto number = [&](std::string_view prefix) -> std::optional<uint64_t> {
+		if (!text.starts_with(prefix)) return std::nullopt;
+		uint64_t n = 0;
+		const auto digits = text.substr(prefix.size());
+		const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+		if (error != std::errc() || end != digits.data() + digits.size()) return std::nullopt;
+		return n;
+	};
+	point.after_shards = number("shards:");
+	point.after_writes = number("writes:");
+	return point;
+}
+
+[[noreturn]] void kill_self() {
+	std::raise(SIGKILL);
+	std::abort(); // not reached
+}
+
 // The safetensors shards as a TensorSink.
 class SafetensorsSink : public TensorSink {
 public:
-	explicit SafetensorsSink(SafetensorsWriter& writer) : writer_(writer) {}
+	SafetensorsSink(SafetensorsWriter& writer, std::optional<uint64_t> kill_after_writes = {})
+	    : writer_(writer), kill_after_writes_(kill_after_writes) {}
 	bool owns(size_t tensor_index) const override { return writer_.owns(tensor_index); }
-	void write(size_t tensor_index, std::span<const uint8_t> bytes) override { writer_.write(tensor_index, bytes); }
+	void write(size_t tensor_index, std::span<const uint8_t> bytes) override {
+		writer_.write(tensor_index, bytes);
+		count_write();
+	}
 	void write_range(size_t tensor_index, uint64_t byte_offset, std::span<const uint8_t> bytes,
 	                 bool whole = false) override {
 		writer_.write_range(tensor_index, byte_offset, bytes, whole);
+		count_write();
 	}
 	void finish() override { writer_.finish(); }
 
 private:
 	SafetensorsWriter& writer_;
+	std::optional<uint64_t> kill_after_writes_;
+	std::atomic<uint64_t> writes_{0};
+
+	void count_write() {
+		if (kill_after_writes_ && ++writes_ == *kill_after_writes_) kill_self();
+	}
 };
 
 } // namespace
@@ -278,12 +323,40 @@ void run_whole_tensor_jobs(const Plan& plan, const std::vector<size_t>& jobs, Te
 
 } // namespace
 
-void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options) {
+void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options,
+                  ShardJournal* journal) {
 	std::vector<OutputTensorSpec> specs;
 	for (const auto& job : plan.jobs)
 		specs.push_back({job.name, job.out_dtype, job.shape});
-	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes, {options.rank, options.ranks});
-	SafetensorsSink sink(writer);
+	const KillPoint kill = test_kill_point();
+	WriterResume resume;
+	std::mutex journal_mutex;
+	std::atomic<uint64_t> journaled{0};
+	std::vector<std::string> names; // per shard
+	if (journal) {
+		if (options.ranks > 1) throw Error("a shard journal is kept by a single process only");
+		for (const auto& shard : plan_output_layout(specs, options.max_shard_bytes).shards)
+			names.push_back(shard.file_name);
+		resume.done.assign(names.size(), false);
+		for (const auto& record : journal->shards)
+			for (size_t k = 0; k < names.size(); k++)
+				if (names[k] == record.file) resume.done[k] = true;
+		resume.on_complete = [&](size_t k) {
+			const auto path = dir / names[k];
+			ShardRecord record{names[k], std::filesystem::file_size(path), sha256_hex_of_file(path)};
+			{
+				std::lock_guard lock(journal_mutex);
+				journal->shards.push_back(std::move(record));
+				write_shard_journal(dir, *journal);
+			}
+			if (kill.after_shards && ++journaled == *kill.after_shards) kill_self();
+		};
+		write_shard_journal(dir, *journal);
+	}
+	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes, {options.rank, options.ranks}, {},
+	                         std::move(resume));
+	if (kill.after_shards == 0u) kill_self();
+	SafetensorsSink sink(writer, kill.after_writes);
 	execute_plan(plan, sink, options);
 }
 
