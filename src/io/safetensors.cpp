@@ -652,18 +652,9 @@ void SafetensorsWriter::write_range(size_t tensor_index, uint64_t offset, std::s
 }
 
 void SafetensorsWriter::complete_shard(size_t k) {
-	if (!resume_.on_complete) return; // closed by finish(), with no fsync of its own
-	const auto path = dir_ / layout_.shards[k].file_name;
-	const std::string where = escape_for_message(path.string(), kMaxLabelBytes);
+	if (!resume_.on_complete) return; // closed by finish()
 	// Nothing else touches this shard's descriptor any more: all its bytes are written.
-	const int fd = std::exchange(fds_[k], -1);
-	if (::fsync(fd) != 0) {
-		const int error = errno;
-		::close(fd);
-		fail(where, fmt::format("cannot sync: {}", std::strerror(error)));
-	}
-	if (::close(fd) != 0) fail(where, fmt::format("closing shard failed: {}", std::strerror(errno)));
-	resume_.on_complete(k);
+	resume_.on_complete(k, std::exchange(fds_[k], -1));
 }
 
 void SafetensorsWriter::finish() {

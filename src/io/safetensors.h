@@ -150,8 +150,9 @@ struct WriterResume {
 	// creates nor writes these, and owns() is false for their tensors.
 	std::vector<bool> done;
 	// When set, called once for each shard this writer completes, from the thread that wrote its
-	// last bytes, after the file is fsync'd and closed. What it throws fails that write.
-	std::function<void(size_t shard)> on_complete;
+	// last bytes, with the shard's file descriptor: it takes it over and must close it (after an
+	// fsync, to make the shard durable). What it throws fails that write.
+	std::function<void(size_t shard, int fd)> on_complete;
 };
 
 // Writes a planned set of shards into a folder. write() may be called from several threads at
