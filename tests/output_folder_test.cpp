@@ -64,4 +64,20 @@ TEST_F(OutputFolderTest, OwnTemporaryFolderIsNeverTakenForStale) {
 	EXPECT_TRUE(fs::is_directory(first.path()));
 }
 
+TEST_F(OutputFolderTest, AKilledRunsFolderIsFoundAndTakenOverWithWhatItHolds) {
+	const long dead = dead_pid();
+	const auto stale = make_leftover(dir, fmt::format(".merged.weld-tmp-{}", dead));
+	const auto other_output = make_leftover(dir, fmt::format(".merged2.weld-tmp-{}", dead));
+	make_leftover(dir, ".merged.weld-tmp-1"); // a live process's
+	make_leftover(dir, fmt::format(".merged.weld-tmp-x.weld-tmp-{}", dead));
+	ASSERT_EQ(weld::stale_temporary_folders(dir / "merged"), std::vector<fs::path>{stale});
+
+	weld::OutputFolder out(dir / "merged", false, stale);
+	EXPECT_FALSE(fs::exists(stale));
+	EXPECT_TRUE(fs::exists(out.path() / "model-00001-of-00002.safetensors"));
+	EXPECT_FALSE(fs::exists(other_output)) << "the other stale folders are swept as before";
+	out.publish();
+	EXPECT_TRUE(fs::exists(dir / "merged" / "model-00001-of-00002.safetensors"));
+}
+
 } // namespace

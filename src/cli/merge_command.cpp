@@ -27,7 +27,7 @@ struct MergeArgs {
 	std::string format, gguf_type; // "" : safetensors, or gguf when out ends in .gguf
 	unsigned threads = std::max(1u, std::thread::hardware_concurrency());
 	uint64_t seed = 0;
-	bool force = false, dry_run = false, quiet = false, verbose = false, allow_nonfinite = false;
+	bool force = false, dry_run = false, quiet = false, verbose = false, allow_nonfinite = false, resume = false;
 };
 
 void on_signal(int) {
@@ -44,6 +44,7 @@ int merge(const MergeArgs& args, const Distributed& dist) {
 		options.out_dir = args.out;
 		options.force = args.force;
 		options.dry_run = args.dry_run;
+		options.resume = args.resume && !args.dry_run;
 		options.seed = args.seed;
 		options.gguf = args.format == "gguf" || (args.format.empty() && args.out.ends_with(".gguf"));
 		if (!args.gguf_type.empty()) {
@@ -74,8 +75,9 @@ int merge(const MergeArgs& args, const Distributed& dist) {
 		return 0;
 	}
 	if (!args.quiet)
-		fmt::print("weld: merged {} tensors ({}) into {} ({} shard{}) in {:.2f}s\n", summary.tensors,
+		fmt::print("weld: merged {} tensors ({}) into {} ({} shard{}{}) in {:.2f}s\n", summary.tensors,
 		           format_size(summary.bytes_written), args.out, summary.shards, summary.shards == 1 ? "" : "s",
+		           args.resume ? fmt::format(", {} kept from the interrupted run", summary.resumed_shards) : "",
 		           summary.seconds);
 	// How the work divided; bench/speed/run parses these lines.
 	if (!args.quiet && (summary.ranks.size() > 1 || args.verbose)) {
@@ -101,6 +103,7 @@ bool learns_from_data(const std::string& recipe_path) {
 
 std::vector<std::string> learned_merge_words(const MergeArgs& args) {
 	if (args.dry_run) throw Error("--dry-run: a method that learns from data has no plan before it has learned");
+	if (args.resume) throw Error("--resume: a method that learns from data cannot continue an interrupted merge yet");
 	if (!args.format.empty() && args.format != "safetensors")
 		throw Error("--format: a method that learns from data writes safetensors only");
 	std::vector<std::string> w = {args.recipe, args.out,
@@ -139,6 +142,9 @@ std::function<int()> add_merge_command(CLI::App& app) {
 	cmd->add_option("recipe", args->recipe, "mergekit-style YAML recipe")->required();
 	cmd->add_option("out", args->out, "output folder (written whole, or not at all)")->required();
 	cmd->add_flag("--force", args->force, "replace the output folder if it exists");
+	cmd->add_flag("--resume", args->resume,
+	              "continue the merge of OUT that a killed run left in its temporary folder, keeping the shards "
+	              "it completed (same recipe and options; not under mpirun)");
 	cmd->add_option("--format", args->format,
 	                "safetensors (a model folder) or gguf (one llama.cpp file; default when OUT ends in .gguf)")
 	    ->check(CLI::IsMember({"safetensors", "gguf"}));

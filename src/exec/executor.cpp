@@ -1,6 +1,7 @@
 #include "exec/executor.h"
 
 #include "io/safetensors.h"
+#include "io/shard_journal.h"
 #include "methods/method.h"
 #include "tensor/convert.h"
 #include "tensor/row_remap.h"
@@ -12,12 +13,19 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <optional>
+#include <string_view>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -237,20 +245,145 @@ void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& 
 		source.tensor->file->release(*source.tensor->info);
 }
 
+// WELD_TEST_KILL_AT (see execute_plan): when a test wants this process killed.
+struct KillPoint {
+	std::optional<uint64_t> after_shards, after_writes;
+};
+
+KillPoint test_kill_point() {
+	KillPoint point;
+	const char* value = std::getenv("WELD_TEST_KILL_AT");
+	if (!value) return point;
+	const std::string_view text(value);
+	const auto number = [&](std::string_view prefix) -> std::optional<uint64_t> {
+		if (!text.starts_with(prefix)) return std::nullopt;
+		uint64_t n = 0;
+		const auto digits = text.substr(prefix.size());
+		const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+		if (error != std::errc() || end != digits.data() + digits.size()) return std::nullopt;
+		return n;
+	};
+	point.after_shards = number("shards:");
+	point.after_writes = number("writes:");
+	return point;
+}
+
+[[noreturn]] void kill_self() {
+	std::raise(SIGKILL);
+	std::abort(); // not reached
+}
+
+// Makes each completed shard durable (fsync), hashes it and adds it to the journal, on a thread
+// of its own so that the merge goes on meanwhile. finish() waits for them all.
+class JournalKeeper {
+public:
+	JournalKeeper(std::filesystem::path dir, std::vector<std::string> names, ShardJournal& journal,
+	              std::optional<uint64_t> kill_after)
+	    : dir_(std::move(dir)), names_(std::move(names)), journal_(journal), kill_after_(kill_after) {
+		thread_ = std::thread([this] { run(); });
+	}
+	~JournalKeeper() { stop(false); }
+	JournalKeeper(const JournalKeeper&) = delete;
+	JournalKeeper& operator=(const JournalKeeper&) = delete;
+
+	// Takes over the shard's file descriptor.
+	void add(size_t shard, int fd) {
+		std::lock_guard lock(mutex_);
+		queue_.emplace_back(shard, fd);
+		wake_.notify_one();
+	}
+	// Waits until every added shard is journaled; rethrows the first failure.
+	void finish() {
+		stop(true);
+		if (error_) std::rethrow_exception(error_);
+	}
+
+private:
+	std::filesystem::path dir_;
+	std::vector<std::string> names_;
+	ShardJournal& journal_;
+	std::optional<uint64_t> kill_after_;
+	std::mutex mutex_;
+	std::condition_variable wake_;
+	std::deque<std::pair<size_t, int>> queue_;
+	bool stopping_ = false, keep_going_ = true;
+	std::exception_ptr error_;
+	uint64_t journaled_ = 0;
+	std::thread thread_;
+
+	void stop(bool complete) {
+		{
+			std::lock_guard lock(mutex_);
+			stopping_ = true;
+			keep_going_ = keep_going_ && complete;
+			wake_.notify_one();
+		}
+		if (thread_.joinable()) thread_.join();
+	}
+
+	void run() {
+		for (;;) {
+			std::pair<size_t, int> item;
+			bool work = false;
+			{
+				std::unique_lock lock(mutex_);
+				wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+				if (queue_.empty()) return;
+				item = queue_.front();
+				queue_.pop_front();
+				work = keep_going_ && !error_;
+			}
+			if (!work) {
+				::close(item.second);
+				continue;
+			}
+			try {
+				journal(item.first, item.second);
+			} catch (...) {
+				std::lock_guard lock(mutex_);
+				if (!error_) error_ = std::current_exception();
+			}
+		}
+	}
+
+	void journal(size_t k, int fd) {
+		const auto path = dir_ / names_[k];
+		const bool synced = ::fsync(fd) == 0;
+		const int sync_error = errno;
+		if (::close(fd) != 0 && synced)
+			throw Error(fmt::format("{}: closing shard failed: {}", path.string(), std::strerror(errno)));
+		if (!synced) throw Error(fmt::format("{}: cannot sync: {}", path.string(), std::strerror(sync_error)));
+		journal_.shards.push_back({names_[k], std::filesystem::file_size(path), sha256_hex_of_file(path)});
+		write_shard_journal(dir_, journal_);
+		if (kill_after_ && ++journaled_ == *kill_after_) kill_self();
+	}
+};
+
 // The safetensors shards as a TensorSink.
 class SafetensorsSink : public TensorSink {
 public:
-	explicit SafetensorsSink(SafetensorsWriter& writer) : writer_(writer) {}
+	SafetensorsSink(SafetensorsWriter& writer, std::optional<uint64_t> kill_after_writes = {})
+	    : writer_(writer), kill_after_writes_(kill_after_writes) {}
 	bool owns(size_t tensor_index) const override { return writer_.owns(tensor_index); }
-	void write(size_t tensor_index, std::span<const uint8_t> bytes) override { writer_.write(tensor_index, bytes); }
+	void write(size_t tensor_index, std::span<const uint8_t> bytes) override {
+		writer_.write(tensor_index, bytes);
+		count_write();
+	}
 	void write_range(size_t tensor_index, uint64_t byte_offset, std::span<const uint8_t> bytes,
 	                 bool whole = false) override {
 		writer_.write_range(tensor_index, byte_offset, bytes, whole);
+		count_write();
 	}
 	void finish() override { writer_.finish(); }
 
 private:
 	SafetensorsWriter& writer_;
+	std::optional<uint64_t> kill_after_writes_;
+	std::atomic<uint64_t> writes_{0};
+
+	void count_write() {
+		if (kill_after_writes_ && ++writes_ == *kill_after_writes_) kill_self();
+	}
 };
 
 } // namespace
@@ -301,13 +434,33 @@ void run_whole_tensor_jobs(const Plan& plan, const std::vector<size_t>& jobs, Te
 
 } // namespace
 
-void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options) {
+void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options,
+                  ShardJournal* journal) {
 	std::vector<OutputTensorSpec> specs;
 	for (const auto& job : plan.jobs)
 		specs.push_back({job.name, job.out_dtype, job.shape});
-	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes, {options.rank, options.ranks});
-	SafetensorsSink sink(writer);
+	const KillPoint kill = test_kill_point();
+	WriterResume resume;
+	std::optional<JournalKeeper> keeper;
+	if (journal) {
+		if (options.ranks > 1) throw Error("a shard journal is kept by a single process only");
+		std::vector<std::string> names; // per shard
+		for (const auto& shard : plan_output_layout(specs, options.max_shard_bytes).shards)
+			names.push_back(shard.file_name);
+		resume.done.assign(names.size(), false);
+		for (const auto& record : journal->shards)
+			for (size_t k = 0; k < names.size(); k++)
+				if (names[k] == record.file) resume.done[k] = true;
+		write_shard_journal(dir, *journal);
+		keeper.emplace(dir, std::move(names), *journal, kill.after_shards);
+		resume.on_complete = [&](size_t k, int fd) { keeper->add(k, fd); };
+	}
+	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes, {options.rank, options.ranks}, {},
+	                         std::move(resume));
+	if (kill.after_shards == 0u) kill_self();
+	SafetensorsSink sink(writer, kill.after_writes);
 	execute_plan(plan, sink, options);
+	if (keeper) keeper->finish();
 }
 
 void execute_plan(const Plan& plan, TensorSink& writer, const ExecOptions& options) {

@@ -35,9 +35,19 @@ void request_cancel();
 // Lets merges run again after a cancelled one (a process that goes on: the Python module).
 void clear_cancel();
 
+struct ShardJournal;
+
 // Writes the weights of `plan` into dir (which must exist). Throws weld::Error on failure;
-// the first failure stops the other threads.
-void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options);
+// the first failure stops the other threads. With a journal (a single process only): the
+// shards it lists are taken as complete on disk (the caller checked them) and not written
+// again, and every shard completed here is fsync'd, hashed and added to it, the journal being
+// rewritten in dir each time (io/shard_journal.h).
+//
+// For tests of killed merges, the environment variable WELD_TEST_KILL_AT makes the process
+// SIGKILL itself: "shards:N" once N shards are journaled here (0: once the shard files are
+// created), "writes:N" after N tensor writes (mid-shard).
+void execute_plan(const Plan& plan, const std::filesystem::path& dir, const ExecOptions& options,
+                  ShardJournal* journal = nullptr);
 // The same into any sink (a GGUF file): tensor i of the plan is the sink's tensor i, written in
 // the job's out_dtype.
 void execute_plan(const Plan& plan, TensorSink& sink, const ExecOptions& options);

@@ -3,14 +3,17 @@
 #include "io/gguf_model.h"
 #include "io/output_folder.h"
 #include "io/safetensors.h"
+#include "io/shard_journal.h"
 #include "io/tokenizer_files.h"
 #include "util/error.h"
 #include "util/size.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
+#include <set>
 #include <unistd.h>
 
 namespace weld {
@@ -94,6 +97,110 @@ void write_gguf(Plan& plan, const MergeOptions& options, const ExecOptions& exec
 	publish_file(file, options.out_dir);
 }
 
+// What the output's bytes depend on, for the shard journal of a single-process merge.
+ShardJournal journal_identity(const Plan& plan, const std::string& recipe_text, const MergeOptions& options,
+                              const OutputLayout& layout) {
+	ShardJournal journal;
+	journal.recipe_sha256 = sha256_hex(recipe_text);
+	journal.options = fmt::format("seed={} out_shard_size={} allow_nonfinite={}", options.seed,
+	                              options.exec.max_shard_bytes, options.exec.allow_nonfinite ? 1 : 0);
+	// Every file a tensor is read from, by path, size and modification time. Files weld makes
+	// for the run itself (models with a LoRA applied, converted GGUF files, in ".weld-*"
+	// folders) change path and time each run: their size stands for them.
+	std::set<fs::path> files;
+	for (const auto& job : plan.jobs)
+		for (const auto& source : job.sources) {
+			files.insert(source.tensor->file->path());
+			if (source.statistics) files.insert(source.statistics->file->path());
+		}
+	std::vector<std::string> lines; // sorted, as scratch paths sort differently from run to run
+	for (const auto& file : files) {
+		std::error_code ec;
+		const auto size = fs::file_size(file, ec);
+		if (file.parent_path().filename().string().starts_with(".weld-")) {
+			lines.push_back(fmt::format("{} {}\n", file.filename().string(), size));
+			continue;
+		}
+		const auto time = fs::last_write_time(file, ec).time_since_epoch().count();
+		lines.push_back(fmt::format("{} {} {}\n", fs::absolute(file).string(), size, time));
+	}
+	std::sort(lines.begin(), lines.end());
+	std::string inputs;
+	for (const auto& line : lines)
+		inputs += line;
+	journal.inputs_sha256 = sha256_hex(inputs);
+	std::string shards;
+	for (const auto& shard : layout.shards)
+		shards += shard.file_name + "\n" + shard.header;
+	journal.layout_sha256 = sha256_hex(shards);
+	return journal;
+}
+
+// The temporary folder of the killed merge of out_dir that `journal` (this run's identity) can
+// continue; its journaled shards go into journal.shards. Throws weld::Error when there is none,
+// or when the interrupted merge had another recipe, options or inputs.
+fs::path find_interrupted_merge(const fs::path& out_dir, ShardJournal& journal) {
+	const auto candidates = stale_temporary_folders(out_dir);
+	if (candidates.empty())
+		throw Error(fmt::format("{}: --resume: no interrupted merge to continue (no temporary folder .{}.weld-tmp-PID "
+		                        "of a stopped run beside it)",
+		                        out_dir.string(), fs::absolute(out_dir).lexically_normal().filename().string()));
+	std::optional<std::pair<fs::path, std::string>> mismatch;
+	for (const auto& folder : candidates) {
+		std::optional<ShardJournal> recorded;
+		try {
+			recorded = read_shard_journal(folder);
+		} catch (const Error&) {
+			continue; // unreadable: nothing to keep from it
+		}
+		if (!recorded) continue;
+		const auto differs = shard_journal_mismatch(*recorded, journal);
+		if (differs.empty()) {
+			journal.shards = recorded->shards;
+			return folder;
+		}
+		if (!mismatch) mismatch.emplace(folder, differs);
+	}
+	if (mismatch)
+		throw Error(fmt::format("{}: --resume: the interrupted merge in {} was made with a different {}; run without "
+		                        "--resume to start over",
+		                        out_dir.string(), mismatch->first.string(), mismatch->second));
+	return candidates.front(); // killed before it wrote a journal: nothing to keep
+}
+
+// Keeps the journaled shards in dir that are what the journal says (name in the layout, size,
+// SHA-256) and removes everything else; journal.shards becomes the kept ones. Returns how many.
+size_t keep_verified_shards(const fs::path& dir, const OutputLayout& layout, ShardJournal& journal,
+                            std::vector<std::string>& warnings) {
+	std::vector<ShardRecord> kept;
+	std::set<std::string> keep;
+	for (const auto& record : journal.shards) {
+		const auto shard = std::find_if(layout.shards.begin(), layout.shards.end(),
+		                                [&](const auto& s) { return s.file_name == record.file; });
+		std::string problem;
+		std::error_code ec;
+		const auto path = dir / record.file;
+		if (shard == layout.shards.end() || shard->file_size != record.size)
+			problem = "is not a shard of this output";
+		else if (fs::file_size(path, ec) != record.size || ec)
+			problem = ec ? "is missing" : "has another size than when it was written";
+		else if (sha256_hex_of_file(path) != record.sha256)
+			problem = "has changed since it was written (SHA-256)";
+		if (!problem.empty()) {
+			warnings.push_back(fmt::format("--resume: {} {}; writing it again", record.file, problem));
+			continue;
+		}
+		if (keep.insert(record.file).second) kept.push_back(record);
+	}
+	std::vector<fs::path> stale;
+	for (const auto& entry : fs::directory_iterator(dir))
+		if (!keep.contains(entry.path().filename().string())) stale.push_back(entry.path());
+	for (const auto& path : stale)
+		fs::remove_all(path);
+	journal.shards = std::move(kept);
+	return journal.shards.size();
+}
+
 } // namespace
 
 uint64_t default_memory_budget() {
@@ -117,14 +224,19 @@ MergeSummary run_merge(const MergeOptions& options) {
 	Plan plan;
 	std::vector<OutputTensorSpec> specs;
 	OutputLayout layout;
+	std::optional<ShardJournal> journal; // a single process's, of a folder output
 	dist.agree([&] {
 		if (options.gguf && dist.size() > 1)
 			throw Error("--format gguf: one GGUF file is written by one process, not under mpirun");
+		if (options.resume && dist.size() > 1) throw Error("--resume is not supported with MPI yet");
+		if (options.resume && options.gguf) throw Error("--resume: only for model folders, not --format gguf");
 		const auto text = options.recipe_text.empty() ? read_text_file(options.recipe_path) : options.recipe_text;
 		plan = build_plan(parse_recipe(text, label), options.seed, options.computed_statistics,
 		                  lora_scratch_root(options.out_dir));
 		specs = output_specs(plan);
 		if (!options.dry_run) layout = plan_output_layout(specs, exec.max_shard_bytes);
+		if (!options.dry_run && !options.gguf && dist.size() == 1)
+			journal = journal_identity(plan, text, options, layout);
 	});
 
 	MergeSummary summary;
@@ -149,12 +261,19 @@ MergeSummary run_merge(const MergeOptions& options) {
 	std::string tmp;
 	dist.agree([&] {
 		if (!dist.is_root()) return;
-		folder.emplace(options.out_dir, options.force);
+		if (options.resume) {
+			// Checked before the folder is taken over, so a refused resume leaves it as it was.
+			const auto from = find_interrupted_merge(options.out_dir, *journal);
+			folder.emplace(options.out_dir, options.force, from);
+			summary.resumed_shards = keep_verified_shards(folder->path(), layout, *journal, summary.warnings);
+		} else {
+			folder.emplace(options.out_dir, options.force);
+		}
 		tmp = folder->path().string();
 	});
 	const fs::path dir = dist.broadcast(tmp);
 	// On failure, rank 0's folder (with every rank's shards) goes when `folder` does.
-	dist.agree([&] { execute_plan(plan, dir, exec); });
+	dist.agree([&] { execute_plan(plan, dir, exec, journal ? &*journal : nullptr); });
 
 	const auto owner = shard_ranks(layout, dist.size());
 	const auto mine = rank_work(plan, layout, owner, dist.rank());
@@ -167,6 +286,7 @@ MergeSummary run_merge(const MergeOptions& options) {
 	dist.agree([&] {
 		if (!dist.is_root()) return;
 		if (dist.size() > 1) write_shard_index(dir, specs, layout); // a single writer did already
+		if (journal) fs::remove(dir / kShardJournalFile);
 		write_other_files(plan, dir);
 		folder->publish();
 	});

@@ -27,6 +27,11 @@ struct MergeOptions {
 	std::filesystem::path out_dir;
 	bool force = false;   // replace an existing output
 	bool dry_run = false; // print the plan, write nothing
+	// Continue the merge of out_dir that a killed run left in its temporary folder: the shards
+	// its journal lists (io/shard_journal.h) that still check out are kept, the rest are
+	// written; the bytes are those of an uninterrupted run. The recipe, the options that change
+	// bytes and the input files must be the same. A single process, safetensors only.
+	bool resume = false;
 	// Write one GGUF file at out_dir instead of a folder (io/gguf_model.h); gguf_type: the
 	// weights' type (default: that of the merge's output dtype). A single process only.
 	bool gguf = false;
@@ -50,6 +55,7 @@ struct MergeSummary {
 	uint64_t bytes_written = 0;
 	double seconds = 0;
 	std::vector<std::string> warnings;
+	size_t resumed_shards = 0;   // with resume: shards kept from the interrupted run
 	unsigned rank = 0;           // this process's rank; only rank 0 need report
 	std::vector<RankWork> ranks; // per rank, in rank order (one entry for a single process)
 };

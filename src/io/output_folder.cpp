@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <fstream>
@@ -71,15 +72,48 @@ size_t remove_stale_outputs(const fs::path& folder) {
 	return removed;
 }
 
-OutputFolder::OutputFolder(const fs::path& out_dir, bool force) : force_(force) {
+std::vector<fs::path> stale_temporary_folders(const fs::path& out_dir) {
+	const auto out = fs::absolute(out_dir).lexically_normal();
+	const std::string prefix = fmt::format(".{}.weld-tmp-", out.filename().string());
+	std::vector<std::pair<fs::file_time_type, fs::path>> found;
+	std::error_code ec;
+	for (fs::directory_iterator it(out.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
+		const auto name = it->path().filename().string();
+		if (!name.starts_with(prefix)) continue;
+		const auto digits = name.substr(prefix.size()); // exactly the PID: NAME may hold the marker too
+		if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+		if (!process_is_gone(leftover_pid(name))) continue;
+		std::error_code ignored;
+		if (!fs::is_directory(it->path(), ignored)) continue;
+		found.emplace_back(fs::last_write_time(it->path(), ignored), it->path());
+	}
+	std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+	std::vector<fs::path> folders;
+	for (auto& [time, path] : found)
+		folders.push_back(std::move(path));
+	return folders;
+}
+
+OutputFolder::OutputFolder(const fs::path& out_dir, bool force, const fs::path& resume_from) : force_(force) {
 	out_ = fs::absolute(out_dir).lexically_normal();
 	if (out_.filename().empty()) throw Error(fmt::format("{}: not a valid output folder name", out_dir.string()));
 	if (fs::exists(out_) && !force)
 		throw Error(fmt::format("{}: output already exists (use --force to replace it)", out_.string()));
 	if (!fs::is_directory(out_.parent_path()))
 		throw Error(fmt::format("{}: parent folder does not exist", out_.string()));
-	remove_stale_outputs(out_.parent_path());
 	tmp_ = out_.parent_path() / fmt::format(".{}.weld-tmp-{}", out_.filename().string(), getpid());
+	if (!resume_from.empty()) {
+		// Taken over before the sweep below, which would remove it as a dead process's.
+		fs::remove_all(tmp_);
+		std::error_code ec;
+		fs::rename(resume_from, tmp_, ec);
+		if (ec)
+			throw Error(fmt::format("{}: cannot take over the interrupted merge's folder: {}", resume_from.string(),
+			                        ec.message()));
+		remove_stale_outputs(out_.parent_path());
+		return;
+	}
+	remove_stale_outputs(out_.parent_path());
 	fs::remove_all(tmp_);
 	fs::create_directory(tmp_);
 }

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace weld {
 
@@ -14,7 +15,10 @@ namespace weld {
 class OutputFolder {
 public:
 	// Throws weld::Error when out exists without force, or its parent folder is missing.
-	OutputFolder(const std::filesystem::path& out, bool force);
+	// resume_from: a temporary folder a killed run left for `out` (stale_temporary_folders) to
+	// go on with instead of an empty one: it is renamed to this process's temporary name, with
+	// what it holds.
+	OutputFolder(const std::filesystem::path& out, bool force, const std::filesystem::path& resume_from = {});
 	~OutputFolder();
 	OutputFolder(const OutputFolder&) = delete;
 	OutputFolder& operator=(const OutputFolder&) = delete;
@@ -33,6 +37,10 @@ private:
 // replaced outputs "NAME.weld-old-PID" whose PID no longer runs on this machine. Every new
 // OutputFolder does this for its parent folder. Returns how many were removed.
 size_t remove_stale_outputs(const std::filesystem::path& folder);
+
+// The temporary folders ".NAME.weld-tmp-PID" of `out` (NAME its file name) whose PID no longer
+// runs on this machine, most recently modified first.
+std::vector<std::filesystem::path> stale_temporary_folders(const std::filesystem::path& out);
 
 // Calls fill(tmp) with an empty temporary folder, then publishes it as `out`. Throws
 // weld::Error (out exists without force, parent missing, rename failed) or whatever fill throws.

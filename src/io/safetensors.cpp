@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <unordered_set>
+#include <utility>
 
 namespace weld {
 namespace {
@@ -552,17 +553,26 @@ void write_shard_index(const std::filesystem::path& dir, const std::vector<Outpu
 }
 
 SafetensorsWriter::SafetensorsWriter(std::filesystem::path dir, std::vector<OutputTensorSpec> tensors,
-                                     uint64_t max_shard_bytes, WriterPart part, const SafetensorsMetadata& metadata)
+                                     uint64_t max_shard_bytes, WriterPart part, const SafetensorsMetadata& metadata,
+                                     WriterResume resume)
     : dir_(std::move(dir)), specs_(std::move(tensors)), layout_(plan_output_layout(specs_, max_shard_bytes, metadata)),
-      part_(part), written_(specs_.size(), 0) {
+      part_(part), written_(specs_.size(), 0), resume_(std::move(resume)) {
 	if (part_.rank >= part_.ranks)
 		fail(escape_for_message(dir_.string(), kMaxLabelBytes),
 		     fmt::format("writer part {} of {} does not exist", part_.rank, part_.ranks));
+	if (!resume_.done.empty() && resume_.done.size() != layout_.shards.size())
+		fail(escape_for_message(dir_.string(), kMaxLabelBytes),
+		     fmt::format("{} shards marked done, but the layout has {}", resume_.done.size(), layout_.shards.size()));
+	resume_.done.resize(layout_.shards.size(), false);
 	shard_rank_ = shard_ranks(layout_, part_.ranks);
+	pending_.assign(layout_.shards.size(), 0);
+	for (size_t i = 0; i < specs_.size(); ++i)
+		pending_[layout_.shard_of[i]] += std::max<uint64_t>(specs_[i].nbytes(), 1);
 	fds_.assign(layout_.shards.size(), -1);
 	try {
 		for (size_t k = 0; k < layout_.shards.size(); ++k) {
 			if (shard_rank_[k] != part_.rank) continue; // another rank creates it
+			if (resume_.done[k]) continue;              // complete already
 			const auto& shard = layout_.shards[k];
 			const auto path = dir_ / shard.file_name;
 			const std::string where = escape_for_message(path.string(), kMaxLabelBytes);
@@ -581,7 +591,9 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path dir, std::vector<Outp
 }
 
 bool SafetensorsWriter::owns(size_t tensor_index) const {
-	return tensor_index < specs_.size() && shard_rank_[layout_.shard_of[tensor_index]] == part_.rank;
+	if (tensor_index >= specs_.size()) return false;
+	const size_t shard = layout_.shard_of[tensor_index];
+	return shard_rank_[shard] == part_.rank && !resume_.done[shard];
 }
 
 bool SafetensorsWriter::is_complete(size_t i) const {
@@ -607,6 +619,9 @@ void SafetensorsWriter::write_range(size_t tensor_index, uint64_t offset, std::s
 	const auto& spec = specs_[tensor_index];
 	if (!owns(tensor_index)) {
 		const size_t shard = layout_.shard_of[tensor_index];
+		if (resume_.done[shard])
+			fail(where, fmt::format("tensor {} is in shard {}, which is complete already", quote_for_message(spec.name),
+			                        layout_.shards[shard].file_name));
 		fail(where,
 		     fmt::format("tensor {} is in shard {}, which rank {} writes, not rank {}", quote_for_message(spec.name),
 		                 layout_.shards[shard].file_name, shard_rank_[shard], part_.rank));
@@ -631,6 +646,15 @@ void SafetensorsWriter::write_range(size_t tensor_index, uint64_t offset, std::s
 		count.fetch_sub(bytes.size());
 		throw;
 	}
+	// The bytes are in the file: the thread that writes a shard's last ones completes it.
+	const uint64_t units = whole && expected == 0 ? 1 : bytes.size();
+	if (units > 0 && std::atomic_ref<uint64_t>(pending_[shard]).fetch_sub(units) == units) complete_shard(shard);
+}
+
+void SafetensorsWriter::complete_shard(size_t k) {
+	if (!resume_.on_complete) return; // closed by finish()
+	// Nothing else touches this shard's descriptor any more: all its bytes are written.
+	resume_.on_complete(k, std::exchange(fds_[k], -1));
 }
 
 void SafetensorsWriter::finish() {

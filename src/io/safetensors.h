@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -143,6 +144,17 @@ struct WriterPart {
 	unsigned ranks = 1;
 };
 
+// What a writer continues from and reports (merge --resume, exec/merge.h).
+struct WriterResume {
+	// Per shard of the layout (or empty: none): already complete on disk. The writer neither
+	// creates nor writes these, and owns() is false for their tensors.
+	std::vector<bool> done;
+	// When set, called once for each shard this writer completes, from the thread that wrote its
+	// last bytes, with the shard's file descriptor: it takes it over and must close it (after an
+	// fsync, to make the shard durable). What it throws fails that write.
+	std::function<void(size_t shard, int fd)> on_complete;
+};
+
 // Writes a planned set of shards into a folder. write() may be called from several threads at
 // once, in any order; the bytes on disk depend only on the data, never on the order. Given a
 // part of several, it creates and writes only that part's shards; the shard index is then
@@ -150,13 +162,14 @@ struct WriterPart {
 class SafetensorsWriter {
 public:
 	SafetensorsWriter(std::filesystem::path dir, std::vector<OutputTensorSpec> tensors, uint64_t max_shard_bytes,
-	                  WriterPart part = {}, const SafetensorsMetadata& metadata = {});
+	                  WriterPart part = {}, const SafetensorsMetadata& metadata = {}, WriterResume resume = {});
 	~SafetensorsWriter();
 	SafetensorsWriter(const SafetensorsWriter&) = delete;
 	SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
 
 	const OutputLayout& layout() const { return layout_; }
-	// Whether the tensor's shard belongs to this writer's part (always, for a whole output).
+	// Whether this writer writes the tensor: its shard belongs to this writer's part (always, for
+	// a whole output) and is not one of resume.done.
 	bool owns(size_t tensor_index) const;
 	void write(size_t tensor_index, std::span<const uint8_t> bytes);
 	// Writes part of a tensor; the parts of one tensor must not overlap. whole: bytes is all of it.
@@ -175,8 +188,12 @@ private:
 	std::vector<int> fds_; // per shard; -1 for other parts' shards
 	bool finished_ = false;
 	std::vector<uint64_t> written_; // bytes written per tensor
+	WriterResume resume_;
+	// Per shard: units still to write (a byte of a tensor, or 1 for an empty tensor).
+	std::vector<uint64_t> pending_;
 
 	bool is_complete(size_t tensor_index) const;
+	void complete_shard(size_t shard);
 };
 
 } // namespace weld
