@@ -347,6 +347,12 @@ TEST_F(StreamingMethodsTest, DellaStreamsRowsThatCrossBlocks) {
 	EXPECT_LT(merge_against_reference("della_linear", "", "density: 0.6, epsilon: 0.15"), 1e-7);
 }
 
+TEST_F(StreamingMethodsTest, SceStreamsTheSameMergeWithinRounding) {
+	// The variance selection is exact; the task weights' sums of squares add per block.
+	EXPECT_LT(merge_against_reference("sce", "select_topk: 0.3", "", false), 1e-7);
+	EXPECT_LT(merge_against_reference("sce", "", "", false), 1e-7);
+}
+
 TEST_F(StreamingMethodsTest, ConsensusStreamsTheSameBytesAsTheWholeTensorMerge) {
 	EXPECT_EQ(merge_against_reference("consensus_ta", "k: 2", "tall_lambda: 0.5"), 0.0);
 	EXPECT_EQ(merge_against_reference("consensus_ties", "k: 2", "density: 0.5, tall_lambda: 0.6"), 0.0);
