@@ -358,5 +358,10 @@ TEST_F(StreamingMethodsTest, ConsensusStreamsTheSameBytesAsTheWholeTensorMerge) 
 	EXPECT_EQ(merge_against_reference("consensus_ties", "k: 2", "density: 0.5, tall_lambda: 0.6"), 0.0);
 }
 
+TEST_F(StreamingMethodsTest, ModelStockStreamsTheSameMergeWithinRounding) {
+	// The dot products add per block, then in block order.
+	EXPECT_LT(merge_against_reference("model_stock", "", "", false), 1e-7);
+}
+
 } // namespace
 } // namespace weld
