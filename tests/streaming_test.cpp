@@ -363,5 +363,9 @@ TEST_F(StreamingMethodsTest, ModelStockStreamsTheSameMergeWithinRounding) {
 	EXPECT_LT(merge_against_reference("model_stock", "", "", false), 1e-7);
 }
 
+TEST_F(StreamingMethodsTest, NearswapStreamsTheSameBytesAsTheWholeTensorMerge) {
+	EXPECT_EQ(merge_against_reference("nearswap", "t: 0.001", "", false, 1), 0.0);
+}
+
 } // namespace
 } // namespace weld
