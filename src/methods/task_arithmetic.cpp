@@ -163,6 +163,7 @@ public:
 				continue;
 			}
 			if (s.drop == Sparsification::None) continue;
+			if (s.magprune) s.magprune->end_record();
 			double before = 0, after = 0;
 			for (size_t b = 0; b < s.l1_before.size(); ++b) {
 				before += s.l1_before[b];
@@ -235,7 +236,7 @@ private:
 		return {delta, x.size()};
 	}
 
-	void drop(const Block& block, const Source& s, std::span<float> d, unsigned worker) {
+	void drop(const Block& block, Source& s, std::span<float> d, unsigned worker) {
 		switch (s.drop) {
 		case Sparsification::None:
 			return;
@@ -337,6 +338,7 @@ public:
 		check_source_count(info_, input, source_count);
 		const auto base = static_cast<size_t>(input.base_index);
 		const uint64_t blocks = block_count(elements);
+		const bool rescale = global_param(info_, input, "rescale") != 0;
 		std::vector<GtaBlocks::Source> sources;
 		std::vector<double> weights;
 		ConsensusRule consensus;
@@ -365,7 +367,7 @@ public:
 			}
 			if (s.drop == Sparsification::DellaMagprune)
 				s.magprune = std::make_unique<RowMagprune>(elements, della_row(input, elements), density,
-				                                           della_epsilon(input, i, density), key);
+				                                           della_epsilon(input, i, density), key, rescale);
 			if (s.drop != Sparsification::None) {
 				s.l1_before.resize(block_count(elements));
 				s.l1_after.resize(block_count(elements));
@@ -373,8 +375,7 @@ public:
 			sources.push_back(std::move(s));
 		}
 		return std::make_unique<GtaBlocks>(std::move(sources), mix_rule(input, weights), std::move(consensus), base,
-		                                   global_param(info_, input, "rescale") != 0,
-		                                   global_param(info_, input, "lambda"), std::max(1u, workers));
+		                                   rescale, global_param(info_, input, "lambda"), std::max(1u, workers));
 	}
 
 private:
