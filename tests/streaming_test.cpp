@@ -3,6 +3,7 @@
 // from the methods' definitions.
 #include "exec/merge.h"
 #include "methods/method.h"
+#include "methods/reference.h"
 #include "tensor/convert.h"
 #include "tensor/kernels.h"
 #include "tensor/topk.h"
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <sstream>
 
 namespace weld {
 namespace {
@@ -98,7 +100,7 @@ TEST(TopKSelection, MatchesSortingWithDistinctValuesAndExactTiesAtTheThreshold) 
 class StreamingMergeTest : public ::testing::Test {
 protected:
 	void SetUp() override {
-		spec_ = {.layers = 1, .hidden = 1024, .intermediate = 64, .vocab = 1100, .heads = 2, .kv_heads = 1};
+		spec_ = {.layers = 1, .hidden = hidden_, .intermediate = 64, .vocab = 1100, .heads = 2, .kv_heads = 1};
 		spec_.dtype = DType::BF16;
 		const auto base = make_tiny_llama(spec_, 1);
 		write_tiny_llama(dir_ / "base", spec_, base);
@@ -125,6 +127,7 @@ protected:
 		options.out_dir = dir_ / name;
 		options.seed = 5;
 		options.exec.threads = threads;
+		options.exec.memory_budget = memory_budget_;
 		run_merge(options);
 		last_bytes_ = test::read_file(dir_ / name / "model.safetensors");
 		return test::read_model(dir_ / name);
@@ -132,6 +135,8 @@ protected:
 
 	test::Tensors inputs(const std::string& model) { return test::read_model(dir_ / model); }
 
+	int hidden_ = 1024;
+	uint64_t memory_budget_ = ExecOptions{}.memory_budget;
 	TinyLlamaSpec spec_;
 	test::TempDir dir_;
 	int outputs_ = 0;
@@ -237,6 +242,129 @@ TEST_F(StreamingMergeTest, DareKeepsItsDrawsAndRescalesToTheL1Norm) {
 	for (size_t j = 0; j < base.size(); ++j)
 		worst = std::max(worst, std::fabs(merged[j] - (base[j] + mixed[j])));
 	EXPECT_LT(worst, 1e-6);
+}
+
+// The family with rows of 1000 elements, which cross block boundaries (DELLA ranks within rows),
+// merged with a memory budget of one byte: every input is released item by item as it streams.
+class StreamingMethodsTest : public StreamingMergeTest {
+protected:
+	StreamingMethodsTest() {
+		hidden_ = 1000;
+		memory_budget_ = 1;
+	}
+
+	// method on base + ft1..ft3 (weights 0.75, 1, 1.25 unless model_params says otherwise) at
+	// --threads 1 and 2: both must give the same bytes; returns the largest difference of any
+	// tensor from the method's whole-tensor reference run here on the same float32 inputs.
+	// Without weights: no weight parameter; model_count: how many fine-tunes take part.
+	double merge_against_reference(const std::string& method, const std::string& global_params,
+	                               const std::string& model_params, bool weights = true, int model_count = 3) {
+		std::string models;
+		for (int i = 1; i <= model_count; ++i) {
+			std::string params = weights ? "weight: " + std::to_string(0.5 + 0.25 * i) : "";
+			if (!model_params.empty()) params += (params.empty() ? "" : ", ") + model_params;
+			models +=
+			    "  - model: " + (dir_ / ("ft" + std::to_string(i))).string() + "\n    parameters: {" + params + "}\n";
+		}
+		const std::string recipe =
+		    "merge_method: " + method + "\nparameters: {" + global_params + "}\nmodels:\n" + models;
+		const auto merged = merge_recipe(recipe, 2);
+		const std::string two = last_bytes_;
+		merge_recipe(recipe, 1);
+		EXPECT_EQ(last_bytes_, two) << method << ": thread count changed the output";
+
+		const MergeMethod* m = find_method(method);
+		const auto* reference = dynamic_cast<const WholeTensorReference*>(m);
+		if (!reference) {
+			ADD_FAILURE() << method << " keeps no whole-tensor reference";
+			return 1e30;
+		}
+		const ModelFolder base_model(dir_ / "base");
+		std::vector<test::Tensors> sources;
+		for (int i = 1; i <= model_count; ++i)
+			sources.push_back(inputs("ft" + std::to_string(i)));
+		sources.push_back(inputs("base")); // the plan adds the base last
+		const auto params = parse_params(global_params);
+		const auto per_model = parse_params(model_params);
+		double worst = 0;
+		for (const auto& t : base_model.tensors()) {
+			const std::string& name = t.info->name;
+			MergeInput input;
+			input.tensor_name = name;
+			input.shape = t.info->shape;
+			input.base_index = model_count;
+			input.params = params;
+			input.random_seed = 5;
+			for (size_t i = 0; i < sources.size(); ++i) {
+				input.sources.emplace_back(sources[i].at(name));
+				ParamValues p = per_model;
+				if (weights && static_cast<int>(i) < model_count) p["weight"] = 0.5 + 0.25 * static_cast<double>(i + 1);
+				input.source_params.push_back(p);
+			}
+			std::vector<float> expected(input.sources[0].size());
+			reference->merge_whole(input, expected);
+			const auto& got = merged.at(name);
+			EXPECT_EQ(got.size(), expected.size()) << name;
+			for (size_t j = 0; j < expected.size() && j < got.size(); ++j)
+				worst = std::max(worst, static_cast<double>(std::fabs(got[j] - expected[j])));
+		}
+		return worst;
+	}
+
+	// "a: 1, b: 2" as parameter values.
+	static ParamValues parse_params(const std::string& text) {
+		ParamValues out;
+		std::stringstream in(text);
+		for (std::string item; std::getline(in, item, ',');) {
+			const auto colon = item.find(':');
+			if (colon == std::string::npos) continue;
+			std::string key = item.substr(0, colon);
+			key.erase(0, key.find_first_not_of(' '));
+			const std::string value = item.substr(colon + 1);
+			out[key] = value.find("true") != std::string::npos    ? 1.0
+			           : value.find("false") != std::string::npos ? 0.0
+			                                                      : std::stod(value);
+		}
+		return out;
+	}
+};
+
+TEST_F(StreamingMethodsTest, BreadcrumbsStreamsTheSameBytesAsTheWholeTensorMerge) {
+	// No rescale: the same operations in the same order, so the same bytes.
+	EXPECT_EQ(merge_against_reference("breadcrumbs", "", "density: 0.6, gamma: 0.05"), 0.0);
+	EXPECT_EQ(merge_against_reference("breadcrumbs_ties", "", "density: 0.6, gamma: 0.05"), 0.0);
+	EXPECT_EQ(merge_against_reference("breadcrumbs_ties", "normalize: false", "density: 0.3, gamma: 0"), 0.0);
+	// Rescale: the L1 norms are summed per block, then in block order; within float rounding.
+	EXPECT_LT(merge_against_reference("breadcrumbs", "rescale: true", "density: 0.5, gamma: 0.01"), 1e-7);
+}
+
+TEST_F(StreamingMethodsTest, DellaStreamsRowsThatCrossBlocks) {
+	// Rows of 1000 elements: most blocks hold a row's end and the next one's start. Without
+	// rescale the same bytes; della rescales by default (L1 norms per block): float rounding.
+	EXPECT_EQ(merge_against_reference("della", "rescale: false", "density: 0.5, epsilon: 0.2"), 0.0);
+	EXPECT_EQ(merge_against_reference("della_linear", "rescale: false", "density: 0.4, epsilon: 0.1"), 0.0);
+	EXPECT_LT(merge_against_reference("della", "", "density: 0.5, epsilon: 0.2"), 1e-7);
+	EXPECT_LT(merge_against_reference("della_linear", "", "density: 0.6, epsilon: 0.15"), 1e-7);
+}
+
+TEST_F(StreamingMethodsTest, SceStreamsTheSameMergeWithinRounding) {
+	// The variance selection is exact; the task weights' sums of squares add per block.
+	EXPECT_LT(merge_against_reference("sce", "select_topk: 0.3", "", false), 1e-7);
+	EXPECT_LT(merge_against_reference("sce", "", "", false), 1e-7);
+}
+
+TEST_F(StreamingMethodsTest, ConsensusStreamsTheSameBytesAsTheWholeTensorMerge) {
+	EXPECT_EQ(merge_against_reference("consensus_ta", "k: 2", "tall_lambda: 0.5"), 0.0);
+	EXPECT_EQ(merge_against_reference("consensus_ties", "k: 2", "density: 0.5, tall_lambda: 0.6"), 0.0);
+}
+
+TEST_F(StreamingMethodsTest, ModelStockStreamsTheSameMergeWithinRounding) {
+	// The dot products add per block, then in block order.
+	EXPECT_LT(merge_against_reference("model_stock", "", "", false), 1e-7);
+}
+
+TEST_F(StreamingMethodsTest, NearswapStreamsTheSameBytesAsTheWholeTensorMerge) {
+	EXPECT_EQ(merge_against_reference("nearswap", "t: 0.001", "", false, 1), 0.0);
 }
 
 } // namespace

@@ -5,7 +5,9 @@
 // and added back to the base.
 #include "methods/task_arithmetic.h"
 #include "methods/methods.h"
+#include "methods/reference.h"
 #include "tensor/kernels.h"
+#include "tensor/magprune.h"
 #include "tensor/tall.h"
 #include "tensor/topk.h"
 #include "util/error.h"
@@ -89,25 +91,38 @@ ParamDef fraction(std::string name, double value, std::string help, bool zero_al
 	        .min_exclusive = !zero_allowed};
 }
 
-// The streaming form of task arithmetic, TIES and DARE (sparsification None, Magnitude or
-// Random, no consensus masks). Statistics passes, as needed: the three passes of the exact
-// top-k selection (TIES), then the L1 norms before and after the drop (rescale). The output
-// pass recomputes each block's deltas, sparsifies, rescales and mixes them.
+// Consensus merging's TALL masks (GtaConfig::tall_consensus), applied to the merged delta.
+struct ConsensusRule {
+	bool on = false;
+	double k = 0;
+	std::vector<double> tall_lambdas; // per task vector
+};
+
+// The streaming form of the whole family. Statistics passes, as needed: the three passes of
+// the exact top-k selections (TIES: the kept; Breadcrumbs: the band's two edges), in whose
+// first pass DELLA gathers the rows that cross blocks; then the L1 norms before and after the
+// drop (rescale). The output pass recomputes each block's deltas, sparsifies, rescales and
+// mixes them, and masks the mix by consensus (TALL masks of the raw deltas).
 class GtaBlocks final : public BlockMerge {
 public:
 	struct Source {
 		size_t index;                            // into the block's sources
-		Sparsification drop;                     // None, Magnitude or Random
+		Sparsification drop;                     // as configured, or None (density 1)
 		double density;                          // Random: keep probability
 		uint64_t random_key = 0;                 // Random
-		std::unique_ptr<TopKSelection> top_k;    // Magnitude
+		std::unique_ptr<TopKSelection> top_k;    // Magnitude: the kept; Outliers: skip + keep largest
+		std::unique_ptr<TopKSelection> skip;     // MagnitudeOutliers: the gamma largest (none: nullptr)
+		bool drop_all = false;                   // MagnitudeOutliers keeping none
+		std::unique_ptr<RowMagprune> magprune;   // DellaMagprune
 		std::vector<double> l1_before, l1_after; // per block (rescale)
 		float rescale = 1;
 	};
 
-	GtaBlocks(std::vector<Source> sources, MixRule rule, size_t base, bool rescale, double lambda, unsigned workers)
-	    : sources_(std::move(sources)), rule_(std::move(rule)), base_(base), lambda_(lambda),
-	      scratch_(workers, std::vector<float>(sources_.size() * kBlockElements + kMixChunk)) {
+	GtaBlocks(std::vector<Source> sources, MixRule rule, ConsensusRule consensus, size_t base, bool rescale,
+	          double lambda, unsigned workers)
+	    : sources_(std::move(sources)), rule_(std::move(rule)), consensus_(std::move(consensus)), base_(base),
+	      lambda_(lambda), scratch_(workers, std::vector<float>(sources_.size() * kBlockElements + kMixChunk)),
+	      masks_(workers) {
 		for (const Source& s : sources_)
 			rescale_ = rescale_ || (rescale && s.drop != Sparsification::None);
 	}
@@ -117,7 +132,7 @@ public:
 	bool wants_pass(int pass) const override {
 		if (pass == TopKSelection::kPasses) return rescale_;
 		for (const Source& s : sources_)
-			if (s.top_k && s.top_k->wants_pass(pass)) return true;
+			if (selects(s, pass)) return true;
 		return false;
 	}
 
@@ -125,14 +140,16 @@ public:
 		float* delta = scratch_[worker].data();
 		for (Source& s : sources_) {
 			const bool l1_pass = pass == TopKSelection::kPasses;
-			if (l1_pass ? s.drop == Sparsification::None : !(s.top_k && s.top_k->wants_pass(pass))) continue;
+			if (l1_pass ? s.drop == Sparsification::None : !selects(s, pass)) continue;
 			const std::span<float> d = task_vector(block, s, delta);
 			if (!l1_pass) {
-				s.top_k->observe(pass, block.index, d, worker);
+				if (s.top_k && s.top_k->wants_pass(pass)) s.top_k->observe(pass, block.index, d, worker);
+				if (s.skip && s.skip->wants_pass(pass)) s.skip->observe(pass, block.index, d, worker);
+				if (pass == 0 && s.magprune && s.magprune->wants_pass()) s.magprune->observe(block.offset, d);
 				continue;
 			}
 			s.l1_before[block.index] = l1_norm(d);
-			drop(block, s, d);
+			drop(block, s, d, worker);
 			s.l1_after[block.index] = l1_norm(d);
 		}
 	}
@@ -141,9 +158,12 @@ public:
 		for (Source& s : sources_) {
 			if (pass < TopKSelection::kPasses) {
 				if (s.top_k && s.top_k->wants_pass(pass)) s.top_k->end_pass(pass);
+				if (s.skip && s.skip->wants_pass(pass)) s.skip->end_pass(pass);
+				if (pass == 0 && s.magprune && s.magprune->wants_pass()) s.magprune->end_pass();
 				continue;
 			}
 			if (s.drop == Sparsification::None) continue;
+			if (s.magprune) s.magprune->end_record();
 			double before = 0, after = 0;
 			for (size_t b = 0; b < s.l1_before.size(); ++b) {
 				before += s.l1_before[b];
@@ -160,7 +180,7 @@ public:
 		for (size_t i = 0; i < sources_.size(); ++i) {
 			Source& s = sources_[i];
 			const std::span<float> d = task_vector(block, s, scratch + i * kBlockElements);
-			drop(block, s, d);
+			drop(block, s, d, worker);
 			if (s.rescale != 1)
 				for (float& x : d)
 					x *= s.rescale;
@@ -171,6 +191,7 @@ public:
 		for (size_t start = 0; start < out.size(); start += kMixChunk) {
 			const size_t count = std::min<size_t>(kMixChunk, out.size() - start);
 			mix_chunk(rule_, deltas, count, mixed);
+			if (consensus_.on) apply_consensus(block, start, count, mixed);
 			for (size_t j = 0; j < count; ++j)
 				out[start + j] = static_cast<float>(base[start + j] + static_cast<double>(mixed[j]) * lambda_);
 			for (const float*& d : deltas)
@@ -181,10 +202,32 @@ public:
 private:
 	std::vector<Source> sources_;
 	MixRule rule_;
+	ConsensusRule consensus_;
 	size_t base_;
 	double lambda_;
 	bool rescale_ = false;
 	std::vector<std::vector<float>> scratch_; // per worker: a block of deltas per source, mixed
+	std::vector<std::vector<uint8_t>> masks_; // per worker: Breadcrumbs' skipped elements of a block
+
+	static bool selects(const Source& s, int pass) {
+		return (s.top_k && s.top_k->wants_pass(pass)) || (s.skip && s.skip->wants_pass(pass)) ||
+		       (pass == 0 && s.magprune && s.magprune->wants_pass());
+	}
+
+	// tall_mask and consensus_mask on elements [start, start + count) of the block: the merged
+	// delta (mixed) stays where at least k raw task vectors' masks keep it, else becomes 0.
+	void apply_consensus(const Block& block, size_t start, size_t count, float* mixed) const {
+		const std::span<const float> base = block.sources[base_];
+		for (size_t j = 0; j < count; ++j) {
+			size_t agree = 0;
+			for (size_t i = 0; i < sources_.size(); ++i) {
+				const double tau = block.sources[sources_[i].index][start + j] - base[start + j];
+				const double rest = static_cast<double>(mixed[j]) - tau;
+				agree += std::fabs(tau) > consensus_.tall_lambdas[i] * std::fabs(rest) ? 1 : 0;
+			}
+			if (!(static_cast<double>(agree) >= consensus_.k)) mixed[j] = 0.0f;
+		}
+	}
 
 	std::span<float> task_vector(const Block& block, const Source& s, float* delta) const {
 		const std::span<const float> x = block.sources[s.index], base = block.sources[base_];
@@ -193,14 +236,41 @@ private:
 		return {delta, x.size()};
 	}
 
-	static void drop(const Block& block, const Source& s, std::span<float> d) {
-		if (s.drop == Sparsification::Magnitude) s.top_k->apply(block.index, d);
-		if (s.drop != Sparsification::Random) return;
-		random_drop(d, s.random_key, block.offset, s.density);
+	void drop(const Block& block, Source& s, std::span<float> d, unsigned worker) {
+		switch (s.drop) {
+		case Sparsification::None:
+			return;
+		case Sparsification::Magnitude:
+			s.top_k->apply(block.index, d);
+			return;
+		case Sparsification::Random:
+			random_drop(d, s.random_key, block.offset, s.density);
+			return;
+		case Sparsification::MagnitudeOutliers: {
+			// keep_magnitude_band: zero what is outside the skip + keep largest or inside the skip.
+			if (s.drop_all) {
+				std::fill(d.begin(), d.end(), 0.0f);
+				return;
+			}
+			std::vector<uint8_t>& skipped = masks_[worker];
+			if (s.skip) {
+				skipped.resize(kBlockElements);
+				s.skip->mark(block.index, d, skipped);
+			}
+			s.top_k->apply(block.index, d);
+			if (s.skip)
+				for (size_t j = 0; j < d.size(); ++j)
+					if (skipped[j]) d[j] = 0.0f;
+			return;
+		}
+		case Sparsification::DellaMagprune:
+			s.magprune->apply(block.offset, d);
+			return;
+		}
 	}
 };
 
-class GtaMethod final : public MergeMethod {
+class GtaMethod final : public MergeMethod, public WholeTensorReference {
 public:
 	explicit GtaMethod(GtaConfig config) : config_(std::move(config)) {
 		info_ = {
@@ -239,10 +309,13 @@ public:
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
-		if (auto kernel = block_merge(input, input.sources.size(), out.size(), 1)) {
-			merge_in_blocks(*kernel, input, out);
-			return;
-		}
+		merge_in_blocks(*block_merge(input, input.sources.size(), out.size(), 1), input, out);
+	}
+
+	// The whole-tensor form, kept as the reference of the streamed one: the same but for the
+	// rescale's L1 norms, summed over the whole tensor here, per block in block order there.
+	void merge_whole(const MergeInput& input, std::span<float> out) const override {
+		check_merge_input(info_, input, out);
 		const bool rescale = global_param(info_, input, "rescale") != 0;
 		const auto base_index = static_cast<size_t>(input.base_index);
 		std::vector<TaskVector> tvs;
@@ -262,41 +335,77 @@ public:
 
 	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
 	                                        unsigned workers) const override {
-		if (config_.tall_consensus || config_.sparsification == Sparsification::MagnitudeOutliers ||
-		    config_.sparsification == Sparsification::DellaMagprune)
-			return nullptr;
 		check_source_count(info_, input, source_count);
 		const auto base = static_cast<size_t>(input.base_index);
+		const uint64_t blocks = block_count(elements);
+		const bool rescale = global_param(info_, input, "rescale") != 0;
 		std::vector<GtaBlocks::Source> sources;
 		std::vector<double> weights;
+		ConsensusRule consensus;
+		consensus.on = config_.tall_consensus;
+		if (consensus.on) consensus.k = global_param(info_, input, "k");
 		for (size_t i = 0; i < source_count; ++i) {
 			if (i == base) continue;
 			weights.push_back(*source_param(info_, input, i, "weight"));
+			if (consensus.on) consensus.tall_lambdas.push_back(*source_param(info_, input, i, "tall_lambda"));
 			const double density = *source_param(info_, input, i, "density");
 			GtaBlocks::Source s;
 			s.index = i;
 			s.drop = config_.sparsification;
 			s.density = density;
 			if (density >= 1 || elements == 0) s.drop = Sparsification::None;
-			if (s.drop == Sparsification::Random)
-				s.random_key = random_stream_key(input.random_seed, input.tensor_name, i);
+			const uint64_t key = random_stream_key(input.random_seed, input.tensor_name, i);
+			if (s.drop == Sparsification::Random) s.random_key = key;
 			if (s.drop == Sparsification::Magnitude)
 				s.top_k = std::make_unique<TopKSelection>(elements, magnitude_keep_count(input, i, density, elements),
-				                                          block_count(elements), workers);
+				                                          blocks, workers);
+			if (s.drop == Sparsification::MagnitudeOutliers) {
+				const auto [skip, keep] = band(input, i, density, elements);
+				s.drop_all = keep == 0;
+				if (!s.drop_all) s.top_k = std::make_unique<TopKSelection>(elements, skip + keep, blocks, workers);
+				if (!s.drop_all && skip > 0) s.skip = std::make_unique<TopKSelection>(elements, skip, blocks, workers);
+			}
+			if (s.drop == Sparsification::DellaMagprune)
+				s.magprune = std::make_unique<RowMagprune>(elements, della_row(input, elements), density,
+				                                           della_epsilon(input, i, density), key, rescale);
 			if (s.drop != Sparsification::None) {
 				s.l1_before.resize(block_count(elements));
 				s.l1_after.resize(block_count(elements));
 			}
 			sources.push_back(std::move(s));
 		}
-		return std::make_unique<GtaBlocks>(std::move(sources), mix_rule(input, weights), base,
-		                                   global_param(info_, input, "rescale") != 0,
-		                                   global_param(info_, input, "lambda"), std::max(1u, workers));
+		return std::make_unique<GtaBlocks>(std::move(sources), mix_rule(input, weights), std::move(consensus), base,
+		                                   rescale, global_param(info_, input, "lambda"), std::max(1u, workers));
 	}
 
 private:
 	GtaConfig config_;
 	MethodInfo info_;
+
+	// Breadcrumbs' band as keep_magnitude_band takes it: {elements skipped, elements kept}.
+	// mergekit: keep int(density n) elements below the int(gamma n) largest, fewer outliers when
+	// both do not fit.
+	std::pair<uint64_t, uint64_t> band(const MergeInput& input, size_t source, double density, uint64_t size) const {
+		const double n = static_cast<double>(size);
+		const auto keep = static_cast<uint64_t>(std::floor(density * n));
+		auto top = static_cast<uint64_t>(std::floor(*source_param(info_, input, source, "gamma") * n));
+		top = std::min(top, size - keep);
+		return {top, std::min(keep, size - top)};
+	}
+
+	// DELLA ranks within rows of the last dimension.
+	static uint64_t della_row(const MergeInput& input, uint64_t size) {
+		return input.shape.empty() ? size : input.shape.back();
+	}
+
+	double della_epsilon(const MergeInput& input, size_t source, double density) const {
+		const double epsilon = *source_param(info_, input, source, "epsilon");
+		if (!(density - epsilon > 0 && density + epsilon < 1))
+			throw Error(fmt::format("tensor '{}': {} needs 0 < density - epsilon and density + epsilon < 1 "
+			                        "(source {} has density {} and epsilon {})",
+			                        input.tensor_name, config_.name, source, density, epsilon));
+		return epsilon;
+	}
 
 	// TIES keeps floor(density n) elements; none is an error.
 	uint64_t magnitude_keep_count(const MergeInput& input, size_t source, double density, uint64_t n) const {
@@ -331,7 +440,6 @@ private:
 
 	// Zeroes the dropped elements of one task vector (density < 1).
 	void drop(const MergeInput& input, size_t source, double density, std::span<float> delta) const {
-		const double n = static_cast<double>(delta.size());
 		const uint64_t key = random_stream_key(input.random_seed, input.tensor_name, source);
 		switch (config_.sparsification) {
 		case Sparsification::None:
@@ -343,24 +451,13 @@ private:
 			random_drop(delta, key, 0, density);
 			return;
 		case Sparsification::MagnitudeOutliers: {
-			// mergekit: keep int(density n) elements below the int(gamma n) largest, fewer
-			// outliers when both do not fit.
-			const auto keep = static_cast<size_t>(std::floor(density * n));
-			auto top = static_cast<size_t>(std::floor(*source_param(info_, input, source, "gamma") * n));
-			top = std::min(top, delta.size() - keep);
-			keep_magnitude_band(delta, top, keep);
+			const auto [skip, keep] = band(input, source, density, delta.size());
+			keep_magnitude_band(delta, skip, keep);
 			return;
 		}
-		case Sparsification::DellaMagprune: {
-			const double epsilon = *source_param(info_, input, source, "epsilon");
-			if (!(density - epsilon > 0 && density + epsilon < 1))
-				throw Error(fmt::format("tensor '{}': {} needs 0 < density - epsilon and density + epsilon < 1 "
-				                        "(source {} has density {} and epsilon {})",
-				                        input.tensor_name, config_.name, source, density, epsilon));
-			const size_t row = input.shape.empty() ? delta.size() : static_cast<size_t>(input.shape.back());
-			della_magprune(delta, row, density, epsilon, key);
+		case Sparsification::DellaMagprune:
+			della_magprune(delta, della_row(input, delta.size()), density, della_epsilon(input, source, density), key);
 			return;
-		}
 		}
 	}
 

@@ -178,4 +178,19 @@ void TopKSelection::apply(uint64_t block, std::span<float> values) const {
 	}
 }
 
+void TopKSelection::mark(uint64_t block, std::span<const float> values, std::span<uint8_t> kept) const {
+	const uint32_t threshold = threshold_;
+	const bool ties_kept = keep_all_ties_ || block < cutoff_block_;
+	uint64_t ties_left = block == cutoff_block_ && !keep_all_ties_ ? ties_in_cutoff_block_ : 0;
+	for (size_t j = 0; j < values.size(); ++j) {
+		const uint32_t key = magnitude_key(values[j]);
+		bool keep = keep_all_ || key > threshold || (ties_kept && key == threshold);
+		if (!keep && key == threshold && ties_left > 0) {
+			ties_left--;
+			keep = true;
+		}
+		kept[j] = keep ? 1 : 0;
+	}
+}
+
 } // namespace weld

@@ -33,6 +33,8 @@ public:
 
 	// After the wanted passes: zeroes the elements of this block that are not kept.
 	void apply(uint64_t block, std::span<float> values) const;
+	// After the wanted passes: kept[j] = 1 where values[j] (of this block) is kept, else 0.
+	void mark(uint64_t block, std::span<const float> values, std::span<uint8_t> kept) const;
 
 private:
 	uint64_t k_;

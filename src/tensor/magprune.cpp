@@ -1,0 +1,128 @@
+#include "tensor/magprune.h"
+
+#include "methods/method.h"
+#include "tensor/kernels.h"
+#include "util/error.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <fmt/format.h>
+#include <limits>
+
+namespace weld {
+namespace {
+
+// As della_magprune: NaN ranks as the largest magnitude.
+inline float magnitude(float x) {
+	return std::isnan(x) ? std::numeric_limits<float>::infinity() : std::fabs(x);
+}
+
+// Per thread: the sort keys of one row.
+std::vector<uint64_t>& order_scratch() {
+	thread_local std::vector<uint64_t> order;
+	return order;
+}
+
+} // namespace
+
+RowMagprune::RowMagprune(uint64_t n, uint64_t row_length, double density, double epsilon, uint64_t stream_key,
+                         bool record)
+    : n_(n), row_(row_length == 0 || n % row_length != 0 ? n : row_length), density_(density), epsilon_(epsilon),
+      key_(stream_key) {
+	if (row_ >= (1ull << 32)) throw Error(fmt::format("della: rows of {} elements: at most 2^32 - 1", row_));
+	if (record) recorded_bits_.resize((n_ + 63) / 64);
+	for (uint64_t row = 0; row_ > 0 && row * row_ < n_ && !crossing_rows_; ++row)
+		crossing_rows_ = crosses(row);
+}
+
+bool RowMagprune::crosses(uint64_t row) const {
+	const uint64_t first = row * row_, last = first + row_ - 1;
+	return first / kBlockElements != last / kBlockElements;
+}
+
+template <class F> void RowMagprune::decide(std::span<const float> values, uint64_t first, F&& keep) const {
+	// della_magprune on one row: rank by ascending magnitude, equal magnitudes in index order.
+	// Sorting (magnitude bits, index) pairs as integers gives that order (|x| orders like its
+	// bits; NaN as +inf), several times faster than a stable sort of indices.
+	const size_t length = values.size();
+	std::vector<uint64_t>& order = order_scratch();
+	order.resize(length);
+	for (size_t j = 0; j < length; ++j)
+		order[j] = static_cast<uint64_t>(std::bit_cast<uint32_t>(magnitude(values[j]))) << 32 | j;
+	std::sort(order.begin(), order.end());
+	for (size_t r = 0; r < length; ++r) {
+		const double p =
+		    length == 1 ? density_
+		                : density_ - epsilon_ + 2 * epsilon_ * static_cast<double>(r) / static_cast<double>(length - 1);
+		const auto j = static_cast<uint32_t>(order[r]);
+		keep(j, random_uniform(key_, first + j) < p);
+	}
+}
+
+void RowMagprune::observe(uint64_t offset, std::span<const float> values) {
+	const uint64_t end = offset + values.size();
+	for (uint64_t row = offset / row_; row * row_ < end; ++row) {
+		if (!crosses(row)) continue;
+		const uint64_t row_first = row * row_;
+		const uint64_t from = std::max(row_first, offset), to = std::min(row_first + row_, end);
+		std::vector<float> complete;
+		{
+			std::lock_guard lock(mutex_);
+			Pending& p = pending_[row];
+			if (p.values.empty()) p.values.resize(row_);
+			std::copy(values.begin() + static_cast<std::ptrdiff_t>(from - offset),
+			          values.begin() + static_cast<std::ptrdiff_t>(to - offset),
+			          p.values.begin() + static_cast<std::ptrdiff_t>(from - row_first));
+			p.filled += to - from;
+			if (p.filled < row_) continue;
+			complete = std::move(p.values);
+			pending_.erase(row);
+		}
+		std::vector<bool> kept(row_);
+		decide(complete, row_first, [&](uint32_t j, bool keep) { kept[j] = keep; });
+		std::lock_guard lock(mutex_);
+		kept_[row] = std::move(kept);
+	}
+}
+
+void RowMagprune::end_pass() {
+	if (!pending_.empty())
+		throw Error(fmt::format("della: {} row(s) of {} elements were not seen whole", pending_.size(), row_));
+}
+
+void RowMagprune::apply(uint64_t offset, std::span<float> values) {
+	const uint64_t end = offset + values.size();
+	if (recorded_) {
+		for (uint64_t j = offset; j < end; ++j)
+			if (!(recorded_bits_[j / 64] >> (j % 64) & 1)) values[j - offset] = 0.0f;
+		return;
+	}
+	// Blocks start at multiples of 64 elements, so each writes words of its own.
+	const bool record = !recorded_bits_.empty();
+	auto decision = [&](uint64_t j, bool keep) {
+		if (!keep) values[j - offset] = 0.0f;
+		if (record && keep) recorded_bits_[j / 64] |= uint64_t{1} << (j % 64);
+	};
+	for (uint64_t row = offset / row_; row * row_ < end; ++row) {
+		const uint64_t row_first = row * row_;
+		const uint64_t from = std::max(row_first, offset), to = std::min(row_first + row_, end);
+		if (!crosses(row)) {
+			// The whole row lies in this block.
+			decide(values.subspan(from - offset, to - from), row_first,
+			       [&](uint32_t j, bool keep) { decision(row_first + j, keep); });
+			continue;
+		}
+		const std::vector<bool>& kept = kept_.at(row);
+		for (uint64_t j = from; j < to; ++j)
+			decision(j, kept[j - row_first]);
+	}
+}
+
+void RowMagprune::end_record() {
+	if (recorded_bits_.empty()) return;
+	recorded_ = true;
+	kept_ = {};
+}
+
+} // namespace weld
