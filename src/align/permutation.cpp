@@ -33,17 +33,6 @@ void check_one(const std::vector<int64_t>& v, int64_t n, const std::string& what
 	}
 }
 
-int64_t positive(const nlohmann::json& config, const char* key, int64_t fallback, const std::string& label) {
-	const auto it = config.find(key);
-	if (it == config.end() || it->is_null()) {
-		if (fallback > 0) return fallback;
-		throw Error(fmt::format("{}: config.json has no {}", label, key));
-	}
-	if (!it->is_number_integer() || it->get<int64_t>() <= 0)
-		throw Error(fmt::format("{}: config.json: {} must be a positive integer", label, key));
-	return it->get<int64_t>();
-}
-
 std::string layer_name(int64_t l, const char* rest) {
 	return fmt::format("model.layers.{}.{}", l, rest);
 }
@@ -140,6 +129,17 @@ void check_permutation(const ModelPermutation& p, const LlamaShape& shape) {
 	}
 }
 
+int64_t config_positive(const nlohmann::json& config, const char* key, int64_t fallback, const std::string& label) {
+	const auto it = config.find(key);
+	if (it == config.end() || it->is_null()) {
+		if (fallback > 0) return fallback;
+		throw Error(fmt::format("{}: config.json has no {}", label, key));
+	}
+	if (!it->is_number_integer() || it->get<int64_t>() <= 0)
+		throw Error(fmt::format("{}: config.json: {} must be a positive integer", label, key));
+	return it->get<int64_t>();
+}
+
 LlamaShape read_llama_shape(const ModelFolder& model, const std::string& label) {
 	if (!model.config()) throw Error(fmt::format("{}: no config.json", label));
 	const auto config = nlohmann::json::parse(model.config()->text);
@@ -149,13 +149,13 @@ LlamaShape read_llama_shape(const ModelFolder& model, const std::string& label) 
 	    s.architecture != "Qwen2ForCausalLM")
 		throw Error(fmt::format("{}: config.json: architecture {} cannot be aligned (Llama, Mistral and Qwen2 can)",
 		                        label, s.architecture.empty() ? "(none)" : s.architecture));
-	s.layers = positive(config, "num_hidden_layers", 0, label);
-	s.hidden = positive(config, "hidden_size", 0, label);
-	s.intermediate = positive(config, "intermediate_size", 0, label);
-	s.heads = positive(config, "num_attention_heads", 0, label);
-	s.kv_heads = positive(config, "num_key_value_heads", s.heads, label);
-	s.head_dim = positive(config, "head_dim", s.hidden / s.heads, label);
-	s.vocab = positive(config, "vocab_size", 0, label);
+	s.layers = config_positive(config, "num_hidden_layers", 0, label);
+	s.hidden = config_positive(config, "hidden_size", 0, label);
+	s.intermediate = config_positive(config, "intermediate_size", 0, label);
+	s.heads = config_positive(config, "num_attention_heads", 0, label);
+	s.kv_heads = config_positive(config, "num_key_value_heads", s.heads, label);
+	s.head_dim = config_positive(config, "head_dim", s.hidden / s.heads, label);
+	s.vocab = config_positive(config, "vocab_size", 0, label);
 	s.tied_embeddings = model.config()->tie_word_embeddings;
 	s.qkv_bias = model.find("model.layers.0.self_attn.q_proj.bias") != nullptr;
 	if (s.heads % s.kv_heads != 0)

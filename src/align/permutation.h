@@ -15,6 +15,8 @@
 //              gives each frequency pair its own angle, so moving a pair changes the function.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <cstdint>
 #include <map>
 #include <string>
@@ -50,6 +52,10 @@ ModelPermutation identity_permutation(const LlamaShape& shape);
 // Throws weld::Error naming what is wrong when a vector has the wrong length or is not a
 // permutation.
 void check_permutation(const ModelPermutation& p, const LlamaShape& shape);
+
+// A positive integer of config.json: `fallback` where the key is absent (if fallback > 0), else
+// weld::Error naming `label` and the key; the same where it is not a positive integer.
+int64_t config_positive(const nlohmann::json& config, const char* key, int64_t fallback, const std::string& label);
 
 // The shape of a Llama, Mistral or Qwen2 model from its config.json (head_dim defaults to
 // hidden_size / num_attention_heads, num_key_value_heads to num_attention_heads; qkv_bias is

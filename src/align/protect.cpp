@@ -1,5 +1,6 @@
 #include "align/protect.h"
 
+#include "align/permutation.h"
 #include "io/model.h"
 #include "io/output_folder.h"
 #include "tensor/convert.h"
@@ -22,17 +23,6 @@ struct Attention {
 	int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0;
 };
 
-int64_t positive(const nlohmann::json& config, const char* key, int64_t fallback, const std::string& label) {
-	const auto it = config.find(key);
-	if (it == config.end() || it->is_null()) {
-		if (fallback > 0) return fallback;
-		throw Error(fmt::format("{}: config.json has no {}", label, key));
-	}
-	if (!it->is_number_integer() || it->get<int64_t>() <= 0)
-		throw Error(fmt::format("{}: config.json: {} must be a positive integer", label, key));
-	return it->get<int64_t>();
-}
-
 Attention read_attention(const ModelFolder& model, const std::string& label) {
 	if (!model.config()) throw Error(fmt::format("{}: no config.json", label));
 	const auto config = nlohmann::json::parse(model.config()->text);
@@ -41,11 +31,11 @@ Attention read_attention(const ModelFolder& model, const std::string& label) {
 		throw Error(fmt::format("{}: architecture {} cannot be protected (Llama, Mistral and Qwen2 can)", label,
 		                        arch.empty() ? "(none)" : arch));
 	Attention a;
-	a.layers = positive(config, "num_hidden_layers", 0, label);
-	a.hidden = positive(config, "hidden_size", 0, label);
-	a.heads = positive(config, "num_attention_heads", 0, label);
-	a.kv_heads = positive(config, "num_key_value_heads", a.heads, label);
-	a.head_dim = positive(config, "head_dim", a.hidden / a.heads, label);
+	a.layers = config_positive(config, "num_hidden_layers", 0, label);
+	a.hidden = config_positive(config, "hidden_size", 0, label);
+	a.heads = config_positive(config, "num_attention_heads", 0, label);
+	a.kv_heads = config_positive(config, "num_key_value_heads", a.heads, label);
+	a.head_dim = config_positive(config, "head_dim", a.hidden / a.heads, label);
 	if (a.heads % a.kv_heads != 0)
 		throw Error(fmt::format("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", label,
 		                        a.heads, a.kv_heads));
