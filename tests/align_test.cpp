@@ -21,38 +21,17 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::vector<std::vector<int64_t>> kSequences = {{1, 5, 9, 33, 2, 17, 60, 4, 8}, {3, 3, 8, 40, 12, 0, 63}};
-
-TinyLlamaSpec gqa_spec() {
-	TinyLlamaSpec spec;
-	spec.layers = 2;
-	spec.hidden = 32;
-	spec.heads = 4;
-	spec.kv_heads = 2; // two query heads per key/value head, head_dim 8
-	return spec;
-}
-
 void write_llama(const fs::path& dir, uint64_t seed) {
-	const auto spec = gqa_spec();
+	const auto spec = test::gqa_spec();
 	write_tiny_llama(dir, spec, make_tiny_llama(spec, seed));
 }
 
 void write_qwen(const fs::path& dir, uint64_t seed) {
-	const auto spec = gqa_spec();
+	const auto spec = test::gqa_spec();
 	auto tensors = make_tiny_llama(spec, seed);
 	test::add_qkv_biases(tensors);
 	write_tiny_llama(dir, spec, tensors);
 	test::edit_config(dir, {{"architectures", {"Qwen2ForCausalLM"}}, {"rope_theta", 1000000.0}});
-}
-
-double max_logit_difference(const fs::path& a, const fs::path& b) {
-	const auto x = test::run_reference(a, kSequences)["logits"], y = test::run_reference(b, kSequences)["logits"];
-	double diff = 0;
-	for (size_t s = 0; s < x.size(); s++)
-		for (size_t p = 0; p < x[s].size(); p++)
-			for (size_t v = 0; v < x[s][p].size(); v++)
-				diff = std::max(diff, std::abs(x[s][p][v].get<double>() - y[s][p][v].get<double>()));
-	return diff;
 }
 
 bool is_identity(const std::vector<int64_t>& p) {
@@ -136,7 +115,7 @@ TEST_F(AlignTest, ARandomPermutationKeepsTheLogits) {
 		}
 		const auto out = dir_ / fmt::format("{}-permuted", name);
 		write_permuted(dir_ / name, out, p);
-		const double diff = max_logit_difference(dir_ / name, out);
+		const double diff = test::max_reference_logit_difference(dir_ / name, out);
 		std::printf("max |logit difference| after a random permutation (%s): %.3g\n", name, diff);
 		EXPECT_LE(diff, 1e-4) << name;
 		const auto before = test::read_model(dir_ / name), after = test::read_model(out);
@@ -150,7 +129,7 @@ TEST_F(AlignTest, ARandomPermutationKeepsTheLogits) {
 		               auto& v = w.at("model.layers.0.self_attn.v_proj.weight");
 		               std::swap_ranges(v.begin(), v.begin() + s.hidden, v.begin() + s.hidden);
 	               });
-	const double broken = max_logit_difference(dir_ / "llama", dir_ / "broken");
+	const double broken = test::max_reference_logit_difference(dir_ / "llama", dir_ / "broken");
 	std::printf("max |logit difference| with value dims moved in v_proj only: %.3g\n", broken);
 	EXPECT_GT(broken, 1e-3);
 }
@@ -183,7 +162,7 @@ TEST_F(AlignTest, WeightMatchingAnIndependentModelRaisesTheCosineAndKeepsItsLogi
 	std::printf("independent Llama: %s", line.c_str());
 	const auto [before, after] = cosines(line);
 	EXPECT_GT(after, before + 0.01) << line;
-	const double diff = max_logit_difference(dir_ / "model", dir_ / "out");
+	const double diff = test::max_reference_logit_difference(dir_ / "model", dir_ / "out");
 	std::printf("max |logit difference|, model vs its weight-matched copy: %.3g\n", diff);
 	EXPECT_LE(diff, 1e-4);
 
@@ -193,7 +172,7 @@ TEST_F(AlignTest, WeightMatchingAnIndependentModelRaisesTheCosineAndKeepsItsLogi
 	std::printf("independent Qwen2: %s", line.c_str());
 	const auto [qwen_before, qwen_after] = cosines(line);
 	EXPECT_GT(qwen_after, qwen_before + 0.01) << line;
-	const double qwen_diff = max_logit_difference(dir_ / "qwen-model", dir_ / "qwen-out");
+	const double qwen_diff = test::max_reference_logit_difference(dir_ / "qwen-model", dir_ / "qwen-out");
 	std::printf("max |logit difference|, Qwen2 model vs its weight-matched copy: %.3g\n", qwen_diff);
 	EXPECT_LE(qwen_diff, 1e-4);
 }
@@ -224,14 +203,14 @@ TEST_F(AlignTest, BadInputIsOneErrorAndNothingWritten) {
 	test::edit_config(dir_ / "mistral", {{"architectures", {"MistralForCausalLM"}}});
 	expect_error("mistral", "differ in architecture: LlamaForCausalLM vs MistralForCausalLM");
 
-	auto narrow = gqa_spec();
+	auto narrow = test::gqa_spec();
 	narrow.hidden = 16;
 	write_tiny_llama(dir_ / "narrow", narrow, make_tiny_llama(narrow, 4));
 	expect_error("narrow", "differ in hidden_size: 32 vs 16");
 
-	auto tensors = make_tiny_llama(gqa_spec(), 4);
+	auto tensors = make_tiny_llama(test::gqa_spec(), 4);
 	std::erase_if(tensors, [](const NamedTensor& t) { return t.name == "model.layers.1.mlp.up_proj.weight"; });
-	write_tiny_llama(dir_ / "missing", gqa_spec(), tensors);
+	write_tiny_llama(dir_ / "missing", test::gqa_spec(), tensors);
 	expect_error("missing", "tensor model.layers.1.mlp.up_proj.weight is missing");
 
 	write_llama(dir_ / "gpt2", 4);

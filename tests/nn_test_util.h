@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -34,6 +36,32 @@ inline std::vector<NamedTensor> write_model(const std::filesystem::path& dir, co
 	auto tensors = make_tiny_llama(spec, seed);
 	write_tiny_llama(dir, spec, tensors);
 	return tensors;
+}
+
+// Two token sequences and a tiny Llama with GQA (4 query heads sharing 2 key/value heads,
+// head_dim 8): the function-preservation tests of weld protect and weld align.
+inline const std::vector<std::vector<int64_t>> kReferenceSequences = {{1, 5, 9, 33, 2, 17, 60, 4, 8},
+                                                                      {3, 3, 8, 40, 12, 0, 63}};
+
+inline TinyLlamaSpec gqa_spec() {
+	TinyLlamaSpec spec;
+	spec.layers = 2;
+	spec.hidden = 32;
+	spec.heads = 4;
+	spec.kv_heads = 2;
+	return spec;
+}
+
+// The largest difference between two models' logits on kReferenceSequences, both computed by
+// the NumPy reference forward pass.
+inline double max_reference_logit_difference(const std::filesystem::path& a, const std::filesystem::path& b) {
+	const auto x = run_reference(a, kReferenceSequences)["logits"], y = run_reference(b, kReferenceSequences)["logits"];
+	double diff = 0;
+	for (size_t s = 0; s < x.size(); s++)
+		for (size_t p = 0; p < x[s].size(); p++)
+			for (size_t v = 0; v < x[s][p].size(); v++)
+				diff = std::max(diff, std::abs(x[s][p][v].get<double>() - y[s][p][v].get<double>()));
+	return diff;
 }
 
 // Replaces keys of dir/config.json.

@@ -15,27 +15,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::vector<std::vector<int64_t>> kSequences = {{1, 5, 9, 33, 2, 17, 60, 4, 8}, {3, 3, 8, 40, 12, 0, 63}};
-
-TinyLlamaSpec gqa_spec() {
-	TinyLlamaSpec spec;
-	spec.layers = 2;
-	spec.hidden = 32;
-	spec.heads = 4;
-	spec.kv_heads = 2; // two query heads per key/value head
-	return spec;
-}
-
-double max_logit_difference(const fs::path& a, const fs::path& b) {
-	const auto x = test::run_reference(a, kSequences)["logits"], y = test::run_reference(b, kSequences)["logits"];
-	double diff = 0;
-	for (size_t s = 0; s < x.size(); s++)
-		for (size_t p = 0; p < x[s].size(); p++)
-			for (size_t v = 0; v < x[s][p].size(); v++)
-				diff = std::max(diff, std::abs(x[s][p][v].get<double>() - y[s][p][v].get<double>()));
-	return diff;
-}
-
 // ‖a − b‖ / ‖a‖ over one tensor.
 double relative_change(const fs::path& a, const fs::path& b, const std::string& name) {
 	const auto x = test::read_model(a).at(name), y = test::read_model(b).at(name);
@@ -60,10 +39,10 @@ protected:
 };
 
 TEST_F(ProtectTest, LlamaWithGqaKeepsItsLogitsAndScramblesItsAttention) {
-	const auto spec = gqa_spec();
+	const auto spec = test::gqa_spec();
 	write_tiny_llama(dir_ / "model", spec, make_tiny_llama(spec, 3));
 	ASSERT_EQ(protect("model", "locked", 7), 0);
-	const double diff = max_logit_difference(dir_ / "model", dir_ / "locked");
+	const double diff = test::max_reference_logit_difference(dir_ / "model", dir_ / "locked");
 	std::printf("max |logit difference| after protect (Llama, GQA): %.3g\n", diff);
 	EXPECT_LE(diff, 1e-4);
 	for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"})
@@ -75,20 +54,20 @@ TEST_F(ProtectTest, LlamaWithGqaKeepsItsLogitsAndScramblesItsAttention) {
 }
 
 TEST_F(ProtectTest, Qwen2WithBiasesKeepsItsLogits) {
-	const auto spec = gqa_spec();
+	const auto spec = test::gqa_spec();
 	auto tensors = make_tiny_llama(spec, 5);
 	test::add_qkv_biases(tensors);
 	write_tiny_llama(dir_ / "qwen", spec, tensors);
 	test::edit_config(dir_ / "qwen", {{"architectures", {"Qwen2ForCausalLM"}}, {"rope_theta", 1000000.0}});
 	ASSERT_EQ(protect("qwen", "locked", 11), 0);
-	const double diff = max_logit_difference(dir_ / "qwen", dir_ / "locked");
+	const double diff = test::max_reference_logit_difference(dir_ / "qwen", dir_ / "locked");
 	std::printf("max |logit difference| after protect (Qwen2, biases): %.3g\n", diff);
 	EXPECT_LE(diff, 1e-4);
 	EXPECT_GT(relative_change(dir_ / "qwen", dir_ / "locked", "model.layers.0.self_attn.k_proj.bias"), 0.1);
 }
 
 TEST_F(ProtectTest, TheSeedIsTheKey) {
-	const auto spec = gqa_spec();
+	const auto spec = test::gqa_spec();
 	write_tiny_llama(dir_ / "model", spec, make_tiny_llama(spec, 3));
 	ASSERT_EQ(protect("model", "a", 1), 0);
 	ASSERT_EQ(protect("model", "b", 1), 0);
@@ -98,7 +77,7 @@ TEST_F(ProtectTest, TheSeedIsTheKey) {
 }
 
 TEST_F(ProtectTest, WhatCannotBeProtectedIsOneErrorAndNothingWritten) {
-	const auto spec = gqa_spec();
+	const auto spec = test::gqa_spec();
 	write_tiny_llama(dir_ / "model", spec, make_tiny_llama(spec, 3));
 	test::edit_config(dir_ / "model", {{"architectures", {"GPT2LMHeadModel"}}});
 	std::string err;
