@@ -13,6 +13,13 @@
 
 namespace weld::test {
 
+// The config.json of the learned-merge tests' family: a 2-layer Llama of hidden size 8 with a
+// byte vocabulary, initialized wide (0.3) so that merges differ visibly.
+inline const char* kLearnedFamilyConfig =
+    R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 258, "hidden_size": 8,
+  "intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+  "max_position_embeddings": 32, "rms_norm_eps": 1e-5, "initializer_range": 0.3})";
+
 inline void write_noisy_family(const std::filesystem::path& dir, const std::string& config, int experts,
                                uint64_t first_seed, double sd) {
 	nn::LlamaModel::create(config, "tiny", 3).save(dir / "base");

@@ -22,9 +22,7 @@ namespace fs = std::filesystem;
 using learned::TaskVectorModel;
 using test::error_of;
 
-const char* kConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 258, "hidden_size": 8,
-  "intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-  "max_position_embeddings": 32, "rms_norm_eps": 1e-5, "initializer_range": 0.3})";
+const char* kConfig = test::kLearnedFamilyConfig;
 
 class Learned : public ::testing::Test {
 protected:
