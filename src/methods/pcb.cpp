@@ -3,9 +3,12 @@
 // with the other tasks (inter-balancing); only the top `ratio` of each task's scores survive and
 // the task vectors are averaged with the surviving scores as weights.
 #include "methods/methods.h"
+#include "methods/reference.h"
+#include "tensor/rank_select.h"
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 namespace weld {
 namespace {
@@ -100,11 +103,184 @@ private:
 	std::vector<double> scratch_;
 };
 
-class PcbMethod final : public MergeMethod {
+// The streaming form. Every softmax over the tensor (inter: one per pair of tasks, in
+// Balancer's order; intra: one per task) needs its value range (pass 0) and its sum of
+// exponentials (pass 1, per block then in block order: the scores may differ from merge_whole's
+// by rounding); passes 2 and 3 find each task's score threshold exactly. Each pass recomputes
+// the block's scores from its task vectors.
+class PcbBlocks final : public BlockMerge {
+public:
+	PcbBlocks(std::vector<size_t> tasks, size_t base, double ratio, double lambda, uint64_t elements, unsigned workers)
+	    : tasks_(std::move(tasks)), base_(base), lambda_(lambda), d_(elements), select_(ratio < 1 && elements > 0),
+	      scratch_(workers) {
+		const size_t n = tasks_.size();
+		for (size_t i = 0; i < n; ++i)
+			for (size_t k = i; k < n; ++k)
+				softmaxes_.push_back({.a = i, .b = k, .scale = 1.0, .intra = false, .range = {}, .factor = 0});
+		for (size_t i = 0; i < n; ++i)
+			softmaxes_.push_back(
+			    {.a = i, .b = i, .scale = static_cast<double>(n), .intra = true, .range = {}, .factor = 0});
+		for (Scratch& s : scratch_)
+			s.beta.resize(n * kBlockElements), s.tau.resize(n * kBlockElements);
+		block_ranges_.resize(block_count(elements) * softmaxes_.size());
+		block_sums_.resize(block_count(elements) * softmaxes_.size());
+		if (!select_) return;
+		const auto pos =
+		    std::min(static_cast<uint64_t>(std::floor((1 - ratio) * static_cast<double>(elements))), elements - 1);
+		for (size_t i = 0; i < n; ++i)
+			selections_.push_back(std::make_unique<RankSelection>(elements, std::vector<uint64_t>{pos}, workers));
+	}
+
+	int stat_passes() const override { return 2 + RankSelection::kPasses; }
+	bool wants_pass(int pass) const override { return pass < 2 || select_; }
+
+	void observe(int pass, const Block& block, unsigned worker) override {
+		if (pass >= 2) {
+			const float* beta = scores(block, worker, false);
+			for (size_t i = 0; i < tasks_.size(); ++i)
+				selections_[i]->observe(pass - 2, {beta + i * kBlockElements, block.size()}, worker);
+			return;
+		}
+		load_task_vectors(block, worker);
+		for (size_t s = 0; s < softmaxes_.size(); ++s) {
+			const Softmax& softmax = softmaxes_[s];
+			const double* a = task_vector(worker, softmax.a);
+			const double* b = task_vector(worker, softmax.b);
+			const size_t at = block.index * softmaxes_.size() + s;
+			if (pass == 0) {
+				for (size_t j = 0; j < block.size(); ++j)
+					block_ranges_[at].add(a[j] * b[j]);
+				continue;
+			}
+			double sum = 0;
+			for (size_t j = 0; j < block.size(); ++j)
+				sum += std::exp(softmax.scale * (softmax.range.norm(a[j] * b[j]) - 1.0));
+			block_sums_[at] = sum;
+		}
+	}
+
+	void end_pass(int pass) override {
+		const size_t count = softmaxes_.size();
+		for (size_t s = 0; s < count && pass < 2; ++s) {
+			Softmax& softmax = softmaxes_[s];
+			double sum = 0;
+			for (uint64_t block = 0; block < block_count(d_); ++block) {
+				const MinMax& range = block_ranges_[block * count + s];
+				if (pass == 0) softmax.range.add(range.lo), softmax.range.add(range.hi);
+				sum += block_sums_[block * count + s];
+			}
+			// Balancer's factor: the element count over the sum.
+			if (pass == 1) softmax.factor = static_cast<double>(d_) / sum;
+		}
+		if (pass >= 2)
+			for (auto& selection : selections_)
+				selection->end_pass(pass - 2);
+		if (pass == 3)
+			for (auto& selection : selections_)
+				thresholds_.push_back(selection->value(0));
+	}
+
+	void merge(const Block& block, std::span<float> out, unsigned worker) override {
+		const float* beta = scores(block, worker, true);
+		const std::span<const float> base = block.sources[base_];
+		for (size_t j = 0; j < out.size(); ++j) {
+			double weighted = 0, weights = 0;
+			for (size_t i = 0; i < tasks_.size(); ++i) {
+				const float score = beta[i * kBlockElements + j];
+				weighted += score * task_vector(worker, i)[j];
+				weights += score;
+			}
+			const double merged = weights > 0 ? weighted / weights : 0.0;
+			out[j] = static_cast<float>(base[j] + lambda_ * merged);
+		}
+	}
+
+private:
+	struct Softmax {
+		size_t a, b; // of scale * norm(tau_a * tau_b)
+		double scale;
+		bool intra;        // multiplies the scores, after every inter term was added
+		MinMax range;      // after pass 0
+		double factor = 0; // after pass 1
+	};
+	struct Scratch {
+		std::vector<float> beta; // per task, a block of scores
+		std::vector<double> tau; // per task, a block of its task vector
+	};
+	std::vector<size_t> tasks_;
+	size_t base_;
+	double lambda_;
+	uint64_t d_;
+	bool select_;
+	std::vector<Softmax> softmaxes_;
+	std::vector<MinMax> block_ranges_;                       // per block, per softmax
+	std::vector<double> block_sums_;                         // per block, per softmax
+	std::vector<std::unique_ptr<RankSelection>> selections_; // per task
+	std::vector<float> thresholds_;                          // per task
+	std::vector<Scratch> scratch_;                           // per worker
+
+	const double* task_vector(unsigned worker, size_t i) const {
+		return scratch_[worker].tau.data() + i * kBlockElements;
+	}
+
+	void load_task_vectors(const Block& block, unsigned worker) {
+		Scratch& s = scratch_[worker];
+		const std::span<const float> base = block.sources[base_];
+		for (size_t i = 0; i < tasks_.size(); ++i)
+			for (size_t j = 0; j < block.size(); ++j)
+				s.tau[i * kBlockElements + j] = static_cast<double>(block.sources[tasks_[i]][j]) - base[j];
+	}
+
+	// The block's balancing scores per task as Balancer computes them: the inter terms added in
+	// the same order, times intra; dropped: zero below the task's threshold.
+	const float* scores(const Block& block, unsigned worker, bool dropped) {
+		load_task_vectors(block, worker);
+		float* beta = scratch_[worker].beta.data();
+		const size_t n = tasks_.size(), size = block.size();
+		for (size_t i = 0; i < n; ++i)
+			std::fill_n(beta + i * kBlockElements, size, 0.0f);
+		for (const Softmax& s : softmaxes_) {
+			const double *a = task_vector(worker, s.a), *b = task_vector(worker, s.b);
+			float* row_a = beta + s.a * kBlockElements;
+			for (size_t j = 0; j < size; ++j) {
+				const double e = std::exp(s.scale * (s.range.norm(a[j] * b[j]) - 1.0)) * s.factor;
+				if (s.intra) {
+					row_a[j] = static_cast<float>(row_a[j] * e);
+					continue;
+				}
+				row_a[j] += static_cast<float>(e);
+				if (s.b != s.a) beta[s.b * kBlockElements + j] += static_cast<float>(e);
+			}
+		}
+		if (dropped && select_)
+			for (size_t i = 0; i < n; ++i)
+				for (size_t j = 0; j < size; ++j)
+					if (beta[i * kBlockElements + j] < thresholds_[i]) beta[i * kBlockElements + j] = 0.0f;
+		return beta;
+	}
+};
+
+class PcbMethod final : public MergeMethod, public WholeTensorReference {
 public:
 	const MethodInfo& info() const override { return info_; }
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
+		check_merge_input(info_, input, out);
+		merge_in_blocks(*block_merge(input, input.sources.size(), out.size(), 1), input, out);
+	}
+
+	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
+	                                        unsigned workers) const override {
+		check_source_count(info_, input, source_count);
+		std::vector<size_t> tasks;
+		for (size_t i = 0; i < source_count; ++i)
+			if (static_cast<int>(i) != input.base_index) tasks.push_back(i);
+		return std::make_unique<PcbBlocks>(std::move(tasks), static_cast<size_t>(input.base_index),
+		                                   global_param(info_, input, "ratio"), global_param(info_, input, "lambda"),
+		                                   elements, std::max(1u, workers));
+	}
+
+	void merge_whole(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
 		Balancer(input).merge(global_param(info_, input, "ratio"), global_param(info_, input, "lambda"), out);
 	}
