@@ -4,14 +4,23 @@
 // each keeps, in every block of m consecutive elements (flattened, zero-padded), its n largest
 // magnitudes among the positions no earlier model kept, and is added to the base times its
 // weight. Positions a model keeps, zeros included, are closed to the models after it.
+//
+// Streamed: every model's groups tile a unit of lcm(m) elements, so units are merged on their
+// own, by the same code. A unit inside one block is merged there; one that crosses a block
+// boundary is gathered in a statistics pass (its parts held until it is complete) and its output
+// kept until the output pass: at most one unit per block boundary.
 #include "methods/methods.h"
+#include "methods/reference.h"
 #include "util/error.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <numeric>
+#include <unordered_map>
 
 namespace weld {
 namespace {
@@ -19,11 +28,153 @@ namespace {
 // mergekit's fallback when neither the model nor the recipe gives n and m.
 constexpr double kFallbackN = 1, kFallbackM = 4;
 
+// Longer units stay whole tensors: the crossing units' outputs would grow to a copy of the tensor.
+constexpr uint64_t kMaxStreamedUnit = 1024;
+
 struct NmPair {
 	size_t n = 0, m = 0;
 };
 
-class CabsMethod final : public MergeMethod {
+// The models in the order they claim positions, with their n:m and weights.
+struct CabsModels {
+	std::vector<size_t> sources;
+	std::vector<NmPair> nm;
+	std::vector<double> weights;
+};
+
+// Keeps the n largest magnitudes of candidate[start, start + length) (equal magnitudes: lower
+// index first; the zero padding of a short last block never outranks a real element, so the
+// block simply holds fewer) and marks them taken; zeroes the rest.
+void keep_block(std::vector<float>& candidate, std::vector<uint8_t>& taken, size_t start, size_t length, size_t n) {
+	std::vector<size_t> order(length);
+	std::iota(order.begin(), order.end(), start);
+	std::stable_sort(order.begin(), order.end(),
+	                 [&](size_t a, size_t b) { return std::fabs(candidate[a]) > std::fabs(candidate[b]); });
+	for (size_t r = 0; r < length; ++r) {
+		if (r < n)
+			taken[order[r]] = 1;
+		else
+			candidate[order[r]] = 0.0f;
+	}
+}
+
+// CABS on elements of the tensor whose first is a multiple of every m (the whole tensor, or a
+// unit): sources[s] holds source s's values there (models.sources index it).
+void cabs_merge(const CabsModels& models, std::span<const std::span<const float>> sources, size_t base,
+                std::span<float> out) {
+	const std::span<const float> base_values = sources[base];
+	std::copy(base_values.begin(), base_values.end(), out.begin());
+	std::vector<uint8_t> taken(out.size(), 0);
+	std::vector<float> candidate(out.size());
+	for (size_t i = 0; i < models.sources.size(); ++i) {
+		const NmPair nm = models.nm[i];
+		const double weight = models.weights[i];
+		for (size_t j = 0; j < out.size(); ++j)
+			candidate[j] = taken[j] ? 0.0f : sources[models.sources[i]][j] - base_values[j];
+		for (size_t start = 0; start < out.size(); start += nm.m)
+			keep_block(candidate, taken, start, std::min(nm.m, out.size() - start), nm.n);
+		for (size_t j = 0; j < out.size(); ++j)
+			out[j] = static_cast<float>(out[j] + weight * candidate[j]);
+	}
+}
+
+// Units of `unit` elements (the last one shorter); no statistics unless a unit crosses a block.
+class CabsUnits final : public BlockMerge {
+public:
+	CabsUnits(CabsModels models, size_t sources, size_t base, uint64_t unit, uint64_t elements)
+	    : models_(std::move(models)), sources_(sources), base_(base), unit_(unit), elements_(elements) {}
+
+	int stat_passes() const override { return 1; }
+	bool wants_pass(int) const override { return kBlockElements % unit_ != 0 && elements_ > kBlockElements; }
+	void observe(int, const Block& block, unsigned) override;
+	void end_pass(int) override {
+		if (!pending_.empty()) throw Error("cabs: a unit crossing blocks was not gathered whole");
+	}
+	void merge(const Block& block, std::span<float> out, unsigned) override;
+
+private:
+	struct Pending {
+		std::vector<std::vector<float>> values; // per source
+		uint64_t filled = 0;
+	};
+	uint64_t unit_length(uint64_t unit) const { return std::min(unit_, elements_ - unit * unit_); }
+	bool crosses(uint64_t unit) const {
+		const uint64_t first = unit * unit_;
+		return first / kBlockElements != (first + unit_length(unit) - 1) / kBlockElements;
+	}
+	void gather(uint64_t unit, const Block& block, uint64_t begin, uint64_t end);
+	void copy_merged(uint64_t unit, const Block& block, uint64_t begin, uint64_t end, std::span<float> out) const;
+
+	CabsModels models_;
+	size_t sources_, base_;
+	uint64_t unit_, elements_;
+	std::mutex mutex_;
+	std::unordered_map<uint64_t, Pending> pending_;           // crossing units being gathered
+	std::unordered_map<uint64_t, std::vector<float>> merged_; // crossing units' outputs
+};
+
+// The parts of the units that cross the block's first and last element.
+void CabsUnits::observe(int, const Block& block, unsigned) {
+	const uint64_t first = block.offset, end = block.offset + block.size();
+	if (crosses(first / unit_)) gather(first / unit_, block, first, std::min(end, (first / unit_ + 1) * unit_));
+	if (const uint64_t last = (end - 1) / unit_; last != first / unit_ && crosses(last))
+		gather(last, block, last * unit_, end);
+}
+
+// Copies elements [begin, end) of a crossing unit; merges the unit once every part is in.
+void CabsUnits::gather(uint64_t unit, const Block& block, uint64_t begin, uint64_t end) {
+	const uint64_t length = unit_length(unit), first = unit * unit_;
+	std::vector<std::vector<float>> complete;
+	{
+		const std::lock_guard lock(mutex_);
+		Pending& p = pending_[unit];
+		if (p.values.empty()) p.values.assign(sources_, std::vector<float>(length));
+		for (size_t s = 0; s < sources_; ++s)
+			std::copy(block.sources[s].begin() + static_cast<ptrdiff_t>(begin - block.offset),
+			          block.sources[s].begin() + static_cast<ptrdiff_t>(end - block.offset),
+			          p.values[s].begin() + static_cast<ptrdiff_t>(begin - first));
+		if ((p.filled += end - begin) < length) return;
+		complete = std::move(p.values);
+		pending_.erase(unit);
+	}
+	const std::vector<std::span<const float>> views(complete.begin(), complete.end());
+	std::vector<float> out(length);
+	cabs_merge(models_, views, base_, out);
+	const std::lock_guard lock(mutex_);
+	merged_[unit] = std::move(out);
+}
+
+// Units inside the block are merged together (their first element is a multiple of every m);
+// the parts of crossing units come from the statistics pass.
+void CabsUnits::merge(const Block& block, std::span<float> out, unsigned) {
+	const uint64_t end = block.offset + block.size(), head = block.offset / unit_, tail = (end - 1) / unit_;
+	uint64_t begin = block.offset, stop = end;
+	if (crosses(head)) {
+		begin = std::min(end, head * unit_ + unit_length(head));
+		copy_merged(head, block, block.offset, begin, out);
+	}
+	if (tail != head && crosses(tail)) {
+		stop = tail * unit_;
+		copy_merged(tail, block, stop, end, out);
+	}
+	if (begin >= stop) return;
+	std::vector<std::span<const float>> views(sources_);
+	for (size_t s = 0; s < sources_; ++s)
+		views[s] = block.sources[s].subspan(begin - block.offset, stop - begin);
+	cabs_merge(models_, views, base_, out.subspan(begin - block.offset, stop - begin));
+}
+
+// Copies elements [begin, end) of a crossing unit's output to their place in the block's out.
+void CabsUnits::copy_merged(uint64_t unit, const Block& block, uint64_t begin, uint64_t end,
+                            std::span<float> out) const {
+	const std::vector<float>& merged = merged_.at(unit);
+	const uint64_t first = unit * unit_;
+	std::copy(merged.begin() + static_cast<ptrdiff_t>(begin - first),
+	          merged.begin() + static_cast<ptrdiff_t>(end - first),
+	          out.begin() + static_cast<ptrdiff_t>(begin - block.offset));
+}
+
+class CabsMethod final : public MergeMethod, public WholeTensorReference {
 public:
 	CabsMethod() {
 		info_ = {
@@ -58,20 +209,27 @@ public:
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
-		const std::span<const float> base = input.sources[static_cast<size_t>(input.base_index)];
-		std::copy(base.begin(), base.end(), out.begin());
-		std::vector<uint8_t> taken(out.size(), 0);
-		std::vector<float> candidate(out.size());
-		for (const size_t source : ordered_sources(input)) {
-			const NmPair nm = n_and_m(input, source);
-			const double weight = *source_param(info_, input, source, "weight");
-			for (size_t j = 0; j < out.size(); ++j)
-				candidate[j] = taken[j] ? 0.0f : input.sources[source][j] - base[j];
-			for (size_t start = 0; start < out.size(); start += nm.m)
-				keep_block(candidate, taken, start, std::min(nm.m, out.size() - start), nm.n);
-			for (size_t j = 0; j < out.size(); ++j)
-				out[j] = static_cast<float>(out[j] + weight * candidate[j]);
-		}
+		if (const auto kernel = block_merge(input, input.sources.size(), out.size(), 1))
+			return merge_in_blocks(*kernel, input, out);
+		merge_whole(input, out);
+	}
+
+	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
+	                                        unsigned) const override {
+		check_source_count(info_, input, source_count);
+		CabsModels models = ordered_models(input, source_count);
+		uint64_t unit = 1; // lcm of the m values
+		for (const NmPair& nm : models.nm)
+			if ((unit = std::lcm(unit, static_cast<uint64_t>(nm.m))) > kMaxStreamedUnit) return nullptr;
+		return std::make_unique<CabsUnits>(std::move(models), source_count, static_cast<size_t>(input.base_index), unit,
+		                                   elements);
+	}
+
+	// The whole-tensor form, kept as the reference of the streamed one (and used for long units).
+	void merge_whole(const MergeInput& input, std::span<float> out) const override {
+		check_merge_input(info_, input, out);
+		cabs_merge(ordered_models(input, input.sources.size()), input.sources, static_cast<size_t>(input.base_index),
+		           out);
 	}
 
 private:
@@ -87,11 +245,22 @@ private:
 		return static_cast<double>(source);
 	}
 
-	// The non-base sources with a place in the order, by that place.
-	static std::vector<size_t> ordered_sources(const MergeInput& input) {
+	// The non-base sources of source_count with a place in the order, by that place, with their
+	// n:m and weights.
+	CabsModels ordered_models(const MergeInput& input, size_t source_count) const {
+		CabsModels models;
+		for (size_t s : ordered_sources(input, source_count)) {
+			models.sources.push_back(s);
+			models.nm.push_back(n_and_m(input, s));
+			models.weights.push_back(*source_param(info_, input, s, "weight"));
+		}
+		return models;
+	}
+
+	static std::vector<size_t> ordered_sources(const MergeInput& input, size_t source_count) {
 		std::vector<size_t> order;
-		for (size_t s : model_indices(input))
-			if (place(input, s) >= 0) order.push_back(s);
+		for (size_t s = 0; s < source_count; ++s)
+			if (static_cast<int>(s) != input.base_index && place(input, s) >= 0) order.push_back(s);
 		std::stable_sort(order.begin(), order.end(),
 		                 [&](size_t a, size_t b) { return place(input, a) < place(input, b); });
 		return order;
@@ -120,23 +289,6 @@ private:
 			throw Error(fmt::format("tensor '{}': cabs {} is {:g}:{:g}; need whole numbers with 0 <= n <= m, m >= 1",
 			                        input.tensor_name, what, n, m));
 		return {static_cast<size_t>(n), static_cast<size_t>(m)};
-	}
-
-	// Keeps the n largest magnitudes of candidate[start, start + length) (equal magnitudes: lower
-	// index first; the zero padding of a short last block never outranks a real element, so the
-	// block simply holds fewer) and marks them taken; zeroes the rest.
-	static void keep_block(std::vector<float>& candidate, std::vector<uint8_t>& taken, size_t start, size_t length,
-	                       size_t n) {
-		std::vector<size_t> order(length);
-		std::iota(order.begin(), order.end(), start);
-		std::stable_sort(order.begin(), order.end(),
-		                 [&](size_t a, size_t b) { return std::fabs(candidate[a]) > std::fabs(candidate[b]); });
-		for (size_t r = 0; r < length; ++r) {
-			if (r < n)
-				taken[order[r]] = 1;
-			else
-				candidate[order[r]] = 0.0f;
-		}
 	}
 };
 

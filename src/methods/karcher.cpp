@@ -1,13 +1,21 @@
 // Karcher (Riemannian) mean on the unit sphere, as mergekit computes it: every source's tensor
 // is normalized, their weighted Fréchet mean on the sphere is found by gradient steps through
 // the exponential map, and the result is scaled by the mean of the sources' norms.
+//
+// Streamed: the mean stays a linear combination of the unit vectors at every step, so one
+// statistics pass sums the sources' dot products (the Gram matrix), the iteration runs on the
+// combination's coefficients, and the output pass combines each element's sources with them.
 #include "methods/methods.h"
+#include "methods/reference.h"
+#include "tensor/block_gram.h"
 #include "tensor/spherical.h"
 #include "util/error.h"
 
 #include <algorithm>
 #include <cmath>
 #include <fmt/format.h>
+#include <memory>
+#include <numeric>
 
 namespace weld {
 namespace {
@@ -79,16 +87,127 @@ struct Directions {
 	}
 };
 
-class KarcherMethod final : public MergeMethod {
+// Directions on coefficients: u = Σ α_v·unit_v, where the unit vectors' dot products are
+// gram[v][w]; u·unit_v = (gram·α)_v and |u|² = αᵀ·gram·α.
+struct UnitCombination {
+	Gram gram; // of the valid unit vectors
+	double tol;
+
+	double weight() const { return 1.0 / static_cast<double>(gram.size()); }
+
+	std::vector<double> start() const {
+		std::vector<double> alpha(gram.size(), weight());
+		if (const double length = std::sqrt(squared_length(gram, alpha)); length >= tol) {
+			divide(alpha, length);
+			return alpha;
+		}
+		std::fill(alpha.begin(), alpha.end(), 0.0);
+		alpha[0] = 1;
+		return alpha;
+	}
+
+	// Directions::step with T = Σ_v coefficient_v·unit_v − (Σ_v coefficient_v·cos_v)·u.
+	bool step(std::vector<double>& alpha) const {
+		const std::vector<double> dots = gram_times(gram, alpha);
+		const size_t count = alpha.size();
+		std::vector<double> gradient(count);
+		double along_u = 0;
+		for (size_t v = 0; v < count; ++v) {
+			const double cos = std::clamp(dots[v], -1.0, 1.0);
+			const double theta = std::acos(cos);
+			gradient[v] = theta < tol ? 0.0 : weight() * theta / std::sin(theta);
+			along_u += gradient[v] * cos;
+		}
+		for (size_t v = 0; v < count; ++v)
+			gradient[v] -= along_u * alpha[v];
+		const double length = std::sqrt(squared_length(gram, gradient));
+		if (length < tol) return false;
+		const double c = std::cos(length), s = std::sin(length) / length;
+		for (size_t v = 0; v < count; ++v)
+			alpha[v] = c * alpha[v] + s * gradient[v];
+		if (const double norm_u = std::sqrt(squared_length(gram, alpha)); norm_u > tol) divide(alpha, norm_u);
+		return true;
+	}
+};
+
+// One statistics pass: the sources' Gram matrix; then the iteration on coefficients.
+class KarcherBlocks final : public BlockMerge {
+public:
+	KarcherBlocks(size_t sources, double max_iter, double tol, uint64_t elements)
+	    : max_iter_(max_iter), tol_(tol), gram_(all_of(sources), std::nullopt, block_count(elements)) {}
+
+	int stat_passes() const override { return 1; }
+	void observe(int, const Block& block, unsigned) override { gram_.observe(block.index, block.sources); }
+
+	void end_pass(int) override {
+		const Gram gram = gram_.combine();
+		const size_t count = gram.size();
+		for (size_t i = 0; i < count; ++i) {
+			norms_.push_back(std::sqrt(gram[i][i]));
+			scale_ += norms_.back() / static_cast<double>(count);
+		}
+		for (size_t i = 0; i < count; ++i)
+			if (norms_[i] > tol_) valid_.push_back(i);
+		if (valid_.empty()) return;
+		UnitCombination directions{Gram(valid_.size(), std::vector<double>(valid_.size())), tol_};
+		for (size_t v = 0; v < valid_.size(); ++v)
+			for (size_t w = 0; w < valid_.size(); ++w)
+				directions.gram[v][w] = gram[valid_[v]][valid_[w]] / (norms_[valid_[v]] * norms_[valid_[w]]);
+		alpha_ = directions.start();
+		while (steps_ < max_iter_ && directions.step(alpha_))
+			++steps_;
+	}
+
+	void merge(const Block& block, std::span<float> out, unsigned) override {
+		for (size_t j = 0; j < out.size(); ++j) {
+			double u = 0;
+			for (size_t v = 0; v < valid_.size(); ++v)
+				u += alpha_[v] * (block.sources[valid_[v]][j] / norms_[valid_[v]]);
+			out[j] = static_cast<float>(scale_ * u);
+		}
+	}
+
+	int steps() const { return steps_; }
+
+private:
+	static std::vector<size_t> all_of(size_t count) {
+		std::vector<size_t> indices(count);
+		std::iota(indices.begin(), indices.end(), size_t{0});
+		return indices;
+	}
+
+	double max_iter_, tol_;
+	BlockGram gram_;
+	std::vector<double> norms_; // per source
+	double scale_ = 0;          // the mean norm
+	std::vector<size_t> valid_; // sources with norm > tol
+	std::vector<double> alpha_; // the mean's coefficients on the valid unit vectors
+	int steps_ = 0;
+};
+
+class KarcherMethod final : public MergeMethod, public WholeTensorReference {
 public:
 	const MethodInfo& info() const override { return info_; }
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
-		const double max_iter = global_param(info_, input, "max_iter");
-		if (max_iter != std::floor(max_iter))
-			throw Error(fmt::format("tensor '{}': karcher max_iter must be a whole number, got {:g}", input.tensor_name,
-			                        max_iter));
+		const auto kernel = block_merge(input, input.sources.size(), out.size(), 1);
+		merge_in_blocks(*kernel, input, out);
+		if (input.notes)
+			input.notes->push_back(fmt::format("karcher: {} step(s)", static_cast<KarcherBlocks&>(*kernel).steps()));
+	}
+
+	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
+	                                        unsigned) const override {
+		check_source_count(info_, input, source_count);
+		return std::make_unique<KarcherBlocks>(source_count, max_iter(input), global_param(info_, input, "tol"),
+		                                       elements);
+	}
+
+	// The whole-tensor form, kept as the reference of the streamed one.
+	void merge_whole(const MergeInput& input, std::span<float> out) const override {
+		check_merge_input(info_, input, out);
+		const double max_iter = this->max_iter(input);
 		// Every source counts equally, the base too when it is listed (mergekit has no weights).
 		std::vector<double> norms;
 		double scale = 0; // the mean norm, zero and tiny ones included
@@ -113,6 +232,14 @@ public:
 	}
 
 private:
+	double max_iter(const MergeInput& input) const {
+		const double value = global_param(info_, input, "max_iter");
+		if (value != std::floor(value))
+			throw Error(fmt::format("tensor '{}': karcher max_iter must be a whole number, got {:g}", input.tensor_name,
+			                        value));
+		return value;
+	}
+
 	MethodInfo info_{
 	    .name = "karcher",
 	    .description = "Riemannian (Karcher) mean of the models' directions, scaled by their mean norm",

@@ -3,35 +3,68 @@
 // (later is better), sharpened by one penalty exponent p and normalised:
 //   loss: w_i = loss_i^-p / sum_j loss_j^-p      step: w_i = step_i^p / sum_j step_j^p
 // p = 0 is the uniform average; larger p concentrates the weight on the best checkpoint.
+// The weights come from parameters alone, so tensors stream with no statistics pass.
 #include "methods/mwa.h"
 #include "methods/methods.h"
+#include "methods/reference.h"
 #include "util/error.h"
 
 #include <cmath>
 #include <fmt/format.h>
+#include <memory>
 
 namespace weld {
 namespace {
 
-class MwaMethod final : public MergeMethod {
+// Σ weights[i]·sources[i][j], element by element.
+void weighted_sum(const std::vector<double>& weights, std::span<const std::span<const float>> sources,
+                  std::span<float> out) {
+	for (size_t j = 0; j < out.size(); ++j) {
+		double sum = 0;
+		for (size_t i = 0; i < weights.size(); ++i)
+			sum += weights[i] * sources[i][j];
+		out[j] = static_cast<float>(sum);
+	}
+}
+
+class MwaBlocks final : public BlockMerge {
+public:
+	explicit MwaBlocks(std::vector<double> weights) : weights_(std::move(weights)) {}
+	int stat_passes() const override { return 0; }
+	void observe(int, const Block&, unsigned) override {}
+	void end_pass(int) override {}
+	void merge(const Block& block, std::span<float> out, unsigned) override {
+		weighted_sum(weights_, block.sources, out);
+	}
+
+private:
+	std::vector<double> weights_;
+};
+
+class MwaMethod final : public MergeMethod, public WholeTensorReference {
 public:
 	const MethodInfo& info() const override { return info_; }
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
-		const std::vector<double> weights = normalized_weights(input);
-		for (size_t j = 0; j < out.size(); ++j) {
-			double sum = 0;
-			for (size_t i = 0; i < weights.size(); ++i)
-				sum += weights[i] * input.sources[i][j];
-			out[j] = static_cast<float>(sum);
-		}
+		merge_in_blocks(*block_merge(input, input.sources.size(), out.size(), 1), input, out);
+	}
+
+	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t,
+	                                        unsigned) const override {
+		check_source_count(info_, input, source_count);
+		return std::make_unique<MwaBlocks>(normalized_weights(input, source_count));
+	}
+
+	// The whole-tensor form, kept as the reference of the streamed one.
+	void merge_whole(const MergeInput& input, std::span<float> out) const override {
+		check_merge_input(info_, input, out);
+		weighted_sum(normalized_weights(input, input.sources.size()), input.sources, out);
 	}
 
 private:
-	std::vector<double> normalized_weights(const MergeInput& input) const {
+	std::vector<double> normalized_weights(const MergeInput& input, size_t count) const {
 		const double penalty = global_param(info_, input, "penalty");
-		const size_t count = input.sources.size();
 		std::vector<std::optional<double>> losses(count), steps(count);
 		size_t with_loss = 0, with_step = 0;
 		for (size_t i = 0; i < count; ++i) {

@@ -2,15 +2,113 @@
 // per element, a task vector counts when |model − base| > epsilon; an element changed by one
 // model takes that change whole, one changed by several takes their mean. RAM+ scales each
 // model's unique changes by 1 + r·clip(shared/unique, 0, alpha), counted over the tensor.
+//
+// Streamed: RAM needs no statistics; RAM+ counts the changes in one statistics pass.
 #include "methods/methods.h"
+#include "methods/reference.h"
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <optional>
 
 namespace weld {
 namespace {
 
-class RamMethod final : public MergeMethod {
+// One tensor's (or block's) base and models, and RAM's rule for them element by element.
+struct RamElements {
+	std::span<const float> base;
+	std::vector<std::span<const float>> models;
+	double epsilon;
+
+	float delta(size_t i, size_t j) const { return models[i][j] - base[j]; }
+	bool active(size_t i, size_t j) const { return std::fabs(delta(i, j)) > epsilon; }
+	size_t active_count(size_t j) const {
+		size_t count = 0;
+		for (size_t i = 0; i < models.size(); ++i)
+			count += active(i, j);
+		return count;
+	}
+
+	// RAM+'s counts: per model, its changes shared with another model and its unique ones.
+	void count_changes(std::vector<uint64_t>& shared, std::vector<uint64_t>& unique) const {
+		for (size_t j = 0; j < base.size(); ++j) {
+			const size_t count = active_count(j);
+			for (size_t i = 0; i < models.size(); ++i)
+				if (active(i, j)) ++(count == 1 ? unique : shared)[i];
+		}
+	}
+
+	void merge(const std::vector<double>& unique_scale, std::span<float> out) const {
+		for (size_t j = 0; j < out.size(); ++j) {
+			const size_t count = active_count(j);
+			double sum = 0;
+			for (size_t i = 0; i < models.size(); ++i)
+				if (active(i, j)) sum += count == 1 ? unique_scale[i] * delta(i, j) : delta(i, j) / count;
+			out[j] = static_cast<float>(base[j] + sum);
+		}
+	}
+};
+
+// RAM+'s λ per model: 1 + r·clip(ρ, 0, alpha), ρ = its shared changes / its unique changes
+// (unique clamped below at epsilon, as mergekit does).
+std::vector<double> plus_scales(const std::vector<uint64_t>& shared, const std::vector<uint64_t>& unique, double r,
+                                double alpha, double epsilon) {
+	std::vector<double> scales(shared.size());
+	for (size_t i = 0; i < shared.size(); ++i)
+		scales[i] =
+		    1 + r * std::clamp(static_cast<double>(shared[i]) / std::max(static_cast<double>(unique[i]), epsilon), 0.0,
+		                       alpha);
+	return scales;
+}
+
+// RAM: no statistics. RAM+: one pass counts each model's shared and unique changes per block
+// (integers, so their sum is the same in any order).
+class RamBlocks final : public BlockMerge {
+public:
+	RamBlocks(size_t base, std::vector<size_t> models, double epsilon, std::optional<std::pair<double, double>> plus,
+	          uint64_t elements)
+	    : base_(base), models_(std::move(models)), epsilon_(epsilon), plus_(plus), unique_scale_(models_.size(), 1.0),
+	      shared_(plus ? block_count(elements) : 0), unique_(shared_.size()) {}
+
+	int stat_passes() const override { return plus_ ? 1 : 0; }
+
+	void observe(int, const Block& block, unsigned) override {
+		shared_[block.index].assign(models_.size(), 0);
+		unique_[block.index].assign(models_.size(), 0);
+		elements(block).count_changes(shared_[block.index], unique_[block.index]);
+	}
+
+	void end_pass(int) override {
+		std::vector<uint64_t> shared(models_.size()), unique(models_.size());
+		for (size_t b = 0; b < shared_.size(); ++b)
+			for (size_t i = 0; i < models_.size(); ++i)
+				shared[i] += shared_[b][i], unique[i] += unique_[b][i];
+		shared_ = {}, unique_ = {};
+		unique_scale_ = plus_scales(shared, unique, plus_->first, plus_->second, epsilon_);
+	}
+
+	void merge(const Block& block, std::span<float> out, unsigned) override {
+		elements(block).merge(unique_scale_, out);
+	}
+
+private:
+	RamElements elements(const Block& block) const {
+		RamElements e{block.sources[base_], {}, epsilon_};
+		for (size_t i : models_)
+			e.models.push_back(block.sources[i]);
+		return e;
+	}
+
+	size_t base_;
+	std::vector<size_t> models_;
+	double epsilon_;
+	std::optional<std::pair<double, double>> plus_; // RAM+'s r and alpha
+	std::vector<double> unique_scale_;
+	std::vector<std::vector<uint64_t>> shared_, unique_; // per block, per model
+};
+
+class RamMethod final : public MergeMethod, public WholeTensorReference {
 public:
 	RamMethod(std::string name, std::string description, bool plus) : plus_(plus) {
 		info_ = {
@@ -36,48 +134,40 @@ public:
 
 	void merge(const MergeInput& input, std::span<float> out) const override {
 		check_merge_input(info_, input, out);
+		merge_in_blocks(*block_merge(input, input.sources.size(), out.size(), 1), input, out);
+	}
+
+	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
+	                                        unsigned) const override {
+		check_source_count(info_, input, source_count);
+		std::vector<size_t> models;
+		for (size_t i = 0; i < source_count; ++i)
+			if (static_cast<int>(i) != input.base_index) models.push_back(i);
+		std::optional<std::pair<double, double>> plus;
+		if (plus_) plus = {global_param(info_, input, "r"), global_param(info_, input, "alpha")};
+		return std::make_unique<RamBlocks>(static_cast<size_t>(input.base_index), std::move(models),
+		                                   global_param(info_, input, "epsilon"), plus, elements);
+	}
+
+	// The whole-tensor form, kept as the reference of the streamed one.
+	void merge_whole(const MergeInput& input, std::span<float> out) const override {
+		check_merge_input(info_, input, out);
 		const double epsilon = global_param(info_, input, "epsilon");
-		const std::span<const float> base = input.sources[static_cast<size_t>(input.base_index)];
-		std::vector<std::span<const float>> models;
+		RamElements elements{input.sources[static_cast<size_t>(input.base_index)], {}, epsilon};
 		for (size_t i = 0; i < input.sources.size(); ++i)
-			if (static_cast<int>(i) != input.base_index) models.push_back(input.sources[i]);
-		const auto delta = [&](size_t i, size_t j) { return models[i][j] - base[j]; };
-		const auto active = [&](size_t i, size_t j) { return std::fabs(delta(i, j)) > epsilon; };
-		const auto active_count = [&](size_t j) {
-			size_t count = 0;
-			for (size_t i = 0; i < models.size(); ++i)
-				count += active(i, j);
-			return count;
-		};
-		std::vector<double> unique_scale(models.size(), 1.0);
-		if (plus_) unique_scale = plus_scales(input, models.size(), active, active_count, epsilon);
-		for (size_t j = 0; j < out.size(); ++j) {
-			const size_t count = active_count(j);
-			double sum = 0;
-			for (size_t i = 0; i < models.size(); ++i)
-				if (active(i, j)) sum += count == 1 ? unique_scale[i] * delta(i, j) : delta(i, j) / count;
-			out[j] = static_cast<float>(base[j] + sum);
+			if (static_cast<int>(i) != input.base_index) elements.models.push_back(input.sources[i]);
+		const size_t count = elements.models.size();
+		std::vector<double> unique_scale(count, 1.0);
+		if (plus_) {
+			std::vector<uint64_t> shared(count), unique(count);
+			elements.count_changes(shared, unique);
+			unique_scale = plus_scales(shared, unique, global_param(info_, input, "r"),
+			                           global_param(info_, input, "alpha"), epsilon);
 		}
+		elements.merge(unique_scale, out);
 	}
 
 private:
-	// RAM+'s λ per model: 1 + r·clip(ρ, 0, alpha), ρ = its shared changes / its unique changes
-	// (unique clamped below at epsilon, as mergekit does).
-	template <typename Active, typename Count>
-	std::vector<double> plus_scales(const MergeInput& input, size_t models, const Active& active,
-	                                const Count& active_count, double epsilon) const {
-		const double r = global_param(info_, input, "r"), alpha = global_param(info_, input, "alpha");
-		std::vector<double> shared(models, 0.0), unique(models, 0.0), scales(models);
-		for (size_t j = 0; j < input.sources[0].size(); ++j) {
-			const size_t count = active_count(j);
-			for (size_t i = 0; i < models; ++i)
-				if (active(i, j)) (count == 1 ? unique : shared)[i] += 1;
-		}
-		for (size_t i = 0; i < models; ++i)
-			scales[i] = 1 + r * std::clamp(shared[i] / std::max(unique[i], epsilon), 0.0, alpha);
-		return scales;
-	}
-
 	bool plus_;
 	MethodInfo info_;
 };
