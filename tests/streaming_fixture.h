@@ -65,12 +65,13 @@ protected:
 };
 
 // The family with rows of 1000 elements, which cross block boundaries (DELLA ranks within rows),
-// merged with a memory budget of one byte: every input is released item by item as it streams.
+// merged with a memory budget of 12 MB: two threads' streaming buffers (4.4 MB each at base + 3)
+// but not the embedding's inputs as well, which are released item by item as they stream.
 class StreamingMethodsTest : public StreamingMergeTest {
 protected:
 	StreamingMethodsTest() {
 		hidden_ = 1000;
-		memory_budget_ = 1;
+		memory_budget_ = 12'000'000;
 	}
 
 	// method on base + ft1..ft3 (weights 0.75, 1, 1.25 unless model_params says otherwise) at
