@@ -732,13 +732,16 @@ def merge_tsv(c):
 
 def opcm_project(merged, task, alpha):
     """FusionBench's merge_linear_weights: take out of the task vector its diagonal and its top
-    split_rank block in the merged delta's singular bases."""
-    u, s, vh = torch.linalg.svd(merged, full_matrices=True)
+    split_rank block in the merged delta's singular bases. FusionBench takes full U and V, fine
+    for its square layers; an embedding's full U (vocab x vocab) would not fit in memory, and every
+    removed entry lies within the thin factors, so those are used: task - U (removed) Vh."""
+    u, s, vh = torch.linalg.svd(merged, full_matrices=False)
     split = (s.cumsum(dim=0) / s.sum() > alpha).float().argmax().item()
     p = u.T @ task @ vh.T
-    p.diagonal().fill_(0)
-    p[:split, :split] = 0
-    return u @ p @ vh
+    removed = torch.zeros_like(p)
+    removed.diagonal().copy_(p.diagonal())
+    removed[:split, :split] = p[:split, :split]
+    return task - u @ removed @ vh
 
 
 def merge_opcm(c):
