@@ -196,7 +196,7 @@ TEST(TwinEval, IdenticalExpertsScoreAsThatExpert) {
 		const test::WorkingDir here(tmp.path());
 		learned::run_twin(parse_recipe(yml, "twin.yml"), 0.3, 1.0, 1e-2, 3, 0, tmp / "twin", false, true);
 	}
-	const size_t count = 20;
+	const size_t count = 8;
 	const auto expected = nn::evaluate_tasks(trained, {"all"}, count, 0, {});
 	const auto got = nn::evaluate_tasks(tmp / "twin", {"all"}, count, 0, {});
 	ASSERT_EQ(got.size(), expected.size());
