@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <chrono>
@@ -23,6 +24,7 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string_view>
@@ -452,8 +454,17 @@ void execute_plan(const Plan& plan, const std::filesystem::path& dir, const Exec
 			for (size_t k = 0; k < names.size(); k++)
 				if (names[k] == record.file) resume.done[k] = true;
 		write_shard_journal(dir, *journal);
+		const auto left = static_cast<size_t>(std::count(resume.done.begin(), resume.done.end(), false));
 		keeper.emplace(dir, std::move(names), *journal, kill.after_shards);
-		resume.on_complete = [&](size_t k, int fd) { keeper->add(k, fd); };
+		// The shard that completes last ends the merge: a kill before the output is renamed into
+		// place writes it again. Not journaling it keeps its fsync and hash off the merge's end
+		// (a model of one shard: no journal cost at all).
+		resume.on_complete = [&keeper, unjournaled = std::make_shared<std::atomic<size_t>>(left)](size_t k, int fd) {
+			if (unjournaled->fetch_sub(1) == 1)
+				::close(fd);
+			else
+				keeper->add(k, fd);
+		};
 	}
 	SafetensorsWriter writer(dir, std::move(specs), options.max_shard_bytes, {options.rank, options.ranks}, {},
 	                         std::move(resume));
