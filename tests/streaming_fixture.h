@@ -39,9 +39,11 @@ protected:
 		return merge_recipe("merge_method: " + method + "\nmodels:\n" + models, threads);
 	}
 
-	test::Tensors merge_recipe(const std::string& recipe_body, unsigned threads) {
+	// recipe_body plus float32 output and, unless with_base is false, the family's base model.
+	test::Tensors merge_recipe(const std::string& recipe_body, unsigned threads, bool with_base = true) {
 		const std::string name = "out" + std::to_string(outputs_++);
-		const std::string recipe = recipe_body + "dtype: float32\nbase_model: " + (dir_ / "base").string() + "\n";
+		const std::string recipe =
+		    recipe_body + "dtype: float32\n" + (with_base ? "base_model: " + (dir_ / "base").string() + "\n" : "");
 		test::write_file(dir_ / (name + ".yml"), recipe);
 		MergeOptions options;
 		options.recipe_path = dir_ / (name + ".yml");

@@ -22,11 +22,11 @@ protected:
 		for (size_t i = 0; i < model_params.size(); ++i)
 			models += "  - model: " + (dir_ / ("ft" + std::to_string(i + 1))).string() + "\n    parameters: {" +
 			          model_params[i] + "}\n";
-		const std::string recipe = "merge_method: " + method + "\nparameters: {" + global_params + "}\nmodels:\n" +
-		                           models + "dtype: float32\n";
-		const auto merged = merge_alone(recipe, 2);
+		const std::string recipe =
+		    "merge_method: " + method + "\nparameters: {" + global_params + "}\nmodels:\n" + models;
+		const auto merged = merge_recipe(recipe, 2, false);
 		const std::string two = last_bytes_;
-		merge_alone(recipe, 1);
+		merge_recipe(recipe, 1, false);
 		EXPECT_EQ(last_bytes_, two) << method << ": thread count changed the output";
 
 		const auto* reference = dynamic_cast<const WholeTensorReference*>(find_method(method));
@@ -58,21 +58,6 @@ protected:
 				worst = std::max(worst, static_cast<double>(std::fabs(got[j] - expected[j])));
 		}
 		return worst;
-	}
-
-	// merge_recipe without the base_model line.
-	test::Tensors merge_alone(const std::string& recipe, unsigned threads) {
-		const std::string name = "alone" + std::to_string(outputs_++);
-		test::write_file(dir_ / (name + ".yml"), recipe);
-		MergeOptions options;
-		options.recipe_path = dir_ / (name + ".yml");
-		options.out_dir = dir_ / name;
-		options.seed = 5;
-		options.exec.threads = threads;
-		options.exec.memory_budget = memory_budget_;
-		run_merge(options);
-		last_bytes_ = test::read_file(dir_ / name / "model.safetensors");
-		return test::read_model(dir_ / name);
 	}
 };
 

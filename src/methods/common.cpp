@@ -81,11 +81,15 @@ void merge_in_blocks(BlockMerge& kernel, const MergeInput& input, std::span<floa
 	}
 }
 
-std::vector<size_t> model_indices(const MergeInput& input) {
+std::vector<size_t> model_indices(const MergeInput& input, size_t source_count) {
 	std::vector<size_t> models;
-	for (size_t i = 0; i < input.sources.size(); ++i)
+	for (size_t i = 0; i < source_count; ++i)
 		if (static_cast<int>(i) != input.base_index) models.push_back(i);
 	return models;
+}
+
+std::vector<size_t> model_indices(const MergeInput& input) {
+	return model_indices(input, input.sources.size());
 }
 
 double global_param(const MethodInfo& info, const MergeInput& input, std::string_view name) {

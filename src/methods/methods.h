@@ -94,6 +94,8 @@ std::vector<ParamDef> statistics_source_params(const std::string& stats_help, st
 
 // Indices of the sources other than the base, in recipe order.
 std::vector<size_t> model_indices(const MergeInput& input);
+// The same for a block merge, whose input carries source_count sources but not their values.
+std::vector<size_t> model_indices(const MergeInput& input, size_t source_count);
 
 // A global parameter's value: as set, else its default. Throws weld::Error when a required one
 // is missing. name must be one of info.global_params.

@@ -131,9 +131,7 @@ public:
 	                                        unsigned workers) const override {
 		check_source_count(info_, input, source_count);
 		if (global_param(info_, input, "filter_wise") != 0) return nullptr; // rows of their own t: whole tensors
-		std::vector<size_t> models;
-		for (size_t i = 0; i < source_count; ++i)
-			if (static_cast<int>(i) != input.base_index) models.push_back(i);
+		std::vector<size_t> models = model_indices(input, source_count);
 		return std::make_unique<ModelStockBlocks>(input.tensor_name, std::move(models),
 		                                          static_cast<size_t>(input.base_index), elements,
 		                                          std::max(1u, workers));

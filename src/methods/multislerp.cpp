@@ -127,9 +127,7 @@ public:
 	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
 	                                        unsigned) const override {
 		check_source_count(info_, input, source_count);
-		std::vector<size_t> models;
-		for (size_t i = 0; i < source_count; ++i)
-			if (static_cast<int>(i) != input.base_index) models.push_back(i);
+		std::vector<size_t> models = model_indices(input, source_count);
 		if (models.empty())
 			throw Error(fmt::format("tensor '{}': multislerp needs a model besides the base", input.tensor_name));
 		if (models.size() == 1 || elements == 0) return std::make_unique<CopyModelBlocks>(models[0]);

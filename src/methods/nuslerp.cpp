@@ -273,9 +273,7 @@ public:
 private:
 	// The two models, the base and t; throws unless there are exactly two models.
 	Roles roles_of(const MergeInput& input, size_t source_count) const {
-		std::vector<size_t> models;
-		for (size_t i = 0; i < source_count; ++i)
-			if (static_cast<int>(i) != input.base_index) models.push_back(i);
+		std::vector<size_t> models = model_indices(input, source_count);
 		if (models.size() != 2)
 			throw Error(fmt::format("tensor '{}': nuslerp merges exactly two models (plus an optional base model), "
 			                        "got {}",

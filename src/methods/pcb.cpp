@@ -272,9 +272,7 @@ public:
 	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
 	                                        unsigned workers) const override {
 		check_source_count(info_, input, source_count);
-		std::vector<size_t> tasks;
-		for (size_t i = 0; i < source_count; ++i)
-			if (static_cast<int>(i) != input.base_index) tasks.push_back(i);
+		std::vector<size_t> tasks = model_indices(input, source_count);
 		return std::make_unique<PcbBlocks>(std::move(tasks), static_cast<size_t>(input.base_index),
 		                                   global_param(info_, input, "ratio"), global_param(info_, input, "lambda"),
 		                                   elements, std::max(1u, workers));

@@ -140,9 +140,7 @@ public:
 	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
 	                                        unsigned) const override {
 		check_source_count(info_, input, source_count);
-		std::vector<size_t> models;
-		for (size_t i = 0; i < source_count; ++i)
-			if (static_cast<int>(i) != input.base_index) models.push_back(i);
+		std::vector<size_t> models = model_indices(input, source_count);
 		std::optional<std::pair<double, double>> plus;
 		if (plus_) plus = {global_param(info_, input, "r"), global_param(info_, input, "alpha")};
 		return std::make_unique<RamBlocks>(static_cast<size_t>(input.base_index), std::move(models),

@@ -189,9 +189,7 @@ public:
 	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
 	                                        unsigned workers) const override {
 		check_source_count(info_, input, source_count);
-		std::vector<size_t> models;
-		for (size_t i = 0; i < source_count; ++i)
-			if (static_cast<int>(i) != input.base_index) models.push_back(i);
+		std::vector<size_t> models = model_indices(input, source_count);
 		return std::make_unique<SceBlocks>(std::move(models), static_cast<size_t>(input.base_index),
 		                                   global_param(info_, input, "select_topk"), elements, std::max(1u, workers));
 	}

@@ -271,9 +271,7 @@ public:
 		check_source_count(info_, input, source_count);
 		const Calibration calibration{global_param(info_, input, "above_average_value_ratio"),
 		                              global_param(info_, input, "score_calibration_value")};
-		std::vector<size_t> tasks;
-		for (size_t i = 0; i < source_count; ++i)
-			if (static_cast<int>(i) != input.base_index) tasks.push_back(i);
+		std::vector<size_t> tasks = model_indices(input, source_count);
 		using Layout = WidenBlocks::Layout;
 		Layout layout = Layout::Elements;
 		uint64_t cols = 0;
