@@ -173,12 +173,17 @@ TEST(FirstNonfinite, FindsNanAndInfAtTheirIndexInEveryDtype) {
 	EXPECT_STREQ(nonfinite_name(values[4321]), "+Inf");
 	EXPECT_STREQ(nonfinite_name(-values[4321]), "-Inf");
 
-	const uint16_t bf16[] = {0x3f80, 0x7f7f, 0xff80, 0x7fc0}; // 1, max, -Inf, NaN
+	// Negative finite values (sign bit set) are finite in every width.
+	const uint16_t bf16[] = {0xbf80, 0xff7f, 0xff80, 0x7fc0}; // -1, -max, -Inf, NaN
 	EXPECT_EQ(first_nonfinite(DType::BF16, reinterpret_cast<const uint8_t*>(bf16), 4), 2u);
 	EXPECT_EQ(first_nonfinite(DType::BF16, reinterpret_cast<const uint8_t*>(bf16), 2), 2u);
-	const uint16_t f16[] = {0x3c00, 0x7bff, 0x0001, 0x7e00}; // 1, 65504, subnormal, NaN
+	const uint16_t f16[] = {0xbc00, 0xfbff, 0x8001, 0x7e00}; // -1, -65504, -subnormal, NaN
 	EXPECT_EQ(first_nonfinite(DType::F16, reinterpret_cast<const uint8_t*>(f16), 4), 3u);
-	const double f64[] = {1e300, -1e-300, std::numeric_limits<double>::infinity()};
+	values.assign(n, -1.0f);
+	values[4999] = -std::numeric_limits<float>::max();
+	EXPECT_EQ(first_nonfinite(values.data(), n), n);
+	EXPECT_EQ(first_nonfinite(DType::F32, reinterpret_cast<const uint8_t*>(values.data()), n), n);
+	const double f64[] = {-1e300, -1e-300, std::numeric_limits<double>::infinity()};
 	EXPECT_EQ(first_nonfinite(DType::F64, reinterpret_cast<const uint8_t*>(f64), 3), 2u);
 	const int32_t ints[] = {0x7f800000, -1};
 	EXPECT_EQ(first_nonfinite(DType::I32, reinterpret_cast<const uint8_t*>(ints), 2), 2u) << "not a float type";

@@ -5,6 +5,7 @@
 #include <cassert>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 namespace weld {
 namespace {
@@ -150,7 +151,7 @@ namespace {
 // (sign bit cleared) reaches the exponent mask. A max over a chunk vectorizes (about 4x the speed
 // of OR-ing per-word comparisons here); the caller then looks for the exact index in that chunk.
 template <typename Word> bool chunk_has_nonfinite(const uint8_t* src, size_t count, Word exponent) {
-	constexpr Word kMagnitude = static_cast<Word>(~Word{0} >> 1);
+	constexpr Word kMagnitude = std::numeric_limits<Word>::max() >> 1; // every bit but the sign
 	Word largest = 0;
 	for (size_t i = 0; i < count; ++i) {
 		Word w;
