@@ -5,9 +5,24 @@
 
 #include <cstdio>
 #include <exception>
+#include <malloc.h>
 #include <vector>
 
+namespace {
+
+// Streaming merges allocate and free the same few megabytes per tensor and thread (histograms,
+// block scratch). glibc's defaults hand such blocks back to the kernel on free (mmap above
+// 128 KiB, heap trimming), so every tensor faulted them in again and zeroed them: about 10% of
+// a TIES merge's time at the 1B shape. Keep freed memory (up to 128 MiB per arena) for reuse.
+void keep_freed_memory() {
+	mallopt(M_MMAP_THRESHOLD, 32 << 20);
+	mallopt(M_TRIM_THRESHOLD, 128 << 20);
+}
+
+} // namespace
+
 int main(int argc, char** argv) {
+	keep_freed_memory();
 	CLI::App app{"weld: merge Hugging Face model checkpoints (mergekit recipes), streaming and fast"};
 	app.require_subcommand(1);
 	app.set_version_flag("--version", "weld 0.1.0");

@@ -3,6 +3,7 @@
 // base; only changes scoring at least median + 1.5·IQR of all scores are kept.
 #include "methods/methods.h"
 #include "methods/reference.h"
+#include "tensor/fast_exp.h"
 #include "tensor/rank_select.h"
 #include "tensor/row_reduce.h"
 #include "tensor/spherical.h"
@@ -20,9 +21,11 @@ namespace {
 std::vector<double> softmax(std::span<const float> x) {
 	const double peak = x.empty() ? 0.0 : *std::max_element(x.begin(), x.end());
 	std::vector<double> p(x.size());
+	for (size_t k = 0; k < x.size(); ++k) // vectorizes: the sum follows in order
+		p[k] = fast_exp(x[k] - peak);
 	double sum = 0;
-	for (size_t k = 0; k < x.size(); ++k)
-		sum += p[k] = std::exp(x[k] - peak);
+	for (double v : p)
+		sum += v;
 	for (double& v : p)
 		v = v / sum + 1e-8;
 	return p;
@@ -53,7 +56,8 @@ public:
 	    : base_(base), peaks_(elements, row_length, 2, RowReduction::Op::Max),
 	      sums_(elements, row_length, 2, RowReduction::Op::Sum), kl_(elements, row_length, 1, RowReduction::Op::Sum),
 	      quartiles_(elements, quartile_ranks(elements), workers), row_(row_length),
-	      scores_(workers, std::vector<float>(kBlockElements)) {}
+	      scores_(workers, std::vector<float>(kBlockElements)),
+	      exps_(workers, std::vector<double>(2 * kBlockElements)) {}
 
 	int stat_passes() const override { return 3 + RankSelection::kPasses; }
 
@@ -68,13 +72,19 @@ public:
 		else if (pass == 1)
 			sums_.observe(block.offset, block.size(), [&](uint64_t first, uint64_t count, std::span<double> out) {
 				const auto peak = peaks_.row(first / row_);
+				double* e = exps_[worker].data();
+				const size_t start = local(first);
+				for (size_t k = 0; k < count; ++k) // vectorizes: the sums follow in order
+					e[k] = fast_exp(model[start + k] - peak[0]),
+					e[kBlockElements + k] = fast_exp(base[start + k] - peak[1]);
 				out[0] = out[1] = 0;
-				for (size_t k = local(first); k < local(first) + count; ++k)
-					out[0] += std::exp(model[k] - peak[0]), out[1] += std::exp(base[k] - peak[1]);
+				for (size_t k = 0; k < count; ++k)
+					out[0] += e[k], out[1] += e[kBlockElements + k];
 			});
 		else if (pass == 2)
 			kl_.observe(block.offset, block.size(), [&](uint64_t first, uint64_t count, std::span<double> out) {
-				out[0] = row_kl(model.subspan(local(first), count), base.subspan(local(first), count), first / row_);
+				out[0] = row_kl(model.subspan(local(first), count), base.subspan(local(first), count), first / row_,
+				                exps_[worker].data());
 			});
 		else
 			quartiles_.observe(pass - 3, block_scores(block, worker), worker);
@@ -111,24 +121,33 @@ private:
 	float threshold_ = 0;
 	std::atomic<uint64_t> kept_{0};
 	std::vector<std::vector<float>> scores_; // per worker: a block of scores
+	std::vector<std::vector<double>> exps_;  // per worker: two blocks of softmax terms
 
 	// Row `row`'s part of KL(p ‖ q) over these elements, the softmaxes as merge_whole's.
-	double row_kl(std::span<const float> model, std::span<const float> base, uint64_t row) const {
+	// p and q go through `scratch` (2 blocks) so their exps vectorize; the log loop cannot.
+	double row_kl(std::span<const float> model, std::span<const float> base, uint64_t row, double* scratch) const {
 		const auto peak = peaks_.row(row), sum = sums_.row(row);
-		double kl = 0;
+		double *p = scratch, *q = scratch + kBlockElements;
 		for (size_t k = 0; k < model.size(); ++k) {
-			const double p = std::exp(model[k] - peak[0]) / sum[0] + 1e-8;
-			const double q = std::exp(base[k] - peak[1]) / sum[1] + 1e-8;
-			kl += p * std::log(p / q);
+			p[k] = fast_exp(model[k] - peak[0]) / sum[0] + 1e-8;
+			q[k] = fast_exp(base[k] - peak[1]) / sum[1] + 1e-8;
 		}
+		double kl = 0;
+		for (size_t k = 0; k < model.size(); ++k)
+			kl += p[k] * std::log(p[k] / q[k]);
 		return kl;
 	}
 
 	std::span<const float> block_scores(const Block& block, unsigned worker) {
 		const std::span<const float> base = block.sources[base_], model = block.sources[1 - base_];
 		float* scores = scores_[worker].data();
-		for (size_t j = 0; j < block.size(); ++j)
-			scores[j] = static_cast<float>(std::fabs(model[j] - base[j]) * kl_.row((block.offset + j) / row_)[0]);
+		for (size_t j = 0; j < block.size();) { // row by row: one KL, no division per element
+			const uint64_t row = (block.offset + j) / row_;
+			const size_t end = std::min<uint64_t>(block.size(), (row + 1) * row_ - block.offset);
+			const double kl = kl_.row(row)[0];
+			for (; j < end; ++j)
+				scores[j] = static_cast<float>(std::fabs(model[j] - base[j]) * kl);
+		}
 		return {scores, block.size()};
 	}
 };

@@ -4,6 +4,7 @@
 // the task vectors are averaged with the surviving scores as weights.
 #include "methods/methods.h"
 #include "methods/reference.h"
+#include "tensor/fast_exp.h"
 #include "tensor/rank_select.h"
 
 #include <algorithm>
@@ -61,9 +62,11 @@ private:
 		for (size_t j = 0; j < d; ++j)
 			range.add(value(j));
 		scratch_.resize(d);
+		for (size_t j = 0; j < d; ++j) // vectorizes: no sum in this loop
+			scratch_[j] = fast_exp(scale * (range.norm(value(j)) - 1.0));
 		double sum = 0;
 		for (size_t j = 0; j < d; ++j)
-			sum += scratch_[j] = std::exp(scale * (range.norm(value(j)) - 1.0));
+			sum += scratch_[j];
 		for (double& v : scratch_)
 			v *= static_cast<double>(d) / sum;
 	}
@@ -121,7 +124,7 @@ public:
 			softmaxes_.push_back(
 			    {.a = i, .b = i, .scale = static_cast<double>(n), .intra = true, .range = {}, .factor = 0});
 		for (Scratch& s : scratch_)
-			s.beta.resize(n * kBlockElements), s.tau.resize(n * kBlockElements);
+			s.beta.resize(n * kBlockElements), s.tau.resize(n * kBlockElements), s.exps.resize(kBlockElements);
 		block_ranges_.resize(block_count(elements) * softmaxes_.size());
 		block_sums_.resize(block_count(elements) * softmaxes_.size());
 		if (!select_) return;
@@ -148,13 +151,24 @@ public:
 			const double* b = task_vector(worker, softmax.b);
 			const size_t at = block.index * softmaxes_.size() + s;
 			if (pass == 0) {
-				for (size_t j = 0; j < block.size(); ++j)
-					block_ranges_[at].add(a[j] * b[j]);
+				// Four running ranges in registers: min and max are exact, so the order is free.
+				MinMax lanes[4];
+				size_t j = 0;
+				for (; j + 4 <= block.size(); j += 4)
+					for (size_t l = 0; l < 4; ++l)
+						lanes[l].add(a[j + l] * b[j + l]);
+				for (; j < block.size(); ++j)
+					lanes[0].add(a[j] * b[j]);
+				for (const MinMax& lane : lanes)
+					if (lane.lo <= lane.hi) block_ranges_[at].add(lane.lo), block_ranges_[at].add(lane.hi);
 				continue;
 			}
+			double* e = scratch_[worker].exps.data();
+			for (size_t j = 0; j < block.size(); ++j) // vectorizes: the sum follows in order
+				e[j] = fast_exp(softmax.scale * (softmax.range.norm(a[j] * b[j]) - 1.0));
 			double sum = 0;
 			for (size_t j = 0; j < block.size(); ++j)
-				sum += std::exp(softmax.scale * (softmax.range.norm(a[j] * b[j]) - 1.0));
+				sum += e[j];
 			block_sums_[at] = sum;
 		}
 	}
@@ -204,8 +218,9 @@ private:
 		double factor = 0; // after pass 1
 	};
 	struct Scratch {
-		std::vector<float> beta; // per task, a block of scores
-		std::vector<double> tau; // per task, a block of its task vector
+		std::vector<float> beta;  // per task, a block of scores
+		std::vector<double> tau;  // per task, a block of its task vector
+		std::vector<double> exps; // a block of one softmax's terms
 	};
 	std::vector<size_t> tasks_;
 	size_t base_;
@@ -241,16 +256,20 @@ private:
 			std::fill_n(beta + i * kBlockElements, size, 0.0f);
 		for (const Softmax& s : softmaxes_) {
 			const double *a = task_vector(worker, s.a), *b = task_vector(worker, s.b);
-			float* row_a = beta + s.a * kBlockElements;
-			for (size_t j = 0; j < size; ++j) {
-				const double e = std::exp(s.scale * (s.range.norm(a[j] * b[j]) - 1.0)) * s.factor;
-				if (s.intra) {
-					row_a[j] = static_cast<float>(row_a[j] * e);
-					continue;
-				}
-				row_a[j] += static_cast<float>(e);
-				if (s.b != s.a) beta[s.b * kBlockElements + j] += static_cast<float>(e);
+			float *row_a = beta + s.a * kBlockElements, *row_b = beta + s.b * kBlockElements;
+			double* e = scratch_[worker].exps.data();
+			for (size_t j = 0; j < size; ++j) // branch-free, so it vectorizes
+				e[j] = fast_exp(s.scale * (s.range.norm(a[j] * b[j]) - 1.0)) * s.factor;
+			if (s.intra) {
+				for (size_t j = 0; j < size; ++j)
+					row_a[j] = static_cast<float>(row_a[j] * e[j]);
+				continue;
 			}
+			for (size_t j = 0; j < size; ++j)
+				row_a[j] += static_cast<float>(e[j]);
+			if (s.b != s.a)
+				for (size_t j = 0; j < size; ++j)
+					row_b[j] += static_cast<float>(e[j]);
 		}
 		if (dropped && select_)
 			for (size_t i = 0; i < n; ++i)

@@ -58,33 +58,38 @@ public:
 	SceBlocks(std::vector<size_t> models, size_t base, double topk, uint64_t elements, unsigned workers)
 	    : models_(std::move(models)), base_(base), topk_(topk), select_(topk < 1 && !models_.empty()), n_(elements),
 	      squares_(models_.size(), std::vector<double>(block_count(elements))),
-	      scratch_(workers, std::vector<float>((models_.size() + 1) * kBlockElements)) {}
+	      scratch_(workers, std::vector<float>((models_.size() + 1) * kBlockElements)) {
+		// k is known after pass 0 (a share of the nonzero variances), which the selection shares.
+		if (select_) top_k_ = std::make_unique<TopKSelection>(n_, 0, block_count(n_), workers);
+	}
 
-	int stat_passes() const override { return 2 + TopKSelection::kPasses; }
+	// The selection's passes (the first also counts the nonzero variances), then the squares.
+	int stat_passes() const override { return TopKSelection::kPasses + 1; }
 
 	bool wants_pass(int pass) const override {
 		if (pass == 0) return select_;
-		if (pass <= TopKSelection::kPasses) return select_ && top_k_ && top_k_->wants_pass(pass - 1);
+		if (pass < TopKSelection::kPasses) return select_ && !keep_none_ && top_k_->wants_pass(pass);
 		return !models_.empty();
 	}
 
 	void observe(int pass, const Block& block, unsigned worker) override {
-		const auto tvs = masked_task_vectors(block, worker, pass > TopKSelection::kPasses);
+		const auto tvs = masked_task_vectors(block, worker, pass == TopKSelection::kPasses);
 		const float* variance = scratch_[worker].data() + models_.size() * kBlockElements;
-		if (pass == 0) {
-			uint64_t count = 0;
-			for (size_t j = 0; j < block.size(); ++j)
-				count += variance[j] != 0;
-			nonzero_ += count;
-		} else if (pass <= TopKSelection::kPasses) {
-			top_k_->observe(pass - 1, block.index, {variance, block.size()}, worker);
-		} else {
-			for (size_t t = 0; t < tvs.size(); ++t) {
-				double square = 0;
+		if (pass < TopKSelection::kPasses) {
+			if (pass == 0) {
+				uint64_t count = 0;
 				for (size_t j = 0; j < block.size(); ++j)
-					square += static_cast<double>(tvs[t][j]) * tvs[t][j];
-				squares_[t][block.index] = square;
+					count += variance[j] != 0;
+				nonzero_ += count;
 			}
+			if (top_k_->wants_pass(pass)) top_k_->observe(pass, block.index, {variance, block.size()}, worker);
+			return;
+		}
+		for (size_t t = 0; t < tvs.size(); ++t) {
+			double square = 0;
+			for (size_t j = 0; j < block.size(); ++j)
+				square += static_cast<double>(tvs[t][j]) * tvs[t][j];
+			squares_[t][block.index] = square;
 		}
 	}
 
@@ -92,9 +97,10 @@ public:
 		if (pass == 0) {
 			const auto k = static_cast<uint64_t>(std::floor(topk_ * static_cast<double>(nonzero_.load())));
 			keep_none_ = k == 0;
-			if (!keep_none_) top_k_ = std::make_unique<TopKSelection>(n_, k, block_count(n_), scratch_.size());
-		} else if (pass <= TopKSelection::kPasses) {
-			top_k_->end_pass(pass - 1);
+			if (!keep_none_) top_k_->set_k(k);
+			top_k_->end_pass(0);
+		} else if (pass < TopKSelection::kPasses) {
+			top_k_->end_pass(pass);
 		} else {
 			// Each task vector's mean square, normalized to sum 1; equal weights when that sum is < 1e-6.
 			double total = 0;

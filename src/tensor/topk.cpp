@@ -46,13 +46,19 @@ void count_interleaved(std::span<const T> values, uint32_t* histogram, size_t bi
 } // namespace
 
 TopKSelection::TopKSelection(uint64_t n, uint64_t k, uint64_t blocks, unsigned workers)
-    : k_(k), keep_all_(k >= n), histograms_(workers) {
+    : n_(n), k_(k), keep_all_(k >= n), histograms_(workers) {
 	if (n >= (1ull << 32)) throw Error(fmt::format("magnitude selection over {} elements: at most 2^32 - 1", n));
 	if (!keep_all_) {
 		ties_per_block_.resize(blocks, 0);
 		low_bits_.resize(blocks);
 		keep_low_bits_limit_ = n / 8;
 	}
+}
+
+void TopKSelection::set_k(uint64_t k) {
+	if (keep_all_ || k > n_) throw Error(fmt::format("magnitude selection: k = {} set late for {} elements", k, n_));
+	k_ = k;
+	keep_all_ = k == n_;
 }
 
 bool TopKSelection::wants_pass(int pass) const {
@@ -96,6 +102,10 @@ void TopKSelection::observe(int pass, uint64_t block, std::span<const float> val
 }
 
 void TopKSelection::end_pass(int pass) {
+	if (keep_all_) { // set_k kept every element after pass 0
+		histograms_ = {};
+		return;
+	}
 	if (pass == 0) {
 		const auto total = take_total(histograms_, kHighBins);
 		uint64_t above = 0;

@@ -25,6 +25,11 @@ public:
 	// (k <= n < 2^32).
 	TopKSelection(uint64_t n, uint64_t k, uint64_t blocks, unsigned workers);
 
+	// Sets k (<= n) once pass 0 observed every block, before end_pass(0): pass 0 does not depend
+	// on k, so a method that learns k in that pass (SCE counts its nonzero variances) shares it.
+	// Only for a selection built with k < n.
+	void set_k(uint64_t k);
+
 	// Asked before each pass, once the passes before it ended.
 	bool wants_pass(int pass) const;
 	// values: block number `block` of the tensor; blocks are numbered in element order.
@@ -37,7 +42,7 @@ public:
 	void mark(uint64_t block, std::span<const float> values, std::span<uint8_t> kept) const;
 
 private:
-	uint64_t k_;
+	uint64_t n_, k_;
 	bool keep_all_;
 	std::vector<std::vector<uint32_t>> histograms_; // per worker
 	uint32_t high_bin_ = 0;                         // pass 0: top 16 bits of T
