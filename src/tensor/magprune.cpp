@@ -28,31 +28,45 @@ std::vector<uint64_t>& radix_scratch() {
 	thread_local std::vector<uint64_t> scratch;
 	return scratch;
 }
+std::vector<double>& draw_scratch() {
+	thread_local std::vector<double> draws;
+	return draws;
+}
 
 // Sorts (magnitude bits << 32 | index) keys, given in index order, by their magnitude bits: a
-// stable LSD radix sort on three 11-bit digits (magnitudes have 31 significant bits), so equal
-// magnitudes stay in index order: the order std::sort gives the whole keys, in a few linear
-// passes instead of n log n comparisons. Digits every key shares are skipped.
+// stable LSD radix sort on 8-bit digits, so equal magnitudes stay in index order: the order
+// std::sort gives the whole keys, in a few linear passes instead of n log n comparisons. Only
+// the bits that vary take part (task vectors of bfloat16 models have about 16 significant
+// bits: two passes), and digits every key shares are skipped.
 void sort_by_magnitude(std::vector<uint64_t>& keys) {
-	constexpr int kDigitBits = 11;
+	constexpr int kDigitBits = 8;
 	constexpr uint32_t kBins = 1u << kDigitBits, kMask = kBins - 1;
-	thread_local std::vector<uint32_t> counts(3 * kBins);
-	std::fill(counts.begin(), counts.end(), 0u);
+	uint32_t any = 0, all = ~0u;
 	for (const uint64_t key : keys) {
-		const auto magnitude_bits = static_cast<uint32_t>(key >> 32);
-		for (int digit = 0; digit < 3; ++digit)
-			++counts[digit * kBins + (magnitude_bits >> (digit * kDigitBits) & kMask)];
+		const auto bits = static_cast<uint32_t>(key >> 32);
+		any |= bits, all &= bits;
+	}
+	const uint32_t varying = any & ~all; // bits that differ between keys
+	if (varying == 0) return;            // one magnitude: index order already
+	const int low = std::countr_zero(varying),
+	          digits = (32 - std::countl_zero(varying) - low + kDigitBits - 1) / kDigitBits;
+	uint32_t counts[4 * kBins] = {};
+	for (const uint64_t key : keys) {
+		const uint32_t bits = static_cast<uint32_t>(key >> 32) >> low;
+		for (int digit = 0; digit < digits; ++digit)
+			++counts[digit * kBins + (bits >> (digit * kDigitBits) & kMask)];
 	}
 	std::vector<uint64_t>& other = radix_scratch();
 	other.resize(keys.size());
-	for (int digit = 0; digit < 3; ++digit) {
+	for (int digit = 0; digit < digits; ++digit) {
 		uint32_t* count = &counts[digit * kBins];
 		if (std::find(count, count + kBins, keys.size()) != count + kBins) continue; // one bin holds all
 		uint32_t start = 0;
 		for (uint32_t bin = 0; bin < kBins; ++bin)
 			start += std::exchange(count[bin], start);
+		const int shift = low + digit * kDigitBits;
 		for (const uint64_t key : keys)
-			other[count[static_cast<uint32_t>(key >> 32) >> (digit * kDigitBits) & kMask]++] = key;
+			other[count[static_cast<uint32_t>(key >> 32) >> shift & kMask]++] = key;
 		keys.swap(other);
 	}
 }
@@ -84,12 +98,17 @@ template <class F> void RowMagprune::decide(std::span<const float> values, uint6
 	for (size_t j = 0; j < length; ++j)
 		order[j] = static_cast<uint64_t>(std::bit_cast<uint32_t>(magnitude(values[j]))) << 32 | j;
 	sort_by_magnitude(order);
+	// The draws in index order first: that loop vectorizes, the one in rank order cannot.
+	std::vector<double>& draws = draw_scratch();
+	draws.resize(length);
+	for (size_t j = 0; j < length; ++j)
+		draws[j] = random_uniform(key_, first + j);
 	for (size_t r = 0; r < length; ++r) {
 		const double p =
 		    length == 1 ? density_
 		                : density_ - epsilon_ + 2 * epsilon_ * static_cast<double>(r) / static_cast<double>(length - 1);
 		const auto j = static_cast<uint32_t>(order[r]);
-		keep(j, random_uniform(key_, first + j) < p);
+		keep(j, draws[j] < p);
 	}
 }
 
@@ -133,9 +152,10 @@ void RowMagprune::apply(uint64_t offset, std::span<float> values) {
 	}
 	// Blocks start at multiples of 64 elements, so each writes words of its own.
 	const bool record = !recorded_bits_.empty();
-	auto decision = [&](uint64_t j, bool keep) {
-		if (!keep) values[j - offset] = 0.0f;
-		if (record && keep) recorded_bits_[j / 64] |= uint64_t{1} << (j % 64);
+	auto decision = [&](uint64_t j, bool keep) { // branch-free: keep is a coin flip
+		float& value = values[j - offset];
+		value = std::bit_cast<float>(std::bit_cast<uint32_t>(value) & (0u - static_cast<uint32_t>(keep)));
+		if (record) recorded_bits_[j / 64] |= uint64_t{keep} << (j % 64);
 	};
 	for (uint64_t row = offset / row_; row * row_ < end; ++row) {
 		const uint64_t row_first = row * row_;
