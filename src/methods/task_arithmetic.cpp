@@ -216,17 +216,21 @@ private:
 
 	// tall_mask and consensus_mask on elements [start, start + count) of the block: the merged
 	// delta (mixed) stays where at least k raw task vectors' masks keep it, else becomes 0.
+	// Task vectors outermost, so the element loops vectorize.
 	void apply_consensus(const Block& block, size_t start, size_t count, float* mixed) const {
-		const std::span<const float> base = block.sources[base_];
-		for (size_t j = 0; j < count; ++j) {
-			size_t agree = 0;
-			for (size_t i = 0; i < sources_.size(); ++i) {
-				const double tau = block.sources[sources_[i].index][start + j] - base[start + j];
+		const float* base = block.sources[base_].data() + start;
+		uint32_t agree[kMixChunk] = {};
+		for (size_t i = 0; i < sources_.size(); ++i) {
+			const float* x = block.sources[sources_[i].index].data() + start;
+			const double lambda = consensus_.tall_lambdas[i];
+			for (size_t j = 0; j < count; ++j) {
+				const double tau = x[j] - base[j];
 				const double rest = static_cast<double>(mixed[j]) - tau;
-				agree += std::fabs(tau) > consensus_.tall_lambdas[i] * std::fabs(rest) ? 1 : 0;
+				agree[j] += std::fabs(tau) > lambda * std::fabs(rest) ? 1 : 0;
 			}
-			if (!(static_cast<double>(agree) >= consensus_.k)) mixed[j] = 0.0f;
 		}
+		for (size_t j = 0; j < count; ++j)
+			mixed[j] = static_cast<double>(agree[j]) >= consensus_.k ? mixed[j] : 0.0f;
 	}
 
 	std::span<float> task_vector(const Block& block, const Source& s, float* delta) const {
