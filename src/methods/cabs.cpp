@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <memory>
 #include <mutex>
@@ -46,15 +47,45 @@ struct CabsModels {
 // index first; the zero padding of a short last block never outranks a real element, so the
 // block simply holds fewer) and marks them taken; zeroes the rest.
 void keep_block(std::vector<float>& candidate, std::vector<uint8_t>& taken, size_t start, size_t length, size_t n) {
-	std::vector<size_t> order(length);
-	std::iota(order.begin(), order.end(), start);
-	std::stable_sort(order.begin(), order.end(),
-	                 [&](size_t a, size_t b) { return std::fabs(candidate[a]) > std::fabs(candidate[b]); });
+	// Keys that order like (magnitude descending, index ascending), all distinct: the n largest
+	// keys are what a stable sort by descending magnitude puts first. A selection, not a sort.
+	const auto key = [&](size_t r) {
+		return uint64_t{std::bit_cast<uint32_t>(std::fabs(candidate[start + r]))} << 32 | (0xFFFFFFFFu - r);
+	};
+	if (length <= 64 && n < length) {
+		// Short blocks (m is usually 4 to 64): an element is kept when fewer than n keys exceed
+		// its own; the count over the block vectorizes, with no branch to mispredict.
+		uint64_t keys[64];
+		for (size_t r = 0; r < length; ++r)
+			keys[r] = key(r);
+		for (size_t r = 0; r < length; ++r) {
+			size_t above = 0;
+			for (size_t q = 0; q < length; ++q)
+				above += keys[q] > keys[r] ? 1 : 0;
+			if (above < n)
+				taken[start + r] = 1;
+			else
+				candidate[start + r] = 0.0f;
+		}
+		return;
+	}
+	uint64_t smallest_kept = ~uint64_t{0}; // n = 0: nothing is kept
+	if (n >= length) {
+		smallest_kept = 0;
+	} else if (n > 0) {
+		thread_local std::vector<uint64_t> keys;
+		keys.resize(length);
+		for (size_t r = 0; r < length; ++r)
+			keys[r] = key(r);
+		std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(n - 1), keys.end(),
+		                 std::greater<>());
+		smallest_kept = keys[n - 1];
+	}
 	for (size_t r = 0; r < length; ++r) {
-		if (r < n)
-			taken[order[r]] = 1;
+		if (key(r) >= smallest_kept)
+			taken[start + r] = 1;
 		else
-			candidate[order[r]] = 0.0f;
+			candidate[start + r] = 0.0f;
 	}
 }
 
