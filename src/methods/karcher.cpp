@@ -159,12 +159,17 @@ public:
 	}
 
 	void merge(const Block& block, std::span<float> out, unsigned) override {
-		for (size_t j = 0; j < out.size(); ++j) {
-			double u = 0;
-			for (size_t v = 0; v < valid_.size(); ++v)
-				u += alpha_[v] * (block.sources[valid_[v]][j] / norms_[valid_[v]]);
-			out[j] = static_cast<float>(scale_ * u);
+		// Sources outermost, so the element loops vectorize; each element sums in source order.
+		double u[kBlockElements];
+		std::fill_n(u, out.size(), 0.0);
+		for (size_t v = 0; v < valid_.size(); ++v) {
+			const float* x = block.sources[valid_[v]].data();
+			const double alpha = alpha_[v], norm = norms_[valid_[v]];
+			for (size_t j = 0; j < out.size(); ++j)
+				u[j] += alpha * (x[j] / norm);
 		}
+		for (size_t j = 0; j < out.size(); ++j)
+			out[j] = static_cast<float>(scale_ * u[j]);
 	}
 
 	int steps() const { return steps_; }
