@@ -23,29 +23,52 @@ struct RamElements {
 
 	float delta(size_t i, size_t j) const { return models[i][j] - base[j]; }
 	bool active(size_t i, size_t j) const { return std::fabs(delta(i, j)) > epsilon; }
-	size_t active_count(size_t j) const {
-		size_t count = 0;
+
+	// Chunks of elements with the models outermost, so the element loops vectorize; each
+	// element still sums its models in order.
+	static constexpr size_t kChunk = 512;
+
+	// How many models change each element of [start, start + count).
+	void active_counts(size_t start, size_t count, uint32_t* counts) const {
+		std::fill_n(counts, count, 0u);
 		for (size_t i = 0; i < models.size(); ++i)
-			count += active(i, j);
-		return count;
+			for (size_t j = 0; j < count; ++j)
+				counts[j] += active(i, start + j) ? 1 : 0;
 	}
 
 	// RAM+'s counts: per model, its changes shared with another model and its unique ones.
 	void count_changes(std::vector<uint64_t>& shared, std::vector<uint64_t>& unique) const {
-		for (size_t j = 0; j < base.size(); ++j) {
-			const size_t count = active_count(j);
-			for (size_t i = 0; i < models.size(); ++i)
-				if (active(i, j)) ++(count == 1 ? unique : shared)[i];
+		uint32_t counts[kChunk];
+		for (size_t start = 0; start < base.size(); start += kChunk) {
+			const size_t count = std::min(kChunk, base.size() - start);
+			active_counts(start, count, counts);
+			for (size_t i = 0; i < models.size(); ++i) {
+				uint64_t alone = 0, with_others = 0;
+				for (size_t j = 0; j < count; ++j) {
+					const bool changed = active(i, start + j);
+					alone += changed && counts[j] == 1 ? 1 : 0;
+					with_others += changed && counts[j] > 1 ? 1 : 0;
+				}
+				unique[i] += alone, shared[i] += with_others;
+			}
 		}
 	}
 
 	void merge(const std::vector<double>& unique_scale, std::span<float> out) const {
-		for (size_t j = 0; j < out.size(); ++j) {
-			const size_t count = active_count(j);
-			double sum = 0;
+		uint32_t counts[kChunk];
+		double sums[kChunk];
+		for (size_t start = 0; start < out.size(); start += kChunk) {
+			const size_t count = std::min(kChunk, out.size() - start);
+			active_counts(start, count, counts);
+			std::fill_n(sums, count, 0.0);
 			for (size_t i = 0; i < models.size(); ++i)
-				if (active(i, j)) sum += count == 1 ? unique_scale[i] * delta(i, j) : delta(i, j) / count;
-			out[j] = static_cast<float>(base[j] + sum);
+				for (size_t j = 0; j < count; ++j) {
+					const float d = delta(i, start + j); // float, as the mean's division is
+					const double term = counts[j] == 1 ? unique_scale[i] * d : d / static_cast<float>(counts[j]);
+					sums[j] += active(i, start + j) ? term : 0.0;
+				}
+			for (size_t j = 0; j < count; ++j)
+				out[start + j] = static_cast<float>(base[start + j] + sums[j]);
 		}
 	}
 };
