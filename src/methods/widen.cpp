@@ -193,21 +193,39 @@ public:
 			magnitude[i] = rank_within_model(magnitude_diff);
 			direction[i] = rank_within_model(direction_diff);
 		}
-		magnitude_scores_ = importance_scores(magnitude, calibration_);
-		direction_scores_ = importance_scores(direction, calibration_);
+		const auto magnitude_scores = importance_scores(magnitude, calibration_);
+		const auto direction_scores = importance_scores(direction, calibration_);
+		coefficients_.assign(tasks_.size(), std::vector<double>(groups));
+		for (size_t i = 0; i < tasks_.size(); ++i)
+			for (uint64_t g = 0; g < groups; ++g)
+				coefficients_[i][g] = 0.5 * (magnitude_scores[i][g] + direction_scores[i][g]);
 	}
 
 	void merge(const Block& block, std::span<float> out, unsigned) override {
 		if (layout_ == Layout::Elements) return merge_elements(block, out);
-		const std::span<const float> base = block.sources[base_];
-		for (size_t j = 0; j < out.size(); ++j) {
-			const uint64_t g = layout_ == Layout::Columns ? (block.offset + j) % cols_ : (block.offset + j) / cols_;
-			double delta = 0;
-			for (size_t i = 0; i < tasks_.size(); ++i)
-				delta += 0.5 * (magnitude_scores_[i][g] + direction_scores_[i][g]) *
-				         (static_cast<double>(block.sources[tasks_[i]][j]) - base[j]);
-			out[j] = static_cast<float>(base[j] + delta);
+		// Row by row (pieces of rows at the block's ends), tasks outermost, so the element loops
+		// vectorize; each element still sums its tasks in order.
+		const float* base = block.sources[base_].data();
+		double delta[kBlockElements];
+		std::fill_n(delta, out.size(), 0.0);
+		for (size_t i = 0; i < tasks_.size(); ++i) {
+			const float* x = block.sources[tasks_[i]].data();
+			const std::vector<double>& coefficient = coefficients_[i];
+			for (size_t j = 0; j < out.size();) {
+				const uint64_t row = (block.offset + j) / cols_, column = (block.offset + j) % cols_;
+				const size_t end = std::min<uint64_t>(out.size(), (row + 1) * cols_ - block.offset);
+				if (layout_ == Layout::Columns) {
+					const double* c = coefficient.data() + column; // from element j's column on
+					for (size_t t = 0; j < end; ++j, ++t)
+						delta[j] += c[t] * (static_cast<double>(x[j]) - base[j]);
+				} else {
+					for (const double c = coefficient[row]; j < end; ++j)
+						delta[j] += c * (static_cast<double>(x[j]) - base[j]);
+				}
+			}
 		}
+		for (size_t j = 0; j < out.size(); ++j)
+			out[j] = static_cast<float>(base[j] + delta[j]);
 	}
 
 private:
@@ -221,7 +239,7 @@ private:
 	std::vector<double> means_;                 // Elements: per task, the mean |delta|
 	std::unique_ptr<BlockTreeSum> column_sums_; // Columns
 	std::unique_ptr<RowReduction> row_sums_;    // Rows
-	std::vector<std::vector<double>> magnitude_scores_, direction_scores_;
+	std::vector<std::vector<double>> coefficients_; // per task, per column or row: the mix weight
 
 	// Adds element j's products to one column's sums, as merge_columns accumulates them.
 	void add_products(const Block& block, size_t j, double* sums) const {
