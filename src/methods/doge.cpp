@@ -120,14 +120,16 @@ private:
 		// A basis of all of R^m leaves no direction to move in; skipping keeps Adam from
 		// normalising the rounding residue of the projection into full-size steps.
 		if (q.cols >= m) return delta;
-		linalg::MatrixF grad(m, n);
+		linalg::MatrixF grad(m, n), coordinates(q.cols, n); // allocated once: every step reuses them
 		constexpr double kBeta1 = 0.9, kBeta2 = 0.999, kEps = 1e-8;
 		for (size_t step = 1; step <= p.steps; ++step) {
 			gradient(tasks, merged, delta, lambda_sum, grad);
-			if (q.cols > 0) { // grad -= Q Qᵀ grad
-				const linalg::MatrixF back = linalg::matmul(q, false, linalg::matmul(q, true, grad, false), false);
-				for (size_t j = 0; j < grad.data.size(); ++j)
-					grad.data[j] -= back.data[j];
+			if (q.cols > 0) { // grad -= Q Qᵀ grad, as grad += Q (−Qᵀ grad): no m × n temporary
+				std::fill(coordinates.data.begin(), coordinates.data.end(), 0.0f);
+				linalg::add_product(coordinates, q, true, grad, false);
+				for (float& c : coordinates.data)
+					c = -c;
+				linalg::add_product(grad, q, false, coordinates, false);
 			}
 			const double c1 = 1 - std::pow(kBeta1, static_cast<double>(step));
 			const double c2 = 1 - std::pow(kBeta2, static_cast<double>(step));
@@ -143,19 +145,31 @@ private:
 	}
 
 	// dL/dδ[r, c] = −2 Λ Σ_i e_ir τ_i[r, c], e_ir = ⟨τ_i[r], τ_i[r] − merged[r] − Λ δ[r]⟩.
+	// Each row's e_ir is summed in kLanes running sums (element c in lane c % kLanes) added in
+	// lane order: a fixed order that vectorizes.
 	static void gradient(const std::vector<linalg::MatrixF>& tasks, const std::vector<double>& merged,
 	                     const std::vector<float>& delta, double lambda_sum, linalg::MatrixF& grad) {
+		constexpr size_t kLanes = 8;
 		const size_t n = grad.cols;
 		std::fill(grad.data.begin(), grad.data.end(), 0.0f);
 		for (size_t r = 0; r < grad.rows; ++r)
 			for (const auto& t : tasks) {
+				const float* x = t.data.data() + r * n;
+				const double* mixed = merged.data() + r * n;
+				const float* shift = delta.data() + r * n;
+				double lanes[kLanes] = {};
+				size_t c = 0;
+				for (; c + kLanes <= n; c += kLanes)
+					for (size_t l = 0; l < kLanes; ++l)
+						lanes[l] += x[c + l] * (x[c + l] - mixed[c + l] - lambda_sum * shift[c + l]);
+				for (; c < n; ++c)
+					lanes[c % kLanes] += x[c] * (x[c] - mixed[c] - lambda_sum * shift[c]);
 				double e = 0;
-				for (size_t c = 0; c < n; ++c) {
-					const size_t j = r * n + c;
-					e += t.data[j] * (t.data[j] - merged[j] - lambda_sum * delta[j]);
-				}
-				for (size_t c = 0; c < n; ++c)
-					grad.data[r * n + c] += static_cast<float>(-2 * lambda_sum * e * t.data[r * n + c]);
+				for (double lane : lanes)
+					e += lane;
+				float* g = grad.data.data() + r * n;
+				for (c = 0; c < n; ++c)
+					g[c] += static_cast<float>(-2 * lambda_sum * e * x[c]);
 			}
 	}
 
