@@ -83,6 +83,20 @@ TEST_F(CliTest, ThreadsBeyondTheCoresAreCappedWithAWarningAndGiveTheSameBytes) {
 	          test::read_file(dir_ / "many" / "model.safetensors"));
 }
 
+// --verbose shows a streamed method's notes per tensor, as it does a whole-tensor method's
+// (arcee_fusion streams; its threshold and kept count were lost when it began to).
+TEST_F(CliTest, VerboseShowsTheNotesOfStreamedMethods) {
+	test::write_file(dir_ / "recipe.yml", models_recipe("arcee_fusion"));
+	std::string err;
+	ASSERT_EQ(test::run_weld("merge " + (dir_ / "recipe.yml").string() + " " + (dir_ / "out").string() +
+	                             " --verbose --threads 2",
+	                         &err),
+	          0);
+	EXPECT_NE(err.find("weld: model.layers.0.mlp.down_proj.weight: arcee_fusion: threshold "), std::string::npos)
+	    << err;
+	EXPECT_NE(err.find(" changes"), std::string::npos) << err;
+}
+
 // Each streaming thread's buffers come out of --memory-budget: a budget that holds one thread's
 // streams on one (with a warning), and gives the same bytes.
 TEST_F(CliTest, AMemoryBudgetSmallerThanTheThreadsBuffersStreamsOnFewerThreads) {

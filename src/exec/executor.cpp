@@ -62,6 +62,13 @@ void check_finite_stored(const Plan& plan, const JobSource& source) {
 }
 
 // A whole-tensor job: float32 copies of every source, merged at once.
+// --verbose: the method's notes on how it computed this tensor, one line each.
+void print_notes(const TensorJob& job, const std::vector<std::string>& notes, const ExecOptions& options) {
+	for (const auto& note : notes)
+		std::fprintf(stderr, "%sweld: %s: %s\n", options.progress && isatty(STDERR_FILENO) ? "\r\033[K" : "",
+		             job.name.c_str(), note.c_str());
+}
+
 void run_job(const Plan& plan, size_t index, TensorSink& writer, const ExecOptions& options) {
 	const TensorJob& job = plan.jobs[index];
 	if (job.is_plain_copy(*plan.method)) {
@@ -103,9 +110,7 @@ void run_job(const Plan& plan, size_t index, TensorSink& writer, const ExecOptio
 	if (options.verbose) input.notes = &notes;
 	std::vector<float> result(n);
 	plan.method->merge(input, result);
-	for (const auto& note : notes)
-		std::fprintf(stderr, "%sweld: %s: %s\n", options.progress && isatty(STDERR_FILENO) ? "\r\033[K" : "",
-		             job.name.c_str(), note.c_str());
+	print_notes(job, notes, options);
 	std::vector<uint8_t> out(job.out_nbytes());
 	convert_from_f32(job.out_dtype, result.data(), out.data(), n);
 	writer.write(index, out);
@@ -243,6 +248,7 @@ void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& 
 		writer.write(index, {});
 	else
 		run_pass(-1);
+	if (options.verbose) print_notes(job, kernel.notes(), options);
 	for (const auto& source : job.sources)
 		source.tensor->file->release(*source.tensor->info);
 }

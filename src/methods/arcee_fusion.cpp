@@ -55,7 +55,7 @@ public:
 	ArceeFusionBlocks(size_t base, uint64_t elements, uint64_t row_length, unsigned workers)
 	    : base_(base), peaks_(elements, row_length, 2, RowReduction::Op::Max),
 	      sums_(elements, row_length, 2, RowReduction::Op::Sum), kl_(elements, row_length, 1, RowReduction::Op::Sum),
-	      quartiles_(elements, quartile_ranks(elements), workers), row_(row_length),
+	      quartiles_(elements, quartile_ranks(elements), workers), row_(row_length), n_(elements),
 	      scores_(workers, std::vector<float>(kBlockElements)),
 	      exps_(workers, std::vector<double>(2 * kBlockElements)) {}
 
@@ -110,14 +110,15 @@ public:
 		kept_ += kept;
 	}
 
-	float threshold() const { return threshold_; }
-	uint64_t kept() const { return kept_; }
+	std::vector<std::string> notes() const override {
+		return {fmt::format("arcee_fusion: threshold {:.6g}, kept {} of {} changes", threshold_, kept_.load(), n_)};
+	}
 
 private:
 	size_t base_;
 	RowReduction peaks_, sums_, kl_;
 	RankSelection quartiles_;
-	uint64_t row_;
+	uint64_t row_, n_;
 	float threshold_ = 0;
 	std::atomic<uint64_t> kept_{0};
 	std::vector<std::vector<float>> scores_; // per worker: a block of scores
@@ -161,10 +162,6 @@ public:
 		if (out.empty()) return;
 		auto blocks = block_merge(input, input.sources.size(), out.size(), 1);
 		merge_in_blocks(*blocks, input, out);
-		const auto& fusion = static_cast<const ArceeFusionBlocks&>(*blocks);
-		if (input.notes)
-			input.notes->push_back(fmt::format("arcee_fusion: threshold {:.6g}, kept {} of {} changes",
-			                                   fusion.threshold(), fusion.kept(), out.size()));
 	}
 
 	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,

@@ -77,8 +77,7 @@ void keep_block(std::vector<float>& candidate, std::vector<uint8_t>& taken, size
 		keys.resize(length);
 		for (size_t r = 0; r < length; ++r)
 			keys[r] = key(r);
-		std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(n - 1), keys.end(),
-		                 std::greater<>());
+		std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(n - 1), keys.end(), std::greater<>());
 		smallest_kept = keys[n - 1];
 	}
 	for (size_t r = 0; r < length; ++r) {

@@ -79,6 +79,9 @@ void merge_in_blocks(BlockMerge& kernel, const MergeInput& input, std::span<floa
 		const Block block = block_at(b);
 		kernel.merge(block, out.subspan(block.offset, block.size()), 0);
 	}
+	if (input.notes)
+		for (auto& note : kernel.notes())
+			input.notes->push_back(std::move(note));
 }
 
 std::vector<size_t> model_indices(const MergeInput& input, size_t source_count) {

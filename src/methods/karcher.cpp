@@ -172,7 +172,7 @@ public:
 			out[j] = static_cast<float>(scale_ * u[j]);
 	}
 
-	int steps() const { return steps_; }
+	std::vector<std::string> notes() const override { return {fmt::format("karcher: {} step(s)", steps_)}; }
 
 private:
 	static std::vector<size_t> all_of(size_t count) {
@@ -198,8 +198,6 @@ public:
 		check_merge_input(info_, input, out);
 		const auto kernel = block_merge(input, input.sources.size(), out.size(), 1);
 		merge_in_blocks(*kernel, input, out);
-		if (input.notes)
-			input.notes->push_back(fmt::format("karcher: {} step(s)", static_cast<KarcherBlocks&>(*kernel).steps()));
 	}
 
 	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,

@@ -93,7 +93,7 @@ public:
 		partials_ = {};
 	}
 
-	double t() const { return t_; }
+	std::vector<std::string> notes() const override { return {fmt::format("model_stock t = {:.6g}", t_)}; }
 
 	void merge(const Block& block, std::span<float> out, unsigned) override {
 		std::vector<std::span<const float>> models;
@@ -119,9 +119,6 @@ public:
 		check_merge_input(info_, input, out);
 		if (auto kernel = block_merge(input, input.sources.size(), out.size(), 1)) {
 			merge_in_blocks(*kernel, input, out);
-			if (input.notes)
-				input.notes->push_back(
-				    fmt::format("model_stock t = {:.6g}", static_cast<ModelStockBlocks&>(*kernel).t()));
 			return;
 		}
 		merge_whole(input, out);

@@ -234,11 +234,11 @@ private:
 	size_t base_;
 	Calibration calibration_;
 	uint64_t n_, cols_;
-	size_t width_;                              // sums per column: base², then per task task², base·task
-	std::vector<double> block_sums_;            // Elements: per block, per task
-	std::vector<double> means_;                 // Elements: per task, the mean |delta|
-	std::unique_ptr<BlockTreeSum> column_sums_; // Columns
-	std::unique_ptr<RowReduction> row_sums_;    // Rows
+	size_t width_;                                  // sums per column: base², then per task task², base·task
+	std::vector<double> block_sums_;                // Elements: per block, per task
+	std::vector<double> means_;                     // Elements: per task, the mean |delta|
+	std::unique_ptr<BlockTreeSum> column_sums_;     // Columns
+	std::unique_ptr<RowReduction> row_sums_;        // Rows
 	std::vector<std::vector<double>> coefficients_; // per task, per column or row: the mix weight
 
 	// Adds element j's products to one column's sums, as merge_columns accumulates them.
