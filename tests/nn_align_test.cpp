@@ -6,6 +6,7 @@
 #include "io/model.h"
 #include "nn/llama.h"
 #include "nn_test_util.h"
+#include "nn_torch_util.h"
 
 #include <gtest/gtest.h>
 
@@ -83,10 +84,6 @@ at::Tensor logits_of(const std::filesystem::path& dir, const std::vector<std::ve
 	return nn::LlamaModel::load(dir, at::kDouble).forward(nn::right_padded_ids(sequences));
 }
 
-double max_difference(const at::Tensor& a, const at::Tensor& b) {
-	return (a - b).abs().max().item<double>();
-}
-
 class DataAlignTest : public ::testing::Test {
 protected:
 	test::TempDir dir_;
@@ -117,7 +114,7 @@ TEST_F(DataAlignTest, ActivationMatchingUndoesAHiddenPermutationExactly) {
 		write_permuted_copy(path("ref"), path("shuffled"), 9);
 		const auto seqs = token_sequences(4, 12, 77);
 		std::printf("max |logit difference| of a permuted copy: %.3g\n",
-		            max_difference(logits_of(path("ref"), seqs), logits_of(path("shuffled"), seqs)));
+		            test::max_difference(logits_of(path("ref"), seqs), logits_of(path("shuffled"), seqs)));
 		EXPECT_NE(test::read_file(path("ref") / "model.safetensors"),
 		          test::read_file(path("shuffled") / "model.safetensors"));
 		ASSERT_EQ(align("activation", "ref", "shuffled", "back"), 0);
@@ -138,7 +135,7 @@ TEST_F(DataAlignTest, ActivationAlignmentKeepsTheFunction) {
 		ASSERT_EQ(align("activation", "ref" + tag, "other" + tag, "aligned" + tag), 0);
 		const auto seqs = token_sequences(4, 12, 78);
 		const double diff =
-		    max_difference(logits_of(path("other" + tag), seqs), logits_of(path("aligned" + tag), seqs));
+		    test::max_difference(logits_of(path("other" + tag), seqs), logits_of(path("aligned" + tag), seqs));
 		std::printf("max |logit difference| after activation alignment (%s): %.3g\n", qwen ? "Qwen2" : "Llama", diff);
 		EXPECT_LE(diff, 1e-4);
 		EXPECT_NE(test::read_file(path("other" + tag) / "model.safetensors"),
@@ -155,7 +152,7 @@ TEST_F(DataAlignTest, RotationKeepsTheFunctionAndUndoesNothingOnACopy) {
 		ASSERT_EQ(align("activation", "ref" + tag, "other" + tag, "rotated" + tag, "--rotate"), 0);
 		const auto seqs = token_sequences(4, 12, 81);
 		const double diff =
-		    max_difference(logits_of(path("other" + tag), seqs), logits_of(path("rotated" + tag), seqs));
+		    test::max_difference(logits_of(path("other" + tag), seqs), logits_of(path("rotated" + tag), seqs));
 		std::printf("max |logit difference| after activation alignment with --rotate (%s): %.3g\n",
 		            qwen ? "Qwen2" : "Llama", diff);
 		EXPECT_LE(diff, 1e-4);
@@ -186,7 +183,7 @@ TEST_F(DataAlignTest, PleasOfAModelAndItsPermutedCopyIsTheModel) {
 	ASSERT_EQ(align("pleas", "ref", "shuffled", "merged", "--ridge 1e-8"), 0);
 	const auto seqs = token_sequences(4, 12, 79);
 	const auto ref = logits_of(path("ref"), seqs);
-	const double diff = max_difference(ref, logits_of(path("merged"), seqs));
+	const double diff = test::max_difference(ref, logits_of(path("merged"), seqs));
 	std::printf("PLeaS of a model and its permuted copy: max |logit difference| %.3g (largest |logit| %.3g)\n", diff,
 	            ref.abs().max().item<double>());
 	EXPECT_LE(diff, 1e-5);

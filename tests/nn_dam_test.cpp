@@ -25,12 +25,10 @@ namespace fs = std::filesystem;
 using learned::TaskVectorModel;
 using test::error_of;
 
-const char* kConfig = test::kLearnedFamilyConfig;
-
 class Dam : public ::testing::Test {
 protected:
 	void SetUp() override {
-		test::write_noisy_family(tmp.path(), kConfig, 2, 200, 0.2);
+		test::write_noisy_family(tmp.path(), test::kLearnedFamilyConfig, 2, 200, 0.2);
 		test::write_file(tmp / "clean.jsonl", "{\"prompt\": \"ab=\", \"answer\": \"ba\\n\"}\n"
 		                                      "{\"prompt\": \"xyz=\", \"answer\": \"zyx\\n\"}\n"
 		                                      "{\"prompt\": \"12+\", \"answer\": \"3\\n\"}\n"

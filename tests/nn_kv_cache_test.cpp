@@ -4,6 +4,7 @@
 // grouped-query attention, Qwen2 with q/k/v biases, and Mistral's sliding window.
 #include "nn/llama.h"
 #include "nn_test_util.h"
+#include "nn_torch_util.h"
 
 #include <gtest/gtest.h>
 
@@ -13,10 +14,6 @@ namespace {
 using nn::LlamaModel;
 
 const std::vector<int64_t> kSequence = {1, 5, 9, 33, 2, 17, 60, 3, 3, 8, 40, 12, 0, 63, 21, 7};
-
-at::Tensor ids_tensor(const std::vector<int64_t>& ids) {
-	return at::tensor(at::ArrayRef<int64_t>(ids), at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
-}
 
 TinyLlamaSpec gqa_spec() {
 	TinyLlamaSpec spec;
@@ -32,12 +29,12 @@ TinyLlamaSpec gqa_spec() {
 // |cached - full| over every position's logits.
 double max_cached_difference(const LlamaModel& model, size_t prompt) {
 	const at::NoGradGuard no_grad;
-	const auto full = model.forward(ids_tensor(kSequence))[0];
+	const auto full = model.forward(test::ids_tensor(kSequence))[0];
 	LlamaModel::KvCache cache;
-	auto logits = model.forward_cached(ids_tensor({kSequence.begin(), kSequence.begin() + prompt}), cache)[0];
+	auto logits = model.forward_cached(test::ids_tensor({kSequence.begin(), kSequence.begin() + prompt}), cache)[0];
 	double worst = (logits - full.slice(0, 0, prompt)).abs().max().item<double>();
 	for (size_t t = prompt; t < kSequence.size(); ++t) {
-		const auto step = model.forward_cached(ids_tensor({kSequence[t]}), cache)[0];
+		const auto step = model.forward_cached(test::ids_tensor({kSequence[t]}), cache)[0];
 		EXPECT_EQ(step.size(0), 1);
 		worst = std::max(worst, (step[0] - full[static_cast<int64_t>(t)]).abs().max().item<double>());
 	}
@@ -77,9 +74,11 @@ TEST(NnKvCache, MistralSlidingWindowMatchesFullForward) {
 	test::edit_config(tmp.path(), {{"sliding_window", nullptr}});
 	const auto unwindowed = LlamaModel::load(tmp.path());
 	const at::NoGradGuard no_grad;
-	EXPECT_GT(
-	    (unwindowed.forward(ids_tensor(kSequence)) - model.forward(ids_tensor(kSequence))).abs().max().item<double>(),
-	    1e-3);
+	EXPECT_GT((unwindowed.forward(test::ids_tensor(kSequence)) - model.forward(test::ids_tensor(kSequence)))
+	              .abs()
+	              .max()
+	              .item<double>(),
+	          1e-3);
 }
 
 } // namespace

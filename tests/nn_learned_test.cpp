@@ -22,12 +22,10 @@ namespace fs = std::filesystem;
 using learned::TaskVectorModel;
 using test::error_of;
 
-const char* kConfig = test::kLearnedFamilyConfig;
-
 class Learned : public ::testing::Test {
 protected:
 	void SetUp() override {
-		test::write_noisy_family(tmp.path(), kConfig, 2, 100, 0.2);
+		test::write_noisy_family(tmp.path(), test::kLearnedFamilyConfig, 2, 100, 0.2);
 		test::write_file(tmp / "prompts.jsonl", "{\"prompt\": \"ab=\", \"answer\": \"?\"}\n"
 		                                        "{\"prompt\": \"xyz=\", \"answer\": \"?\"}\n"
 		                                        "{\"prompt\": \"q=\", \"answer\": \"?\"}\n");

@@ -2,6 +2,7 @@
 // (tests/nn_reference.py, float64), plus gradients, save/load and configuration errors.
 #include "nn/llama.h"
 #include "nn_test_util.h"
+#include "nn_torch_util.h"
 #include "util/error.h"
 
 #include <gtest/gtest.h>
@@ -16,15 +17,11 @@ using nn::LlamaModel;
 
 const std::vector<std::vector<int64_t>> kSequences = {{1, 5, 9, 33, 2, 17, 60}, {3, 3, 8, 40, 12, 0, 63, 21, 7, 5, 44}};
 
-at::Tensor ids_tensor(const std::vector<int64_t>& ids) {
-	return at::tensor(at::ArrayRef<int64_t>(ids), at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
-}
-
 // Largest |weld - reference| over the logits of every sequence.
 double max_logit_difference(const LlamaModel& model, const nlohmann::json& reference) {
 	double worst = 0;
 	for (size_t s = 0; s < kSequences.size(); ++s) {
-		const auto logits = model.forward(ids_tensor(kSequences[s])).to(at::kDouble)[0].contiguous();
+		const auto logits = model.forward(test::ids_tensor(kSequences[s])).to(at::kDouble)[0].contiguous();
 		const auto values = logits.accessor<double, 2>();
 		const auto& expected = reference["logits"][s];
 		for (int64_t t = 0; t < logits.size(0); ++t)
@@ -105,7 +102,7 @@ TEST_F(NnReference, LogLikelihoodsAndPerplexity) {
 	double nll = 0, expected_nll = 0;
 	size_t tokens = 0;
 	for (size_t s = 0; s < kSequences.size(); ++s) {
-		const auto ids = ids_tensor(kSequences[s]);
+		const auto ids = test::ids_tensor(kSequences[s]);
 		const auto ll = nn::token_log_likelihoods(model.forward(ids), ids)[0];
 		ASSERT_EQ(ll.size(0), static_cast<int64_t>(kSequences[s].size() - 1));
 		for (int64_t t = 0; t < ll.size(0); ++t) {
@@ -124,7 +121,7 @@ TEST(Nn, BatchEqualsSingleSequences) {
 	test::TempDir tmp;
 	test::write_model(tmp.path(), gqa_spec(false));
 	const auto model = LlamaModel::load(tmp.path());
-	const auto a = ids_tensor({4, 8, 15, 16, 23, 42}), b = ids_tensor({1, 2, 3, 5, 8, 13});
+	const auto a = test::ids_tensor({4, 8, 15, 16, 23, 42}), b = test::ids_tensor({1, 2, 3, 5, 8, 13});
 	const auto batch = model.forward(at::cat({a, b}, 0));
 	EXPECT_TRUE(at::allclose(batch[0], model.forward(a)[0], 1e-5, 1e-6));
 	EXPECT_TRUE(at::allclose(batch[1], model.forward(b)[0], 1e-5, 1e-6));
@@ -139,7 +136,7 @@ TEST(Nn, GradientsMatchFiniteDifferences) {
 	test::TempDir tmp;
 	test::write_model(tmp.path(), gqa_spec(false));
 	auto model = LlamaModel::load(tmp.path(), at::kDouble);
-	const auto ids = ids_tensor(kSequences[1]);
+	const auto ids = test::ids_tensor(kSequences[1]);
 	model.set_requires_grad(true);
 	const auto l = -nn::token_log_likelihoods(model.forward(ids), ids).sum();
 	l.backward();
@@ -186,7 +183,7 @@ void check_round_trip(const TinyLlamaSpec& spec, uint64_t max_shard_bytes) {
 	for (const auto& name : folder_files(tmp / "in"))
 		EXPECT_EQ(test::read_file(tmp / "in" / name), test::read_file(tmp / "out" / name)) << name;
 	const auto again = LlamaModel::load(tmp / "out");
-	const auto ids = ids_tensor(kSequences[0]);
+	const auto ids = test::ids_tensor(kSequences[0]);
 	EXPECT_TRUE(at::equal(model.forward(ids), again.forward(ids)));
 }
 
@@ -254,7 +251,7 @@ TEST(Nn, Bfloat16ComputationIsClose) {
 	const auto f32 = LlamaModel::load(tmp.path());
 	const auto bf16 = LlamaModel::load(tmp.path(), at::kBFloat16);
 	EXPECT_EQ(bf16.dtype(), at::kBFloat16);
-	const auto ids = ids_tensor(kSequences[1]);
+	const auto ids = test::ids_tensor(kSequences[1]);
 	const auto diff = (f32.forward(ids) - bf16.forward(ids).to(at::kFloat)).abs().max().item<double>();
 	EXPECT_LT(diff, 0.05);
 }

@@ -5,6 +5,7 @@
 #include "nn/llama.h"
 #include "nn/moe_states.h"
 #include "nn_test_util.h"
+#include "nn_torch_util.h"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -18,16 +19,8 @@ namespace {
 namespace fs = std::filesystem;
 using nn::LlamaModel;
 
-const std::vector<std::vector<int64_t>> kSequences = {{256, 5, 9, 33, 2, 17, 60, 104, 101},
-                                                      {256, 3, 3, 8, 40, 12, 0, 63, 21, 7, 5, 44}};
-
-at::Tensor ids_tensor(const std::vector<int64_t>& ids) {
-	return at::tensor(at::ArrayRef<int64_t>(ids), at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
-}
-
-double max_difference(const at::Tensor& a, const at::Tensor& b) {
-	return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
-}
+const std::vector<std::vector<int64_t>> kMoeSequences = {{256, 5, 9, 33, 2, 17, 60, 104, 101},
+                                                         {256, 3, 3, 8, 40, 12, 0, 63, 21, 7, 5, 44}};
 
 class NnMoe : public ::testing::Test {
 protected:
@@ -57,13 +50,13 @@ protected:
 		return options.out;
 	}
 
-	// Largest |weld - reference| over the logits of kSequences; routes: the reference's choices.
+	// Largest |weld - reference| over the logits of kMoeSequences; routes: the reference's choices.
 	double difference_from_reference(const fs::path& dir, std::set<std::vector<int64_t>>* routes = nullptr) {
 		const auto model = LlamaModel::load(dir);
-		const auto reference = test::run_reference(dir, kSequences);
+		const auto reference = test::run_reference(dir, kMoeSequences);
 		double worst = 0;
-		for (size_t s = 0; s < kSequences.size(); ++s) {
-			const auto logits = model.forward(ids_tensor(kSequences[s]))[0].to(at::kDouble).contiguous();
+		for (size_t s = 0; s < kMoeSequences.size(); ++s) {
+			const auto logits = model.forward(test::ids_tensor(kMoeSequences[s]))[0].to(at::kDouble).contiguous();
 			const auto values = logits.accessor<double, 2>();
 			const auto& expected = reference["logits"][s];
 			for (int64_t t = 0; t < logits.size(0); ++t)
@@ -79,8 +72,9 @@ protected:
 	double difference_from_base(const fs::path& dir) {
 		const auto dense = LlamaModel::load(tmp / "base"), mixture = LlamaModel::load(dir);
 		double worst = 0;
-		for (const auto& s : kSequences)
-			worst = std::max(worst, max_difference(mixture.forward(ids_tensor(s)), dense.forward(ids_tensor(s))));
+		for (const auto& s : kMoeSequences)
+			worst = std::max(
+			    worst, test::max_difference(mixture.forward(test::ids_tensor(s)), dense.forward(test::ids_tensor(s))));
 		return worst;
 	}
 

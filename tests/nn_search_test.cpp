@@ -113,14 +113,14 @@ TEST(SearchAlgorithms, SweepWalksTheSimplexGridAndTheFrontIsTheNonDominated) {
 	EXPECT_EQ(search::pareto_front(p), (std::vector<size_t>{0, 1, 2, 4, 5}));
 }
 
-const char* kConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 258, "hidden_size": 8,
+const char* kSearchConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 258, "hidden_size": 8,
   "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
   "max_position_embeddings": 32, "rms_norm_eps": 1e-5, "initializer_range": 0.3})";
 
 class Search : public ::testing::Test {
 protected:
 	void SetUp() override {
-		test::write_noisy_family(tmp.path(), kConfig, 2, 300, 0.3);
+		test::write_noisy_family(tmp.path(), kSearchConfig, 2, 300, 0.3);
 		test::write_file(tmp / "val.txt", "hello world\nmerge me\n"); // -log perplexity: a fitness that varies
 	}
 	std::string spec(const std::string& algorithm, const std::string& extra = "") const {

@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 using nn::LlamaModel;
 using test::error_of;
 
-const char* kConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 258, "hidden_size": 8,
+const char* kStatsConfig = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 258, "hidden_size": 8,
   "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
   "max_position_embeddings": 32, "rms_norm_eps": 1e-5, "initializer_range": 0.3})";
 
@@ -42,7 +42,7 @@ std::map<std::string, at::Tensor> read_stats(const fs::path& dir,
 class Stats : public ::testing::Test {
 protected:
 	void SetUp() override {
-		LlamaModel::create(kConfig, "tiny", 3).save(tmp / "model");
+		LlamaModel::create(kStatsConfig, "tiny", 3).save(tmp / "model");
 		test::write_file(tmp / "data.jsonl", "{\"prompt\": \"ab=\", \"answer\": \"ba\\n\"}\n"
 		                                     "{\"prompt\": \"xyz=\", \"answer\": \"z\\n\"}\n");
 	}
@@ -212,8 +212,8 @@ namespace {
 // output, and give the same bytes as the same merge from `weld stats` folders.
 TEST(StatsInRecipes, DataFilesGiveTheSameMergeAsStatsFolders) {
 	test::TempDir tmp;
-	nn::LlamaModel::create(kConfig, "tiny", 3).save(tmp / "a");
-	nn::LlamaModel::create(kConfig, "tiny", 4).save(tmp / "b");
+	nn::LlamaModel::create(kStatsConfig, "tiny", 3).save(tmp / "a");
+	nn::LlamaModel::create(kStatsConfig, "tiny", 4).save(tmp / "b");
 	test::write_file(tmp / "da.jsonl", "{\"prompt\": \"ab=\", \"answer\": \"ba\\n\"}\n");
 	test::write_file(tmp / "db.txt", "hello there\nxyz\n");
 	const test::WorkingDir here(tmp.path());

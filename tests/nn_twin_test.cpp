@@ -25,8 +25,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using test::error_of;
 
-const char* kConfig = test::kLearnedFamilyConfig;
-
 at::Tensor read_f32(const SafetensorsFile& file, const std::string& name) {
 	const auto* info = file.find(name);
 	if (!info) throw std::runtime_error("no tensor " + name);
@@ -44,7 +42,7 @@ double max_abs(const at::Tensor& t) {
 class Twin : public ::testing::Test {
 protected:
 	void SetUp() override {
-		test::write_noisy_family(tmp.path(), kConfig, 2, 100, 0.2);
+		test::write_noisy_family(tmp.path(), test::kLearnedFamilyConfig, 2, 100, 0.2);
 		std::string d0, d1;
 		for (const char* p : {"aaa=", "abab=", "baa=", "aab=", "bbba=", "abba=", "aaaa=", "ba="})
 			d0 += fmt::format("{{\"prompt\": \"{}\", \"answer\": \"x\"}}\n", p);

@@ -22,9 +22,6 @@ using nlohmann::json;
 
 constexpr uint64_t kMaxJsonFileBytes = 100ull << 20; // index and config files are small
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
 std::string read_json_file(const fs::path& path) {
 	std::error_code ec;
 	const auto size = fs::file_size(path, ec);

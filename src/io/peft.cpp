@@ -20,10 +20,6 @@ namespace {
 
 constexpr std::string_view kPrefix = "base_model.model.";
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
-
 // Python's re patterns, as PEFT applies them; the simple patterns adapters use mean the same in
 // ECMAScript.
 std::regex compile(const std::string& pattern, const std::string& label, std::string_view field) {

@@ -39,6 +39,10 @@ constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 std::string escape_for_message(std::string_view text, size_t max_bytes = 80);
 // escape_for_message(text) in single quotes.
 std::string quote_for_message(std::string_view text);
+// A path as error messages show it (escape_for_message, up to 400 bytes).
+inline std::string show(const std::filesystem::path& path) {
+	return escape_for_message(path.string(), 400);
+}
 
 struct TensorInfo {
 	std::string name;

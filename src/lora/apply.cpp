@@ -15,10 +15,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
-
 std::string shape_text(const std::vector<uint64_t>& shape) {
 	return fmt::format("[{}]", fmt::join(shape, ", "));
 }

@@ -22,10 +22,6 @@ namespace {
 
 constexpr size_t kExtraAnswerTokens = 8; // generated beyond the answer's length, to see it end
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
-
 at::ScalarType parse_dtype(const std::string& name) {
 	if (name == "float32") return at::kFloat;
 	if (name == "bfloat16") return at::kBFloat16;

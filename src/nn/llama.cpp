@@ -27,10 +27,6 @@ namespace {
 constexpr const char* kArchitectures[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                                           "MixtralForCausalLM", "Qwen2MoeForCausalLM"};
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
-
 const json* field(const json& j, const char* key) {
 	auto it = j.find(key);
 	return it == j.end() || it->is_null() ? nullptr : &*it;

@@ -18,10 +18,6 @@ using nlohmann::json;
 
 namespace {
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
-
 std::ifstream open_file(const fs::path& file) {
 	std::ifstream in(file, std::ios::binary);
 	if (!in) throw Error(fmt::format("{}: cannot read", show(file)));

@@ -38,10 +38,6 @@ double learning_rate(const TrainOptions& o, int64_t step) {
 
 namespace {
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
-
 // weld's procedural tasks are written for byte tokens.
 ByteTokenizer task_tokenizer(int64_t vocab_size, const std::string& model) {
 	if (!model.empty())

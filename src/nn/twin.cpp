@@ -19,10 +19,6 @@ namespace {
 
 constexpr size_t kFeatureBatch = 64;
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
-
 std::string shape_text(at::IntArrayRef shape) {
 	return fmt::format("[{}]", fmt::join(shape, ", "));
 }

@@ -22,10 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
-
 struct Batch {
 	at::Tensor ids;   // [B, L] right-padded with 0
 	at::Tensor valid; // [B, L] bool: real tokens

@@ -138,10 +138,6 @@ const ByteAlphabet& byte_alphabet() {
 const std::string kGpt2Regex = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 const std::string kMetaspace = "\xE2\x96\x81"; // ▁
 
-std::string show(const fs::path& path) {
-	return escape_for_message(path.string(), 400);
-}
-
 std::string type_of(const json& j, const std::string& where) {
 	if (!j.is_object() || !j.contains("type") || !j["type"].is_string())
 		throw Error(fmt::format("{}: expected an object with a \"type\"", where));
