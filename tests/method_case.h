@@ -33,14 +33,8 @@ struct Case {
 	uint64_t seed = 0;
 };
 
-// Merges c with the named method; the output starts as -999 so unwritten elements show. A
-// missing method is a test failure (and throws std::runtime_error, which no Error check catches).
-inline Vec run(std::string_view method_name, const Case& c) {
-	const MergeMethod* method = find_method(method_name);
-	if (!method) {
-		ADD_FAILURE() << "no method " << method_name;
-		throw std::runtime_error("no method " + std::string(method_name));
-	}
+// The method input of c (its sources referenced, not copied).
+inline MergeInput to_input(const Case& c) {
 	MergeInput input;
 	input.tensor_name = c.tensor_name;
 	input.shape = c.shape;
@@ -51,8 +45,19 @@ inline Vec run(std::string_view method_name, const Case& c) {
 	input.params = c.params;
 	input.source_params = c.source_params;
 	input.random_seed = c.seed;
+	return input;
+}
+
+// Merges c with the named method; the output starts as -999 so unwritten elements show. A
+// missing method is a test failure (and throws std::runtime_error, which no Error check catches).
+inline Vec run(std::string_view method_name, const Case& c) {
+	const MergeMethod* method = find_method(method_name);
+	if (!method) {
+		ADD_FAILURE() << "no method " << method_name;
+		throw std::runtime_error("no method " + std::string(method_name));
+	}
 	Vec out(c.sources.empty() ? 0 : c.sources[0].size(), -999.0f);
-	method->merge(input, out);
+	method->merge(to_input(c), out);
 	return out;
 }
 

@@ -3,12 +3,17 @@
 #include "linalg/linalg.h"
 #include "method_case.h"
 #include "methods/method.h"
+#include "methods/methods.h"
+#include "methods/tsv.h"
 #include "util/error.h"
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace weld {
@@ -59,6 +64,115 @@ TEST(SubspaceTsvTest, HandOverlappingTasks) {
 	// Δ = W diag(2, 2) Wᵀ = 2 W Wᵀ = 2 I, whatever W is.
 	const Vec base{0, 0, 0, 0}, a{2, 0, 0, 0}, b{1, 1, 1, 1};
 	expect_near(run("tsv", shaped({base, a, b}, {2, 2})), {2, 0, 0, 2});
+}
+
+// ---- tsv out of core: tall matrices from Gram matrices ----
+
+// Base + 3 tasks of a tall rows × 16 matrix, each a sum of 16 rank-one terms of decaying weight
+// (distinct singular values, so the top-k subspaces are well defined).
+Case tall_case(size_t rows) {
+	const size_t cols = 16;
+	std::vector<Vec> sources{pseudo_random(rows * cols, 0.37f)};
+	for (int t = 0; t < 3; ++t) {
+		Vec model = sources[0];
+		for (size_t j = 0; j < cols; ++j) {
+			const Vec u = pseudo_random(rows, 1.3f + 0.71f * static_cast<float>(j + 5 * t));
+			const Vec v = pseudo_random(cols, 2.9f + 0.53f * static_cast<float>(j + 7 * t));
+			const float scale = std::pow(0.7f, static_cast<float>(j));
+			for (size_t r = 0; r < rows; ++r)
+				for (size_t c = 0; c < cols; ++c)
+					model[r * cols + c] += scale * u[r] * v[c];
+		}
+		sources.push_back(std::move(model));
+	}
+	return shaped(std::move(sources), {rows, cols}, {{"alpha", 0.8}}, {{}, {}, {{"weight", 0.5}}, {{"weight", 2.0}}});
+}
+
+Vec stream_tsv(const Case& c, size_t panel_rows) {
+	const MergeInput input = to_input(c);
+	const auto kernel = tsv_tall_block_merge(input, c.sources.size(), c.sources[0].size(), panel_rows);
+	EXPECT_NE(kernel, nullptr);
+	Vec out(c.sources[0].size(), -999.0f);
+	merge_in_blocks(*kernel, input, out);
+	return out;
+}
+
+TEST(SubspaceTsvTest, TallMatricesStreamedAgreeWithTheSvds) {
+	// 3000 × 16 spans three blocks; k = 5 of 16 per task. The whole-tensor merge (this size is
+	// under kTsvBlockElements) takes float32 SVDs; the streamed one eigenpairs of Gram matrices
+	// in double, in panels of 7 rows (many panels, the last one partial) or one panel.
+	const Case c = tall_case(3000);
+	const Vec whole = run("tsv", c);
+	double largest = 0;
+	for (size_t i = 0; i < whole.size(); ++i)
+		largest = std::max(largest, std::abs(static_cast<double>(whole[i]) - c.sources[0][i]));
+	for (size_t panel_rows : {size_t{7}, size_t{0}}) {
+		const Vec streamed = stream_tsv(c, panel_rows);
+		double worst = 0;
+		for (size_t i = 0; i < whole.size(); ++i)
+			worst = std::max(worst, std::abs(static_cast<double>(streamed[i]) - whole[i]));
+		EXPECT_LT(worst, 1e-4 * largest) << "panel rows " << panel_rows << ", largest delta " << largest;
+	}
+}
+
+TEST(SubspaceTsvTest, TallStreamGivesTheSameBytesWhateverOrderAndThreadTheBlocksCome) {
+	const Case c = tall_case(3000);
+	const Vec in_order = stream_tsv(c, 7);
+	const MergeInput input = to_input(c);
+	const uint64_t n = c.sources[0].size(), blocks = block_count(n);
+	const auto kernel = tsv_tall_block_merge(input, c.sources.size(), n, 7);
+	std::vector<std::vector<std::span<const float>>> views(blocks);
+	auto block_at = [&](uint64_t b) {
+		const uint64_t offset = b * kBlockElements, size = std::min(kBlockElements, n - offset);
+		for (const auto& source : input.sources)
+			views[b].push_back(source.subspan(offset, size));
+		return Block{.index = b, .offset = offset, .sources = views[b]};
+	};
+	std::vector<Block> all;
+	for (uint64_t b = 0; b < blocks; ++b)
+		all.push_back(block_at(b));
+	for (int pass = 0; pass < kernel->stat_passes(); ++pass) {
+		// The last block first, from a second thread, while this one passes the others.
+		std::thread late([&] { kernel->observe(pass, all[blocks - 1], 1); });
+		for (uint64_t b = 0; b + 1 < blocks; ++b)
+			kernel->observe(pass, all[b], 0);
+		late.join();
+		kernel->end_pass(pass);
+	}
+	Vec out(n, -999.0f);
+	for (uint64_t b = blocks; b-- > 0;)
+		kernel->merge(all[b], std::span<float>(out).subspan(all[b].offset, all[b].size()), 0);
+	EXPECT_EQ(std::memcmp(out.data(), in_order.data(), n * sizeof(float)), 0);
+}
+
+TEST(SubspaceTsvTest, AbandonEndsTheWaitOfABlockFarAhead) {
+	// A block far ahead of its turn waits for the ones before it; when another thread's pass fails
+	// the executor calls abandon(), and the wait ends instead of hanging.
+	const size_t rows = 300 * kBlockElements / 16; // 300 blocks of 16 columns
+	const Case c = shaped(std::vector<Vec>(4, Vec(rows * 16, 0.0f)), {rows, 16});
+	const MergeInput input = to_input(c);
+	const uint64_t n = c.sources[0].size();
+	ASSERT_GT(block_count(n), 290u);
+	const auto kernel = tsv_tall_block_merge(input, c.sources.size(), n, 0);
+	std::vector<std::span<const float>> views;
+	for (const auto& source : input.sources)
+		views.push_back(source.subspan(290 * kBlockElements, kBlockElements));
+	std::thread ahead(
+	    [&] { kernel->observe(0, Block{.index = 290, .offset = 290 * kBlockElements, .sources = views}, 1); });
+	std::this_thread::sleep_for(std::chrono::milliseconds(50));
+	kernel->abandon();
+	ahead.join();
+}
+
+TEST(SubspaceTsvTest, WideOrSmallMatricesKeepTheWholeTensorSvds) {
+	const Case c = tall_case(3000);
+	MergeInput input = to_input(c);
+	const MergeMethod& tsv = *find_method("tsv");
+	EXPECT_EQ(tsv.block_merge(input, c.sources.size(), c.sources[0].size(), 2), nullptr); // under kTsvBlockElements
+	input.shape = {16, 3000};                                                             // wide
+	EXPECT_EQ(tsv_tall_block_merge(input, c.sources.size(), c.sources[0].size()), nullptr);
+	input.shape = {4000, 12}; // rows cross blocks: 16384 is not a multiple of 12
+	EXPECT_EQ(tsv_tall_block_merge(input, c.sources.size(), c.sources[0].size()), nullptr);
 }
 
 TEST(SubspaceTsvTest, VectorsTakeTheMeanTaskVector) {

@@ -210,33 +210,39 @@ void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& 
 	auto run_pass = [&](int pass) { // pass < 0: the output pass
 		const bool check_inputs = !options.allow_nonfinite && pass == first_pass;
 		parallel_for(items, threads, [&](uint64_t item, unsigned worker) {
-			if (g_cancelled) throw Error("interrupted");
-			WorkerBuffers& wb = buffers[worker];
-			const uint64_t first = item * kItemBlocks * kBlockElements;
-			const uint64_t end = std::min(n, first + kItemBlocks * kBlockElements);
-			for (uint64_t offset = first; offset < end; offset += kBlockElements) {
-				const uint64_t size = std::min(kBlockElements, end - offset);
-				for (size_t s = 0; s < job.sources.size(); s++) {
-					const TensorInfo& info = *job.sources[s].tensor->info;
-					const uint8_t* data = job.sources[s].tensor->file->data(info).data();
-					convert_to_f32(info.dtype, data + offset * dtype_size(info.dtype), wb.sources[s].data(), size);
-					wb.views[s] = {wb.sources[s].data(), size};
-					if (check_inputs) check_finite(plan, job.sources[s], wb.views[s], offset);
+			try {
+				if (g_cancelled) throw Error("interrupted");
+				WorkerBuffers& wb = buffers[worker];
+				const uint64_t first = item * kItemBlocks * kBlockElements;
+				const uint64_t end = std::min(n, first + kItemBlocks * kBlockElements);
+				for (uint64_t offset = first; offset < end; offset += kBlockElements) {
+					const uint64_t size = std::min(kBlockElements, end - offset);
+					for (size_t s = 0; s < job.sources.size(); s++) {
+						const TensorInfo& info = *job.sources[s].tensor->info;
+						const uint8_t* data = job.sources[s].tensor->file->data(info).data();
+						convert_to_f32(info.dtype, data + offset * dtype_size(info.dtype), wb.sources[s].data(), size);
+						wb.views[s] = {wb.sources[s].data(), size};
+						if (check_inputs) check_finite(plan, job.sources[s], wb.views[s], offset);
+					}
+					const Block block{.index = offset / kBlockElements, .offset = offset, .sources = wb.views};
+					if (pass >= 0) {
+						kernel.observe(pass, block, worker);
+						continue;
+					}
+					kernel.merge(block, {wb.out.data(), size}, worker);
+					convert_from_f32(job.out_dtype, wb.out.data(), wb.staged.data() + (offset - first) * out_size,
+					                 size);
 				}
-				const Block block{.index = offset / kBlockElements, .offset = offset, .sources = wb.views};
-				if (pass >= 0) {
-					kernel.observe(pass, block, worker);
-					continue;
+				for (const auto& source : job.sources) {
+					if (stay_mapped) break;
+					const uint64_t element = dtype_size(source.tensor->info->dtype);
+					source.tensor->file->release_range(*source.tensor->info, first * element, (end - first) * element);
 				}
-				kernel.merge(block, {wb.out.data(), size}, worker);
-				convert_from_f32(job.out_dtype, wb.out.data(), wb.staged.data() + (offset - first) * out_size, size);
+				if (pass < 0) writer.write_range(index, first * out_size, {wb.staged.data(), (end - first) * out_size});
+			} catch (...) {
+				kernel.abandon(); // a method waiting for this item's blocks stops waiting
+				throw;
 			}
-			for (const auto& source : job.sources) {
-				if (stay_mapped) break;
-				const uint64_t element = dtype_size(source.tensor->info->dtype);
-				source.tensor->file->release_range(*source.tensor->info, first * element, (end - first) * element);
-			}
-			if (pass < 0) writer.write_range(index, first * out_size, {wb.staged.data(), (end - first) * out_size});
 		});
 	};
 	for (int pass = 0; pass < kernel.stat_passes(); pass++) {

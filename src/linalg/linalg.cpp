@@ -196,27 +196,65 @@ WELD_LINALG_INSTANTIATE(double)
 
 namespace weld::linalg {
 
+void add_gram(MatrixD& c, const MatrixD& a) {
+	if (c.rows != a.cols || c.cols != a.cols) throw Error("add_gram: C must be square with A's column count");
+	if (a.rows == 0) return;
+	single_threaded_blas();
+	cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, as_int(a.cols), as_int(a.rows), 1.0, a.data.data(),
+	            as_int(a.cols), 1.0, c.data.data(), as_int(c.cols));
+}
+
+void symmetric_from_upper(MatrixD& c) {
+	for (size_t r = 0; r < c.rows; ++r)
+		for (size_t col = 0; col < r; ++col)
+			c(r, col) = c(col, r);
+}
+
+Eigenpairs top_eigenpairs(MatrixD symmetric, size_t count) {
+	const size_t n = symmetric.rows;
+	count = std::min(count, n);
+	Eigenpairs out{std::vector<double>(count), MatrixD(n, count)};
+	if (count == 0) return out;
+	single_threaded_blas();
+	std::vector<double> values(n);
+	MatrixD vectors(n, count); // ascending eigenvalues: the largest in the last column
+	std::vector<lapack_int> support(2 * count);
+	lapack_int found = 0;
+	check_info(LAPACKE_dsyevr(LAPACK_ROW_MAJOR, 'V', 'I', 'U', as_int(n), symmetric.data.data(), as_int(n), 0, 0,
+	                          as_int(n - count + 1), as_int(n), 0.0, &found, values.data(), vectors.data.data(),
+	                          as_int(count), support.data()),
+	           "symmetric eigensolver (syevr)");
+	for (size_t j = 0; j < count; ++j) {
+		out.values[j] = values[count - 1 - j];
+		for (size_t i = 0; i < n; ++i)
+			out.vectors(i, j) = vectors(i, count - 1 - j);
+	}
+	return out;
+}
+
+MatrixD inverse_sqrt_psd(const MatrixD& w, double relative_floor) {
+	const size_t n = w.rows;
+	const Eigenpairs pairs = top_eigenpairs(w, n);
+	const double floor = n ? std::max(pairs.values[0], 0.0) * relative_floor : 0.0;
+	MatrixD scaled = pairs.vectors; // Q diag(λ^(-1/2)), then times Qᵀ
+	for (size_t j = 0; j < n; ++j) {
+		const double factor = pairs.values[j] > floor ? 1.0 / std::sqrt(pairs.values[j]) : 0.0;
+		for (size_t i = 0; i < n; ++i)
+			scaled(i, j) *= factor;
+	}
+	return matmul(scaled, false, pairs.vectors, true);
+}
+
 SvdD top_singular_triplets(const MatrixD& a, size_t rank) {
 	const bool wide = a.rows <= a.cols; // the eigenvectors are U when wide, V when tall
 	const size_t small = wide ? a.rows : a.cols, k = std::min(rank, small);
 	SvdD out{MatrixD(a.rows, k), std::vector<double>(k), MatrixD(k, a.cols)};
 	if (k == 0) return out;
 	single_threaded_blas();
-	MatrixD gram = wide ? matmul(a, false, a, true) : matmul(a, true, a, false);
-	const lapack_int n = as_int(small), count = as_int(k);
-	std::vector<double> values(small);
-	MatrixD vectors(small, k); // ascending eigenvalues: the largest in the last column
-	std::vector<lapack_int> support(2 * k);
-	lapack_int found = 0;
-	check_info(LAPACKE_dsyevr(LAPACK_ROW_MAJOR, 'V', 'I', 'U', n, gram.data.data(), n, 0, 0, n - count + 1, n, 0.0,
-	                          &found, values.data(), vectors.data.data(), count, support.data()),
-	           "symmetric eigensolver (syevr)");
-	MatrixD side(small, k);
-	for (size_t j = 0; j < k; ++j) {
-		out.S[j] = std::sqrt(std::max(values[k - 1 - j], 0.0));
-		for (size_t i = 0; i < small; ++i)
-			side(i, j) = vectors(i, k - 1 - j);
-	}
+	const Eigenpairs pairs = top_eigenpairs(wide ? matmul(a, false, a, true) : matmul(a, true, a, false), k);
+	const MatrixD& side = pairs.vectors;
+	for (size_t j = 0; j < k; ++j)
+		out.S[j] = std::sqrt(std::max(pairs.values[j], 0.0));
 	// The other side: Vᵀ = S⁻¹ Uᵀ A (wide) or U = A V S⁻¹ (tall).
 	const MatrixD product = wide ? matmul(side, true, a, false) : matmul(a, false, side, false);
 	for (size_t j = 0; j < k; ++j) {

@@ -88,6 +88,23 @@ double random_normal(uint64_t key, uint64_t index);
 // on the product side.
 SvdD top_singular_triplets(const MatrixD& a, size_t rank);
 
+// C's upper triangle += Aᵀ A (LAPACK dsyrk; C is A.cols square). symmetric_from_upper fills the
+// lower triangle from it.
+void add_gram(MatrixD& c, const MatrixD& a);
+void symmetric_from_upper(MatrixD& c);
+
+// The `count` largest eigenpairs of a symmetric matrix (its upper triangle is read; LAPACK
+// dsyevr computes only those): values descending, vectors[:, j] the eigenvector of values[j].
+struct Eigenpairs {
+	std::vector<double> values;
+	MatrixD vectors; // n × count
+};
+Eigenpairs top_eigenpairs(MatrixD symmetric, size_t count);
+
+// W^(-1/2) of a symmetric positive semi-definite W (upper triangle read), as a pseudo-inverse:
+// eigenvalues at or below relative_floor · the largest count as zero.
+MatrixD inverse_sqrt_psd(const MatrixD& w, double relative_floor);
+
 // X with A X = B for a symmetric A: Cholesky (LAPACK dposv), falling back to LU with partial
 // pivoting (dgesv) when A is not positive definite; *used_lu says which. Never forms A⁻¹.
 // Throws weld::Error when A is singular.

@@ -7,6 +7,7 @@
 // mask_i keeping the top `density` of |τ_i|.
 #include "methods/methods.h"
 #include "methods/subspace_util.h"
+#include "tensor/lane_sum.h"
 
 #include <algorithm>
 #include <cmath>
@@ -145,11 +146,9 @@ private:
 	}
 
 	// dL/dδ[r, c] = −2 Λ Σ_i e_ir τ_i[r, c], e_ir = ⟨τ_i[r], τ_i[r] − merged[r] − Λ δ[r]⟩.
-	// Each row's e_ir is summed in kLanes running sums (element c in lane c % kLanes) added in
-	// lane order: a fixed order that vectorizes.
+	// Each row's e_ir is summed in lane_sum's fixed order.
 	static void gradient(const std::vector<linalg::MatrixF>& tasks, const std::vector<double>& merged,
 	                     const std::vector<float>& delta, double lambda_sum, linalg::MatrixF& grad) {
-		constexpr size_t kLanes = 8;
 		const size_t n = grad.cols;
 		std::fill(grad.data.begin(), grad.data.end(), 0.0f);
 		for (size_t r = 0; r < grad.rows; ++r)
@@ -157,18 +156,10 @@ private:
 				const float* x = t.data.data() + r * n;
 				const double* mixed = merged.data() + r * n;
 				const float* shift = delta.data() + r * n;
-				double lanes[kLanes] = {};
-				size_t c = 0;
-				for (; c + kLanes <= n; c += kLanes)
-					for (size_t l = 0; l < kLanes; ++l)
-						lanes[l] += x[c + l] * (x[c + l] - mixed[c + l] - lambda_sum * shift[c + l]);
-				for (; c < n; ++c)
-					lanes[c % kLanes] += x[c] * (x[c] - mixed[c] - lambda_sum * shift[c]);
-				double e = 0;
-				for (double lane : lanes)
-					e += lane;
+				const double e =
+				    lane_sum(n, [&](size_t c) { return x[c] * (x[c] - mixed[c] - lambda_sum * shift[c]); });
 				float* g = grad.data.data() + r * n;
-				for (c = 0; c < n; ++c)
+				for (size_t c = 0; c < n; ++c)
 					g[c] += static_cast<float>(-2 * lambda_sum * e * x[c]);
 			}
 	}

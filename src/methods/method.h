@@ -127,6 +127,8 @@ public:
 	virtual void end_pass(int pass) = 0;
 	// The output pass: writes block's elements of the merged tensor (out.size() == block.size()).
 	virtual void merge(const Block& block, std::span<float> out, unsigned worker) = 0;
+	// A pass failed on another thread: a method whose observe() waits for other blocks stops waiting.
+	virtual void abandon() {}
 	// After the output pass: how the method computed this tensor (shown by `weld merge --verbose`,
 	// like MergeInput::notes).
 	virtual std::vector<std::string> notes() const { return {}; }

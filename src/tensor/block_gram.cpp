@@ -1,30 +1,17 @@
 #include "tensor/block_gram.h"
+#include "tensor/lane_sum.h"
 
 #include <algorithm>
 
 namespace weld {
 namespace {
 
-// Σ (x − o)(y − o) over size elements (o = 0 without origin), in kLanes running sums (element j
-// in lane j % kLanes) added in lane order at the end: a fixed order, so the same for any thread
-// count, and one that vectorizes.
+// Σ (x − o)(y − o) over size elements (o = 0 without origin), in lane_sum's fixed order.
 double dot(const float* x, const float* y, const float* origin, size_t size) {
-	constexpr size_t kLanes = 8;
-	double lanes[kLanes] = {};
-	size_t j = 0;
-	for (; j + kLanes <= size; j += kLanes)
-		for (size_t l = 0; l < kLanes; ++l) {
-			const double o = origin ? origin[j + l] : 0.0;
-			lanes[l] += (static_cast<double>(x[j + l]) - o) * (static_cast<double>(y[j + l]) - o);
-		}
-	for (; j < size; ++j) {
+	return lane_sum(size, [&](size_t j) {
 		const double o = origin ? origin[j] : 0.0;
-		lanes[j % kLanes] += (static_cast<double>(x[j]) - o) * (static_cast<double>(y[j]) - o);
-	}
-	double sum = 0;
-	for (double lane : lanes)
-		sum += lane;
-	return sum;
+		return (static_cast<double>(x[j]) - o) * (static_cast<double>(y[j]) - o);
+	});
 }
 
 } // namespace
