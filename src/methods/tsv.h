@@ -8,8 +8,8 @@
 namespace weld {
 
 // Tall matrices (rows >= cols, every block whole rows) of at least this many elements merge in
-// blocks, from Gram matrices, instead of with whole-tensor SVDs: the embedding and output layer
-// of a 1B model (2048 × 128256, 1 GB in float32 per model) are the first such tensors.
+// blocks, from Gram matrices, instead of with whole-tensor SVDs: the embedding of a 1B model
+// (128256 × 2048, 1 GB in float32 per model) is the first such tensor.
 constexpr uint64_t kTsvBlockElements = uint64_t{1} << 26;
 
 // The block merge of TSV-M for a tall matrix of `elements` elements, whatever its size, or nullptr
