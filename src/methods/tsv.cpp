@@ -129,7 +129,7 @@ public:
 
 	int stat_passes() const override { return 2; }
 
-	void observe(int, const Block& block, unsigned) override { panels_.add(block.index, task_values(block)); }
+	void observe(int, const Block& block, unsigned) override { panels_.add(block.index, all_task_values(block)); }
 
 	void end_pass(int pass) override {
 		panels_.finish(block_count(rows_ * cols_));
@@ -142,11 +142,10 @@ public:
 	void abandon() override { panels_.abandon(); }
 
 	void merge(const Block& block, std::span<float> out, unsigned) override {
-		const std::vector<float> values = task_values(block);
 		const size_t size = block.size(), rows = size / cols_;
 		linalg::MatrixF delta(rows, cols_), task(rows, cols_);
 		for (size_t t = 0; t < models_.size(); ++t) {
-			std::copy_n(&values[t * size], size, task.data.begin());
+			task_values(block, t, task.data.data());
 			const linalg::MatrixF projected = linalg::matmul(task, false, projections_[t], false);
 			linalg::add_product(delta, projected, false, outputs_[t], false);
 		}
@@ -160,16 +159,18 @@ public:
 	}
 
 private:
-	// Task t's values in the block, as task_matrix computes them.
-	std::vector<float> task_values(const Block& block) const {
-		const size_t size = block.size();
-		std::vector<float> values(models_.size() * size);
-		const std::span<const float> base = block.sources[base_];
-		for (size_t t = 0; t < models_.size(); ++t) {
-			const std::span<const float> x = block.sources[models_[t]];
-			for (size_t j = 0; j < size; ++j)
-				values[t * size + j] = static_cast<float>(weights_[t] * (static_cast<double>(x[j]) - base[j]));
-		}
+	// Task t's values in the block, as task_matrix computes them, into values[0, block.size()).
+	void task_values(const Block& block, size_t t, float* values) const {
+		const std::span<const float> base = block.sources[base_], x = block.sources[models_[t]];
+		for (size_t j = 0; j < base.size(); ++j)
+			values[j] = static_cast<float>(weights_[t] * (static_cast<double>(x[j]) - base[j]));
+	}
+
+	// Every task's values in the block, task t's at [t · size, (t + 1) · size).
+	std::vector<float> all_task_values(const Block& block) const {
+		std::vector<float> values(models_.size() * block.size());
+		for (size_t t = 0; t < models_.size(); ++t)
+			task_values(block, t, &values[t * block.size()]);
 		return values;
 	}
 
