@@ -97,22 +97,66 @@ Vec stream_tsv(const Case& c, size_t panel_rows) {
 	return out;
 }
 
-TEST(SubspaceTsvTest, TallMatricesStreamedAgreeWithTheSvds) {
-	// 3000 × 16 spans three blocks; k = 5 of 16 per task. The whole-tensor merge (this size is
-	// under kTsvBlockElements) takes float32 SVDs; the streamed one eigenpairs of Gram matrices
-	// in double, in panels of 7 rows (many panels, the last one partial) or one panel.
-	const Case c = tall_case(3000);
-	const Vec whole = run("tsv", c);
-	double largest = 0;
-	for (size_t i = 0; i < whole.size(); ++i)
-		largest = std::max(largest, std::abs(static_cast<double>(whole[i]) - c.sources[0][i]));
-	for (size_t panel_rows : {size_t{7}, size_t{0}}) {
-		const Vec streamed = stream_tsv(c, panel_rows);
-		double worst = 0;
-		for (size_t i = 0; i < whole.size(); ++i)
-			worst = std::max(worst, std::abs(static_cast<double>(streamed[i]) - whole[i]));
-		EXPECT_LT(worst, 1e-4 * largest) << "panel rows " << panel_rows << ", largest delta " << largest;
+// TSV-M by its definition, in double: each task vector weight · (model − base) keeps its top-k
+// singular triplets (k = floor(min(m, n) / N)) from a full SVD; the side-by-side U and Vᵀ become
+// their polar factors; base + alpha · polar(U) diag(S) polar(Vᵀ).
+Vec tsv_by_definition(const Case& c, size_t rows, size_t cols, double alpha, const std::vector<double>& weights) {
+	const size_t tasks = c.sources.size() - 1, k = std::max<size_t>(1, std::min(rows, cols) / tasks);
+	linalg::MatrixD u(rows, tasks * k), vt(tasks * k, cols);
+	std::vector<double> s(tasks * k);
+	for (size_t t = 0; t < tasks; ++t) {
+		linalg::MatrixD tau(rows, cols);
+		for (size_t i = 0; i < rows * cols; ++i)
+			tau.data[i] = weights[t] * (static_cast<double>(c.sources[t + 1][i]) - c.sources[0][i]);
+		const linalg::SvdD svd = linalg::svd(tau);
+		for (size_t j = 0; j < k; ++j) {
+			s[t * k + j] = svd.S[j];
+			for (size_t r = 0; r < rows; ++r)
+				u(r, t * k + j) = svd.U(r, j);
+			for (size_t col = 0; col < cols; ++col)
+				vt(t * k + j, col) = svd.Vt(j, col);
+		}
 	}
+	linalg::MatrixD u_polar = linalg::polar_factor(u);
+	for (size_t r = 0; r < rows; ++r)
+		for (size_t j = 0; j < tasks * k; ++j)
+			u_polar(r, j) *= s[j];
+	const linalg::MatrixD delta = linalg::matmul(u_polar, false, linalg::polar_factor(vt), false);
+	Vec out(rows * cols);
+	for (size_t i = 0; i < out.size(); ++i)
+		out[i] = static_cast<float>(c.sources[0][i] + alpha * delta.data[i]);
+	return out;
+}
+
+// The largest difference between two merges, against the largest delta of the reference.
+void expect_close_to_definition(const Vec& merged, const Vec& reference, const Vec& base, const std::string& what) {
+	double largest = 0, worst = 0;
+	for (size_t i = 0; i < reference.size(); ++i) {
+		largest = std::max(largest, std::abs(static_cast<double>(reference[i]) - base[i]));
+		worst = std::max(worst, std::abs(static_cast<double>(merged[i]) - reference[i]));
+	}
+	EXPECT_LT(worst, 1e-5 * largest) << what << ", largest delta " << largest;
+}
+
+TEST(SubspaceTsvTest, TallMatricesWholeOrStreamedAgreeWithTheDefinition) {
+	// 3000 × 16 spans three blocks; k = 5 of 16 per task. The whole-tensor merge (this size is
+	// under kTsvBlockElements) and the streamed one both take eigenpairs of Gram matrices, the
+	// streamed one in panels of 7 rows (many panels, the last one partial) or one panel.
+	const Case c = tall_case(3000);
+	const Vec reference = tsv_by_definition(c, 3000, 16, 0.8, {1.0, 0.5, 2.0});
+	expect_close_to_definition(run("tsv", c), reference, c.sources[0], "whole tensor");
+	for (size_t panel_rows : {size_t{7}, size_t{0}})
+		expect_close_to_definition(stream_tsv(c, panel_rows), reference, c.sources[0],
+		                           "streamed, panel rows " + std::to_string(panel_rows));
+}
+
+TEST(SubspaceTsvTest, WideMatricesMergeAsTheirTranspose) {
+	// The same values read as 16 × 3000: TSV-M of the transpose, through the Gram matrices of
+	// its 3000 columns.
+	Case c = tall_case(3000);
+	c.shape = {16, 3000};
+	expect_close_to_definition(run("tsv", c), tsv_by_definition(c, 16, 3000, 0.8, {1.0, 0.5, 2.0}), c.sources[0],
+	                           "wide");
 }
 
 TEST(SubspaceTsvTest, TallStreamGivesTheSameBytesWhateverOrderAndThreadTheBlocksCome) {
@@ -164,7 +208,7 @@ TEST(SubspaceTsvTest, AbandonEndsTheWaitOfABlockFarAhead) {
 	ahead.join();
 }
 
-TEST(SubspaceTsvTest, WideOrSmallMatricesKeepTheWholeTensorSvds) {
+TEST(SubspaceTsvTest, WideOrSmallMatricesAreNotStreamed) {
 	const Case c = tall_case(3000);
 	MergeInput input = to_input(c);
 	const MergeMethod& tsv = *find_method("tsv");

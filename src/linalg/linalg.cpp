@@ -217,17 +217,23 @@ Eigenpairs top_eigenpairs(MatrixD symmetric, size_t count) {
 	if (count == 0) return out;
 	single_threaded_blas();
 	std::vector<double> values(n);
-	MatrixD vectors(n, count); // ascending eigenvalues: the largest in the last column
+	// Column-major on the same memory: the row-major upper triangle is the column-major lower one,
+	// and LAPACKE's row-major copies of the matrix and the vectors (a fifth of the time) are saved.
+	// Vector j (ascending eigenvalues) is then vectors[j · n, (j + 1) · n). All n of them take
+	// the MRRR path (dstemr), a subset bisection and inverse iteration.
+	std::vector<double> vectors(n * count);
 	std::vector<lapack_int> support(2 * count);
 	lapack_int found = 0;
-	check_info(LAPACKE_dsyevr(LAPACK_ROW_MAJOR, 'V', 'I', 'U', as_int(n), symmetric.data.data(), as_int(n), 0, 0,
-	                          as_int(n - count + 1), as_int(n), 0.0, &found, values.data(), vectors.data.data(),
-	                          as_int(count), support.data()),
+	const bool all = count == n;
+	check_info(LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', all ? 'A' : 'I', 'L', as_int(n), symmetric.data.data(), as_int(n),
+	                          0, 0, all ? 0 : as_int(n - count + 1), all ? 0 : as_int(n), 0.0, &found, values.data(),
+	                          vectors.data(), as_int(n), support.data()),
 	           "symmetric eigensolver (syevr)");
 	for (size_t j = 0; j < count; ++j) {
 		out.values[j] = values[count - 1 - j];
+		const double* vector = &vectors[(count - 1 - j) * n];
 		for (size_t i = 0; i < n; ++i)
-			out.vectors(i, j) = vectors(i, count - 1 - j);
+			out.vectors(i, j) = vector[i];
 	}
 	return out;
 }
@@ -243,6 +249,10 @@ MatrixD inverse_sqrt_psd(const MatrixD& w, double relative_floor) {
 			scaled(i, j) *= factor;
 	}
 	return matmul(scaled, false, pairs.vectors, true);
+}
+
+MatrixD polar_factor_of_rows(const MatrixD& a, double relative_floor) {
+	return matmul(inverse_sqrt_psd(matmul(a, false, a, true), relative_floor), false, a, false);
 }
 
 SvdD top_singular_triplets(const MatrixD& a, size_t rank) {

@@ -105,6 +105,11 @@ Eigenpairs top_eigenpairs(MatrixD symmetric, size_t count);
 // eigenvalues at or below relative_floor · the largest count as zero.
 MatrixD inverse_sqrt_psd(const MatrixD& w, double relative_floor);
 
+// The polar factor of A's rows from their Gram matrix: (A Aᵀ)^(-1/2) A, eigenvalues at or below
+// relative_floor · the largest dropped (dependent rows give a partial isometry, where
+// polar_factor completes the basis arbitrarily). A fraction of polar_factor's SVD time.
+MatrixD polar_factor_of_rows(const MatrixD& a, double relative_floor);
+
 // X with A X = B for a symmetric A: Cholesky (LAPACK dposv), falling back to LU with partial
 // pivoting (dgesv) when A is not positive definite; *used_lu says which. Never forms A⁻¹.
 // Throws weld::Error when A is singular.

@@ -109,79 +109,67 @@ private:
 	bool busy_ = false, abandoned_ = false;
 };
 
-// TSV-M of a tall matrix (m ≥ n) without its SVDs: each task's top-k right singular vectors V_t
-// and values σ_t are the top eigenpairs of its Gram matrix Δ_tᵀΔ_t (pass 0), so U_t = Δ_t V_t
-// σ_t⁻¹ = Δ_t A_t; the stacked U = [U_1 … U_N] has polar factor U (UᵀU)^(-1/2), and UᵀU = PᵀP with
-// P = [Δ_1 A_1 … Δ_N A_N] (pass 1). The merge U⊥ diag(σ) V⊥ᵀ is then, row by row,
-// Σ_t (Δ_t[r] A_t) R_t with R = (UᵀU)^(-1/2) diag(σ) polar(Vᵀ): only n × n matrices are held.
-class TsvTallMerge final : public BlockMerge {
+// TSV-M of a tall matrix (m ≥ n) without its SVDs, from its rows in panels, in order: each task's
+// top-k right singular vectors V_t and values σ_t are the top eigenpairs of its Gram matrix
+// Δ_tᵀΔ_t (pass 0), so U_t = Δ_t V_t σ_t⁻¹ = Δ_t A_t; the stacked U = [U_1 … U_N] has polar
+// factor U (UᵀU)^(-1/2), and UᵀU = PᵀP with P = [Δ_1 A_1 … Δ_N A_N] (pass 1). The merge
+// U⊥ diag(σ) V⊥ᵀ is then, row by row, Σ_t (Δ_t[r] A_t) R_t with R = (UᵀU)^(-1/2) diag(σ) polar(Vᵀ):
+// only n × n matrices are held. A wide matrix is merged as its transpose (TSV-M commutes with
+// transposition: polar(Xᵀ) = polar(X)ᵀ).
+class TsvGram {
 public:
-	TsvTallMerge(std::vector<size_t> models, std::vector<double> weights, size_t base, double alpha, uint64_t rows,
-	             uint64_t cols, size_t panel_rows)
-	    : models_(std::move(models)), weights_(std::move(weights)), base_(base), alpha_(alpha), rows_(rows),
-	      cols_(cols), k_(subspace::rank_share(rows, cols, models_.size())), panels_(models_.size(), cols, panel_rows) {
-		grams_.assign(models_.size(), linalg::MatrixD(cols, cols));
-		panels_.start([this](const std::vector<linalg::MatrixD>& panel) {
-			for (size_t t = 0; t < panel.size(); ++t)
-				linalg::add_gram(grams_[t], panel[t]);
-		});
+	TsvGram(size_t tasks, uint64_t rows, uint64_t cols)
+	    : tasks_(tasks), cols_(cols), k_(subspace::rank_share(rows, cols, tasks)) {
+		grams_.assign(tasks, linalg::MatrixD(cols, cols));
 	}
 
-	int stat_passes() const override { return 2; }
+	size_t rank() const { return k_; }
 
-	void observe(int, const Block& block, unsigned) override { panels_.add(block.index, all_task_values(block)); }
+	// Every task's next rows (panel[t] for task t), in row order: pass 0, then pass 1.
+	void add_panel(const std::vector<linalg::MatrixD>& panel) {
+		if (pass_ == 0) {
+			for (size_t t = 0; t < tasks_; ++t)
+				linalg::add_gram(grams_[t], panel[t]);
+			return;
+		}
+		linalg::MatrixD stacked(panel[0].rows, k_ * tasks_);
+		for (size_t t = 0; t < tasks_; ++t) {
+			const linalg::MatrixD p = linalg::matmul(panel[t], false, a_[t], false);
+			for (size_t r = 0; r < p.rows; ++r)
+				std::copy_n(&p.data[r * k_], k_, &stacked.data[r * stacked.cols + t * k_]);
+		}
+		linalg::add_gram(gram_of_u_, stacked);
+	}
 
-	void end_pass(int pass) override {
-		panels_.finish(block_count(rows_ * cols_));
-		if (pass == 0)
+	void end_pass() {
+		if (pass_++ == 0)
 			factor_tasks();
 		else
 			build_output_operator();
 	}
 
-	void abandon() override { panels_.abandon(); }
-
-	void merge(const Block& block, std::span<float> out, unsigned) override {
-		const size_t size = block.size(), rows = size / cols_;
-		linalg::MatrixF delta(rows, cols_), task(rows, cols_);
-		for (size_t t = 0; t < models_.size(); ++t) {
-			task_values(block, t, task.data.data());
-			const linalg::MatrixF projected = linalg::matmul(task, false, projections_[t], false);
+	// After both passes: the merged delta's rows from every task's same rows (rows × n each). In
+	// double: R's entries grow as 1 / √λ of UᵀU's smallest kept eigenvalue, and float32 products
+	// lost 10⁻⁴ of the delta's norm to that on nearly dependent tasks.
+	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixD>& task_rows) const {
+		linalg::MatrixD delta(task_rows[0].rows, cols_);
+		for (size_t t = 0; t < tasks_; ++t) {
+			const linalg::MatrixD projected = linalg::matmul(task_rows[t], false, projections_[t], false);
 			linalg::add_product(delta, projected, false, outputs_[t], false);
 		}
-		const std::span<const float> base = block.sources[base_];
-		for (size_t j = 0; j < size; ++j)
-			out[j] = base[j] + static_cast<float>(alpha_ * delta.data[j]);
-	}
-
-	std::vector<std::string> notes() const override {
-		return {fmt::format("top-{} singular vectors from Gram matrices, streamed ({} × {} matrix)", k_, rows_, cols_)};
+		return delta;
 	}
 
 private:
-	// Task t's values in the block, as task_matrix computes them, into values[0, block.size()).
-	void task_values(const Block& block, size_t t, float* values) const {
-		const std::span<const float> base = block.sources[base_], x = block.sources[models_[t]];
-		for (size_t j = 0; j < base.size(); ++j)
-			values[j] = static_cast<float>(weights_[t] * (static_cast<double>(x[j]) - base[j]));
-	}
-
-	// Every task's values in the block, task t's at [t · size, (t + 1) · size).
-	std::vector<float> all_task_values(const Block& block) const {
-		std::vector<float> values(models_.size() * block.size());
-		for (size_t t = 0; t < models_.size(); ++t)
-			task_values(block, t, &values[t * block.size()]);
-		return values;
-	}
-
 	// After pass 0: σ_t, V_t and A_t = V_t σ_t⁻¹ of every task; σ below 1e-6 · σ_max of its task
 	// (below float32's resolution of the matrix) counts as zero, as its U column is noise.
 	void factor_tasks() {
-		const size_t tasks = models_.size(), width = tasks * k_;
+		const size_t width = tasks_ * k_;
 		sigma_.assign(width, 0.0);
 		stacked_vt_ = linalg::MatrixD(width, cols_);
-		a_.clear();
-		for (size_t t = 0; t < tasks; ++t) {
+		for (size_t t = 0; t < tasks_; ++t) {
+			for (const double v : grams_[t].data)
+				if (!std::isfinite(v)) throw Error(fmt::format("task vector {} has values that are not finite", t + 1));
 			const linalg::Eigenpairs pairs = linalg::top_eigenpairs(std::move(grams_[t]), k_);
 			const double largest = std::sqrt(std::max(pairs.values.empty() ? 0.0 : pairs.values[0], 0.0));
 			linalg::MatrixD a(cols_, k_);
@@ -198,50 +186,156 @@ private:
 		}
 		grams_.clear();
 		gram_of_u_ = linalg::MatrixD(width, width);
-		panels_.start([this](const std::vector<linalg::MatrixD>& panel) {
-			linalg::MatrixD stacked(panel[0].rows, k_ * panel.size());
-			for (size_t t = 0; t < panel.size(); ++t) {
-				const linalg::MatrixD p = linalg::matmul(panel[t], false, a_[t], false);
-				for (size_t r = 0; r < p.rows; ++r)
-					std::copy_n(&p.data[r * k_], k_, &stacked.data[r * stacked.cols + t * k_]);
-			}
-			linalg::add_gram(gram_of_u_, stacked);
-		});
 	}
 
-	// After pass 1: R = (UᵀU)^(-1/2) diag(σ) polar(Vᵀ), split by task into the output's float32
-	// operators A_t (n × k) and R_t (k × n).
+	// After pass 1: R = (UᵀU)^(-1/2) diag(σ) polar(Vᵀ), split by task into the output's operators
+	// A_t (n × k) and R_t (k × n).
 	void build_output_operator() {
 		linalg::MatrixD inverse_sqrt = linalg::inverse_sqrt_psd(gram_of_u_, 1e-12);
 		gram_of_u_ = {};
 		for (size_t r = 0; r < inverse_sqrt.rows; ++r)
 			for (size_t c = 0; c < inverse_sqrt.cols; ++c)
 				inverse_sqrt(r, c) *= sigma_[c];
-		const linalg::MatrixD r = linalg::matmul(inverse_sqrt, false, linalg::polar_factor(stacked_vt_), false);
-		for (size_t t = 0; t < models_.size(); ++t) {
-			linalg::MatrixF a(cols_, k_), out(k_, cols_);
-			std::transform(a_[t].data.begin(), a_[t].data.end(), a.data.begin(),
-			               [](double v) { return static_cast<float>(v); });
-			for (size_t j = 0; j < k_ * cols_; ++j)
-				out.data[j] = static_cast<float>(r.data[t * k_ * cols_ + j]);
-			projections_.push_back(std::move(a));
+		const linalg::MatrixD r =
+		    linalg::matmul(inverse_sqrt, false, linalg::polar_factor_of_rows(stacked_vt_, 1e-12), false);
+		stacked_vt_ = {};
+		for (size_t t = 0; t < tasks_; ++t) {
+			linalg::MatrixD out(k_, cols_);
+			std::copy_n(&r.data[t * k_ * cols_], k_ * cols_, out.data.begin());
 			outputs_.push_back(std::move(out));
 		}
-		a_.clear();
+		projections_ = std::move(a_);
 	}
 
-	std::vector<size_t> models_;
-	std::vector<double> weights_;
-	size_t base_;
-	double alpha_;
-	uint64_t rows_, cols_;
-	size_t k_;
-	OrderedRowPanels panels_;
+	size_t tasks_, cols_, k_;
+	int pass_ = 0;
 	std::vector<linalg::MatrixD> grams_, a_;
 	std::vector<double> sigma_;
 	linalg::MatrixD stacked_vt_, gram_of_u_;
-	std::vector<linalg::MatrixF> projections_, outputs_;
+	std::vector<linalg::MatrixD> projections_, outputs_;
 };
+
+// Which tensor values are task vectors: weight_t · (model_t − base), rounded to float32.
+struct TaskVectors {
+	std::vector<size_t> models;
+	std::vector<double> weights;
+	size_t base;
+
+	static TaskVectors of(const MergeInput& input, size_t source_count) {
+		TaskVectors tasks{
+		    .models = model_indices(input, source_count), .weights = {}, .base = static_cast<size_t>(input.base_index)};
+		for (size_t i : tasks.models)
+			tasks.weights.push_back(*source_param(tsv_method().info(), input, i, "weight"));
+		return tasks;
+	}
+
+	float value(std::span<const std::span<const float>> sources, size_t t, size_t index) const {
+		const double difference = static_cast<double>(sources[models[t]][index]) - sources[base][index];
+		return static_cast<float>(weights[t] * difference);
+	}
+};
+
+std::vector<linalg::MatrixD> to_double(const std::vector<linalg::MatrixF>& panel) {
+	std::vector<linalg::MatrixD> wide;
+	for (const auto& matrix : panel) {
+		linalg::MatrixD d(matrix.rows, matrix.cols);
+		std::copy(matrix.data.begin(), matrix.data.end(), d.data.begin());
+		wide.push_back(std::move(d));
+	}
+	return wide;
+}
+
+// The streamed form of TsvGram: the executor's blocks (whole rows) reach it in panels, in row order.
+class TsvTallMerge final : public BlockMerge {
+public:
+	TsvTallMerge(TaskVectors tasks, double alpha, uint64_t rows, uint64_t cols, size_t panel_rows)
+	    : tasks_(std::move(tasks)), alpha_(alpha), rows_(rows), cols_(cols), gram_(tasks_.models.size(), rows, cols),
+	      panels_(tasks_.models.size(), cols, panel_rows) {
+		panels_.start([this](const std::vector<linalg::MatrixD>& panel) { gram_.add_panel(panel); });
+	}
+
+	int stat_passes() const override { return 2; }
+
+	void observe(int, const Block& block, unsigned) override {
+		const size_t size = block.size();
+		std::vector<float> values(tasks_.models.size() * size);
+		for (size_t t = 0; t < tasks_.models.size(); ++t)
+			for (size_t j = 0; j < size; ++j)
+				values[t * size + j] = tasks_.value(block.sources, t, j);
+		panels_.add(block.index, std::move(values));
+	}
+
+	void end_pass(int pass) override {
+		panels_.finish(block_count(rows_ * cols_));
+		gram_.end_pass();
+		if (pass == 0) panels_.start([this](const std::vector<linalg::MatrixD>& panel) { gram_.add_panel(panel); });
+	}
+
+	void abandon() override { panels_.abandon(); }
+
+	void merge(const Block& block, std::span<float> out, unsigned) override {
+		const size_t size = block.size(), rows = size / cols_;
+		std::vector<linalg::MatrixD> task_rows(tasks_.models.size(), linalg::MatrixD(rows, cols_));
+		for (size_t t = 0; t < task_rows.size(); ++t)
+			for (size_t j = 0; j < size; ++j)
+				task_rows[t].data[j] = tasks_.value(block.sources, t, j);
+		const linalg::MatrixD delta = gram_.merged_rows(task_rows);
+		const std::span<const float> base = block.sources[tasks_.base];
+		for (size_t j = 0; j < size; ++j)
+			out[j] = base[j] + static_cast<float>(alpha_ * delta.data[j]);
+	}
+
+	std::vector<std::string> notes() const override {
+		return {fmt::format("top-{} singular vectors from Gram matrices, streamed ({} × {} matrix)", gram_.rank(),
+		                    rows_, cols_)};
+	}
+
+private:
+	TaskVectors tasks_;
+	double alpha_;
+	uint64_t rows_, cols_;
+	TsvGram gram_;
+	OrderedRowPanels panels_;
+};
+
+// TSV-M of a whole matrix in memory, through TsvGram in panels of about 2^19 elements: a wide
+// matrix as its transpose (its columns are the panels' rows). Holds no copy of the tensor.
+void merge_whole_matrix(const MergeInput& input, const TaskVectors& tasks, double alpha, std::span<float> out,
+                        std::vector<std::string>* notes) {
+	const uint64_t rows = input.shape[0], cols = input.shape[1];
+	const bool wide = rows < cols;
+	const uint64_t tall_rows = wide ? cols : rows, tall_cols = wide ? rows : cols;
+	const size_t panel_rows = std::max<size_t>(1, (size_t{1} << 19) / tall_cols);
+	// Flat index of the tall form's element (r, c).
+	const auto index = [&](uint64_t r, uint64_t c) { return wide ? c * cols + r : r * cols + c; };
+	const auto task_panel = [&](uint64_t first, size_t count) {
+		std::vector<linalg::MatrixF> panel(tasks.models.size(), linalg::MatrixF(count, tall_cols));
+		for (size_t t = 0; t < panel.size(); ++t)
+			for (size_t r = 0; r < count; ++r)
+				for (size_t c = 0; c < tall_cols; ++c)
+					panel[t](r, c) = tasks.value(input.sources, t, index(first + r, c));
+		return panel;
+	};
+	TsvGram gram(tasks.models.size(), tall_rows, tall_cols);
+	for (int pass = 0; pass < 2; ++pass) {
+		for (uint64_t first = 0; first < tall_rows; first += panel_rows)
+			gram.add_panel(to_double(task_panel(first, std::min<uint64_t>(panel_rows, tall_rows - first))));
+		gram.end_pass();
+	}
+	const std::span<const float> base = input.sources[tasks.base];
+	for (uint64_t first = 0; first < tall_rows; first += panel_rows) {
+		const size_t count = std::min<uint64_t>(panel_rows, tall_rows - first);
+		const linalg::MatrixD delta = gram.merged_rows(to_double(task_panel(first, count)));
+		for (size_t r = 0; r < count; ++r)
+			for (size_t c = 0; c < tall_cols; ++c) {
+				const uint64_t i = index(first + r, c);
+				out[i] = base[i] + static_cast<float>(alpha * delta(r, c));
+			}
+	}
+	if (notes)
+		notes->push_back(fmt::format("top-{} singular vectors from Gram matrices ({} × {} matrix{})", gram.rank(), rows,
+		                             cols, wide ? ", as its transpose" : ""));
+}
 
 class TsvMethod final : public MergeMethod {
 public:
@@ -268,13 +362,10 @@ public:
 			return;
 		}
 		const double alpha = global_param(info_, input, "alpha");
-		std::vector<double> weights;
-		for (size_t i : model_indices(input))
-			weights.push_back(*source_param(info_, input, i, "weight"));
+		const TaskVectors tasks = TaskVectors::of(input, input.sources.size());
 		subspace::naming_tensor(input, info_.name, [&] {
-			const std::vector<linalg::MatrixF> tasks = subspace::task_matrices(input, weights);
-			std::vector<float> delta =
-			    subspace::is_matrix(input) ? merged_matrix(tasks, input) : subspace::mean_of(tasks);
+			if (subspace::is_matrix(input)) return merge_whole_matrix(input, tasks, alpha, out, input.notes);
+			std::vector<float> delta = subspace::mean_of(subspace::task_matrices(input, tasks.weights));
 			for (float& d : delta)
 				d = static_cast<float>(alpha * d);
 			subspace::write_base_plus(input, delta, out);
@@ -290,18 +381,6 @@ public:
 
 private:
 	MethodInfo info_;
-
-	static std::vector<float> merged_matrix(const std::vector<linalg::MatrixF>& tasks, const MergeInput& input) {
-		const size_t k = subspace::rank_share(tasks[0].rows, tasks[0].cols, tasks.size());
-		const linalg::Svd<float> cat = subspace::concatenated_factors(tasks, k, input, input.notes);
-		// Orthogonalise the stacked factors: U⊥ = polar(U), V⊥ᵀ = polar(Vᵀ)ᵀ = polar(Vt).
-		linalg::MatrixF u = linalg::polar_factor(cat.U);
-		const linalg::MatrixF vt = linalg::polar_factor(cat.Vt);
-		for (size_t r = 0; r < u.rows; ++r)
-			for (size_t c = 0; c < u.cols; ++c)
-				u(r, c) *= cat.S[c];
-		return linalg::matmul(u, false, vt, false).data;
-	}
 };
 
 } // namespace
@@ -313,13 +392,9 @@ std::unique_ptr<BlockMerge> tsv_tall_block_merge(const MergeInput& input, size_t
 	if (input.shape.size() != 2 || input.shape[0] == 0 || input.shape[1] == 0) return nullptr;
 	const uint64_t rows = input.shape[0], cols = input.shape[1];
 	if (rows < cols || rows * cols != elements || kBlockElements % cols != 0) return nullptr;
-	std::vector<size_t> models = model_indices(input, source_count);
-	std::vector<double> weights;
-	for (size_t i : models)
-		weights.push_back(*source_param(info, input, i, "weight"));
 	if (panel_rows == 0) panel_rows = std::max<size_t>(1, (size_t{1} << 19) / cols);
-	return std::make_unique<TsvTallMerge>(std::move(models), std::move(weights), static_cast<size_t>(input.base_index),
-	                                      global_param(info, input, "alpha"), rows, cols, panel_rows);
+	return std::make_unique<TsvTallMerge>(TaskVectors::of(input, source_count), global_param(info, input, "alpha"),
+	                                      rows, cols, panel_rows);
 }
 
 const MergeMethod& tsv_method() {
