@@ -2,13 +2,18 @@
 # step by step in NumPy float64 (rank-r factors of each task vector, SVD bases of the
 # concatenated factors cut to their common width, per-model cores averaged, mapped back).
 # Usage: core_space_reference.py '{"sources": [[...], ...], "base": i, "shape": [m, n], "weight": w}'
+#        core_space_reference.py @FILE (FILE holding that JSON)
 # Prints the merged tensor as a JSON list.
 import json
 import sys
 
 import numpy as np
 
-case = json.loads(sys.argv[1])
+argument = sys.argv[1]
+if argument.startswith("@"):  # a file holding the JSON (cases too long for one argument)
+    with open(argument[1:]) as f:
+        argument = f.read()
+case = json.loads(argument)
 sources = [np.array(s, dtype=np.float64) for s in case["sources"]]
 base = sources[case["base"]]
 deltas = [s - base for i, s in enumerate(sources) if i != case["base"]]

@@ -3,6 +3,8 @@
 // core_space is checked against tests/core_space_reference.py, mergekit's steps in NumPy.
 #include "method_case.h"
 #include "methods/method.h"
+#include "methods/methods.h"
+#include "methods/row_panel_methods.h"
 #include "nn_test_util.h"
 #include "util/error.h"
 
@@ -10,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -144,8 +147,11 @@ Vec wave(size_t n, double phase) {
 Vec reference_core_space(const Case& c, double weight) {
 	const nlohmann::json args = {
 	    {"sources", c.sources}, {"base", c.base_index < 0 ? 0 : c.base_index}, {"shape", c.shape}, {"weight", weight}};
+	const TempDir dir;
+	const auto file = dir / "case.json";
+	std::ofstream(file) << args.dump();
 	const std::string command =
-	    "/usr/bin/python3 " + std::string(WELD_SOURCE_DIR) + "/tests/core_space_reference.py '" + args.dump() + "'";
+	    "/usr/bin/python3 " + std::string(WELD_SOURCE_DIR) + "/tests/core_space_reference.py @" + file.string();
 	return nlohmann::json::parse(test::command_output(command)).get<Vec>();
 }
 
@@ -177,6 +183,32 @@ TEST_F(CoreSpaceTest, CommonWidthCutMatchesNumPy) {
 TEST_F(CoreSpaceTest, NoBaseUsesTheFirstModel) {
 	Case c{.sources = {wave(192, 0.2), wave(192, 0.9), wave(192, 1.7)}, .shape = {16, 12}};
 	expect_near(run("core_space", c), reference_core_space(c, 1.0), 1e-5f);
+}
+
+// 3000 × 16 (r = 4), base + 3, weight 0.7: N·r = 12 <= 16, so the merge is the mean of the rank-4
+// task vectors, from Gram matrices, on the whole tensor and streamed (panels of 7 rows or one);
+// read as 16 × 3000 it is merged as its transpose.
+TEST_F(CoreSpaceTest, GramFormWholeStreamedAndWideMatchNumPy) {
+	Case c{.sources = {wave(48000, 0.0)}, .base_index = 0, .shape = {3000, 16}};
+	for (int m = 1; m <= 3; ++m) {
+		Vec model = wave(48000, 0.37 * m);
+		for (size_t i = 0; i < model.size(); ++i)
+			model[i] += 0.3f * static_cast<float>(std::cos(0.011 * static_cast<double>(i * (m + 2)) + m));
+		c.sources.push_back(std::move(model));
+	}
+	c.params = {{"weight", 0.7}};
+	const Vec reference = reference_core_space(c, 0.7);
+	expect_near(run("core_space", c), reference, 1e-5f);
+	const MergeInput input = to_input(c);
+	for (size_t panel_rows : {size_t{7}, size_t{0}}) {
+		const auto kernel = core_space_rows_block_merge(input, c.sources.size(), 48000, panel_rows);
+		ASSERT_NE(kernel, nullptr);
+		Vec streamed(48000, -999.0f);
+		merge_in_blocks(*kernel, input, streamed);
+		expect_near(streamed, reference, 1e-5f);
+	}
+	c.shape = {16, 3000};
+	expect_near(run("core_space", c), reference_core_space(c, 0.7), 1e-5f);
 }
 
 // Vectors take base + weight · mean Δ; a single source is copied.

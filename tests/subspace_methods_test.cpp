@@ -4,6 +4,7 @@
 #include "method_case.h"
 #include "methods/method.h"
 #include "methods/methods.h"
+#include "methods/row_panel_methods.h"
 #include "methods/tsv.h"
 #include "util/error.h"
 
@@ -247,6 +248,24 @@ TEST(SubspaceTsvTest, ErrorsNameTheTensor) {
 	expect_error("tsv", shaped({x, bad, x}, {2, 2})); // NaN: an error naming the tensor
 }
 
+TEST(SubspaceWorkingBytesTest, GramMethodsCountTheirSquareMatricesOfTheSmallerSide) {
+	// 8192 × 2048 (or its transpose), base + 3: n = 2048. tsv holds N + 8 = 11 n × n doubles,
+	// opcm N(N+1)/2 + 2N + 8 = 20, core_space N + 2 = 5; besides them every task's panel of 2^19
+	// elements (float, double, and the output's) and 256 waiting blocks of the three tasks.
+	Case c = shaped({Vec{}, Vec{}, Vec{}, Vec{}}, {8192, 2048});
+	const MergeInput input = to_input(c);
+	const uint64_t square = uint64_t{2048} * 2048 * 8, extra = 4 * (uint64_t{1} << 19) * 20 + 256 * 3 * 16384 * 4;
+	const uint64_t elements = uint64_t{8192} * 2048;
+	EXPECT_EQ(find_method("tsv")->working_bytes(input, 4, elements), 11 * square + extra);
+	EXPECT_EQ(find_method("opcm")->working_bytes(input, 4, elements), 20 * square + extra);
+	EXPECT_EQ(find_method("core_space")->working_bytes(input, 4, elements), 5 * square + extra);
+	c.shape = {2048, 8192};
+	EXPECT_EQ(find_method("tsv")->working_bytes(to_input(c), 4, elements), 11 * square + extra);
+	c.shape = {elements};
+	EXPECT_EQ(find_method("tsv")->working_bytes(to_input(c), 4, elements), 0u); // vectors: the mean
+	EXPECT_EQ(find_method("linear")->working_bytes(to_input(c), 4, elements), 0u);
+}
+
 // ---- opcm ----
 
 TEST(SubspaceOpcmTest, SingleModelReturnsTheModel) {
@@ -294,6 +313,88 @@ TEST(SubspaceOpcmTest, OrderMatters) {
 	for (size_t i = 0; i < ab.size(); ++i)
 		diff += std::abs(ab[i] - ba[i]);
 	EXPECT_GT(diff, 0.1);
+}
+
+// OPCM by its definition (FusionBench's opcm.py on one tensor), in double: merged = τ1; for each
+// next τ, P = Uᵀ τ V from the thin SVD of merged, Z its diagonal and top-left r × r block (r: the
+// first index where the cumulative singular share exceeds alpha), merged += τ − U Z Vᵀ; finally
+// merged · (mean ‖τ‖ / ‖merged‖).
+Vec opcm_by_definition(const Case& c, size_t rows, size_t cols, double alpha) {
+	const auto task = [&](size_t t) {
+		linalg::MatrixD tau(rows, cols);
+		for (size_t i = 0; i < rows * cols; ++i)
+			tau.data[i] = static_cast<double>(c.sources[t + 1][i]) - c.sources[0][i];
+		return tau;
+	};
+	const auto norm = [](const linalg::MatrixD& m) {
+		double sum = 0;
+		for (double v : m.data)
+			sum += v * v;
+		return std::sqrt(sum);
+	};
+	linalg::MatrixD merged = task(0);
+	double norm_sum = norm(merged);
+	for (size_t t = 1; t + 1 < c.sources.size(); ++t) {
+		const linalg::MatrixD tau = task(t);
+		norm_sum += norm(tau);
+		const linalg::SvdD svd = linalg::svd(merged);
+		const size_t k = svd.S.size();
+		double total = 0, running = 0;
+		for (double s : svd.S)
+			total += s;
+		size_t r = 0;
+		for (size_t i = 0; i < k; ++i)
+			if ((running += svd.S[i]) / total > alpha) {
+				r = i;
+				break;
+			}
+		linalg::MatrixD p = linalg::matmul(linalg::matmul(svd.U, true, tau, false), false, svd.Vt, true);
+		for (size_t i = 0; i < k; ++i)
+			for (size_t j = 0; j < k; ++j)
+				if (!(i == j || (i < r && j < r))) p(i, j) = 0;
+		const linalg::MatrixD back = linalg::matmul(linalg::matmul(svd.U, false, p, false), false, svd.Vt, false);
+		for (size_t i = 0; i < merged.data.size(); ++i)
+			merged.data[i] += tau.data[i] - back.data[i];
+	}
+	const double scale = norm_sum / static_cast<double>(c.sources.size() - 1) / norm(merged);
+	Vec out(rows * cols);
+	for (size_t i = 0; i < out.size(); ++i)
+		out[i] = static_cast<float>(c.sources[0][i] + scale * merged.data[i]);
+	return out;
+}
+
+Vec stream_opcm(const Case& c, size_t panel_rows) {
+	const MergeInput input = to_input(c);
+	const auto kernel = opcm_rows_block_merge(input, c.sources.size(), c.sources[0].size(), panel_rows);
+	EXPECT_NE(kernel, nullptr);
+	Vec out(c.sources[0].size(), -999.0f);
+	merge_in_blocks(*kernel, input, out);
+	return out;
+}
+
+TEST(SubspaceOpcmTest, TallMatricesWholeOrStreamedAgreeWithTheDefinition) {
+	// The tsv case's 3000 × 16 base + 3 (full-rank task vectors), alpha 0.3 and 0.8: the Gram form
+	// on the whole tensor and streamed in panels of 7 rows or one panel.
+	Case c = tall_case(3000);
+	c.source_params = {};
+	for (double alpha : {0.3, 0.8}) {
+		c.params = {{"alpha", alpha}};
+		const Vec reference = opcm_by_definition(c, 3000, 16, alpha);
+		expect_close_to_definition(run("opcm", c), reference, c.sources[0], "whole tensor");
+		for (size_t panel_rows : {size_t{7}, size_t{0}})
+			expect_close_to_definition(stream_opcm(c, panel_rows), reference, c.sources[0],
+			                           "streamed, panel rows " + std::to_string(panel_rows));
+	}
+}
+
+TEST(SubspaceOpcmTest, WideMatricesMergeAsTheirTranspose) {
+	Case c = tall_case(3000);
+	c.source_params = {};
+	c.params = {{"alpha", 0.5}};
+	c.shape = {16, 3000};
+	expect_close_to_definition(run("opcm", c), opcm_by_definition(c, 16, 3000, 0.5), c.sources[0], "wide");
+	MergeInput input = to_input(c);
+	EXPECT_EQ(opcm_rows_block_merge(input, c.sources.size(), c.sources[0].size()), nullptr); // wide: not streamed
 }
 
 TEST(SubspaceOpcmTest, NeedsABase) {

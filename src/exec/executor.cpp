@@ -167,10 +167,17 @@ uint64_t worker_buffer_bytes(const TensorJob& job) {
 	       kItemBlocks * kBlockElements * dtype_size(job.out_dtype);
 }
 
-// The workers' buffers come out of the memory budget: as many threads as it holds, at least one.
-unsigned streaming_threads(const TensorJob& job, const ExecOptions& options) {
+// What the method holds for the tensor (MergeMethod::working_bytes).
+uint64_t method_bytes(const Plan& plan, const TensorJob& job) {
+	return plan.method->working_bytes(job_input(plan, job), job.sources.size(), job.numel());
+}
+
+// The workers' buffers come out of the memory budget left beside the method's own bytes: as many
+// threads as it holds, at least one.
+unsigned streaming_threads(const TensorJob& job, const ExecOptions& options, uint64_t held_by_method) {
 	const uint64_t requested = std::max(1u, options.threads);
-	const uint64_t held = std::max<uint64_t>(1, options.memory_budget / worker_buffer_bytes(job));
+	const uint64_t left = options.memory_budget > held_by_method ? options.memory_budget - held_by_method : 0;
+	const uint64_t held = std::max<uint64_t>(1, left / worker_buffer_bytes(job));
 	static std::atomic<bool> warned{false};
 	if (held < requested && !warned.exchange(true))
 		std::fprintf(stderr,
@@ -185,11 +192,12 @@ unsigned streaming_threads(const TensorJob& job, const ExecOptions& options) {
 void stream_job(const Plan& plan, size_t index, BlockMerge& kernel, TensorSink& writer, const ExecOptions& options,
                 std::vector<WorkerBuffers>& buffers) {
 	const TensorJob& job = plan.jobs[index];
-	const unsigned threads = streaming_threads(job, options);
+	const uint64_t held_by_method = method_bytes(plan, job);
+	const unsigned threads = streaming_threads(job, options, held_by_method);
 	uint64_t input_bytes = 0;
 	for (const auto& source : job.sources)
 		input_bytes += source.tensor->info->nbytes();
-	const bool stay_mapped = input_bytes + threads * worker_buffer_bytes(job) <= options.memory_budget;
+	const bool stay_mapped = input_bytes + threads * worker_buffer_bytes(job) + held_by_method <= options.memory_budget;
 	if (stay_mapped)
 		for (const auto& source : job.sources)
 			source.tensor->file->prefetch(*source.tensor->info, true);
@@ -430,7 +438,7 @@ void run_whole_tensor_jobs(const Plan& plan, const std::vector<size_t>& jobs, Te
 	MemoryBudget budget(options.memory_budget);
 	parallel_for(jobs.size(), std::max(1u, options.threads), [&](uint64_t k, unsigned) {
 		const size_t i = jobs[k];
-		const uint64_t bytes = job_working_bytes(plan.jobs[i]);
+		const uint64_t bytes = job_working_bytes(plan.jobs[i]) + method_bytes(plan, plan.jobs[i]);
 		budget.acquire(bytes);
 		try {
 			if (g_cancelled) throw Error("interrupted");

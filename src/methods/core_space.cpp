@@ -6,10 +6,15 @@
 // U_Bᵀ Bᵢ Aᵢ V_A are averaged, scaled by the global weight and mapped back. Tensors that are not
 // matrices take base + weight · mean Δᵢ (mergekit's fallback).
 #include "methods/methods.h"
+#include "methods/row_panel_methods.h"
+#include "methods/row_panels.h"
 #include "methods/subspace_util.h"
 #include "tensor/kernels.h"
+#include "util/error.h"
 
 #include <algorithm>
+#include <cmath>
+#include <fmt/format.h>
 
 namespace weld {
 namespace {
@@ -27,6 +32,60 @@ linalg::MatrixF first_columns(const linalg::MatrixF& a, size_t count) {
 		            out.data.begin() + static_cast<std::ptrdiff_t>(r * count));
 	return out;
 }
+
+// Whether U_B and V_A keep every direction of the stacked factors (N·r <= min(m, n), every
+// matrix of an LLM): the projections onto them then leave the mean of the rank-r task vectors
+// unchanged, as its columns lie in the span of the B's and its rows in that of the A's, and the
+// merge is that mean, (1/N) Σ τ_t V_t V_tᵀ with V_t the top-r right singular vectors of τ_t.
+bool keeps_every_direction(const MergeInput& input, size_t tasks) {
+	if (!subspace::is_matrix(input)) return false;
+	const uint64_t rows = input.shape[0], cols = input.shape[1];
+	return tasks * core_rank(rows, cols) <= std::min(rows, cols);
+}
+
+// That mean from the rows of the task vectors (one pass): V_t from the top-r eigenpairs of the
+// Gram matrix τ_tᵀ τ_t, exact where the SVD path's randomized SVD is approximate. A direction of
+// eigenvalue 0 adds nothing (τ_t v = 0), so rank-deficient tasks need no special case.
+class CoreSpaceGram final : public RowPanelAlgorithm {
+public:
+	CoreSpaceGram(size_t tasks, uint64_t rows, uint64_t cols)
+	    : tasks_(tasks), cols_(cols), rank_(core_rank(rows, cols)), grams_(tasks, linalg::MatrixD(cols, cols)) {}
+
+	int passes() const override { return 1; }
+
+	std::string note() const override {
+		return fmt::format("top-{} right singular vectors from Gram matrices, cores kept whole", rank_);
+	}
+
+	void add_panel(const std::vector<linalg::MatrixD>& panel) override {
+		for (size_t t = 0; t < tasks_; ++t)
+			linalg::add_gram(grams_[t], panel[t]);
+	}
+
+	void end_pass() override {
+		for (auto& gram : grams_) {
+			for (const double v : gram.data)
+				if (!std::isfinite(v)) throw Error("a task vector has values that are not finite");
+			vectors_.push_back(linalg::top_eigenpairs(std::move(gram), rank_).vectors);
+		}
+		grams_.clear();
+	}
+
+	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixD>& task_rows) const override {
+		linalg::MatrixD delta(task_rows[0].rows, cols_);
+		for (size_t t = 0; t < tasks_; ++t)
+			linalg::add_product(delta, linalg::matmul(task_rows[t], false, vectors_[t], false), false, vectors_[t],
+			                    true);
+		const double share = 1.0 / static_cast<double>(tasks_);
+		for (double& d : delta.data)
+			d *= share;
+		return delta;
+	}
+
+private:
+	size_t tasks_, cols_, rank_;
+	std::vector<linalg::MatrixD> grams_, vectors_;
+};
 
 class CoreSpaceMethod final : public MergeMethod {
 public:
@@ -55,6 +114,23 @@ public:
 			return;
 		}
 		const double weight = global_param(info_, input, "weight");
+		if (const auto kernel = block_merge(input, input.sources.size(), out.size(), 1)) {
+			subspace::naming_tensor(input, info_.name, [&] { merge_in_blocks(*kernel, based, out); });
+			return;
+		}
+		const TaskVectors task_vectors = TaskVectors::of(based, input.sources.size());
+		if (keeps_every_direction(input, task_vectors.models.size())) {
+			const size_t count = task_vectors.models.size();
+			subspace::naming_tensor(input, info_.name, [&] {
+				merge_in_row_panels(
+				    based, task_vectors, weight,
+				    [count](uint64_t rows, uint64_t cols) {
+					    return std::make_unique<CoreSpaceGram>(count, rows, cols);
+				    },
+				    out);
+			});
+			return;
+		}
 		subspace::naming_tensor(input, info_.name, [&] {
 			const std::vector<linalg::MatrixF> tasks = subspace::task_matrices(based);
 			std::vector<float> delta = subspace::is_matrix(input) ? core_merge(tasks, based) : subspace::mean_of(tasks);
@@ -62,6 +138,19 @@ public:
 				d = static_cast<float>(weight * d);
 			subspace::write_base_plus(based, delta, out);
 		});
+	}
+
+	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
+	                                        unsigned) const override {
+		if (elements < kRowPanelStreamElements) return nullptr;
+		return core_space_rows_block_merge(input, source_count, elements);
+	}
+
+	// CoreSpaceGram's Gram matrices and an eigensolver's copy (the SVD path's matrices are small).
+	uint64_t working_bytes(const MergeInput& input, size_t source_count, uint64_t) const override {
+		const size_t tasks = source_count - 1; // without a base, the first source serves as one
+		if (source_count < 2 || !keeps_every_direction(input, tasks)) return 0;
+		return row_panel_working_bytes(tasks, input.shape[0], input.shape[1], tasks + 2);
 	}
 
 private:
@@ -99,6 +188,18 @@ private:
 };
 
 } // namespace
+
+std::unique_ptr<BlockMerge> core_space_rows_block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
+                                                        size_t panel_rows) {
+	if (source_count < 2 || !streams_as_rows(input, elements, 0)) return nullptr;
+	MergeInput based = input;
+	if (based.base_index < 0) based.base_index = 0;
+	const TaskVectors tasks = TaskVectors::of(based, source_count);
+	if (!keeps_every_direction(input, tasks.models.size())) return nullptr;
+	return stream_row_panels(std::make_unique<CoreSpaceGram>(tasks.models.size(), input.shape[0], input.shape[1]),
+	                         tasks, global_param(core_space_method().info(), input, "weight"), input.shape[0],
+	                         input.shape[1], panel_rows);
+}
 
 const MergeMethod& core_space_method() {
 	static const CoreSpaceMethod method;

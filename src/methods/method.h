@@ -150,6 +150,13 @@ public:
 		(void)input, (void)source_count, (void)elements, (void)workers;
 		return nullptr;
 	}
+	// Bytes the method itself holds while merging one such tensor (its own matrices, LAPACK's
+	// workspace), beyond the executor's float32 copies (or blocks) of the sources and the output:
+	// counted against --memory-budget. input as for block_merge. Default: none worth counting.
+	virtual uint64_t working_bytes(const MergeInput& input, size_t source_count, uint64_t elements) const {
+		(void)input, (void)source_count, (void)elements;
+		return 0;
+	}
 };
 
 // Where statistics of a kind come from, for messages: "the optimizer/ folder of `weld train

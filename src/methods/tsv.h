@@ -2,15 +2,15 @@
 #pragma once
 
 #include "methods/method.h"
+#include "methods/row_panels.h"
 
 #include <memory>
 
 namespace weld {
 
 // Tall matrices (rows >= cols, every block whole rows) of at least this many elements merge in
-// blocks, from Gram matrices, instead of with whole-tensor SVDs: the embedding of a 1B model
-// (128256 × 2048, 1 GB in float32 per model) is the first such tensor.
-constexpr uint64_t kTsvBlockElements = uint64_t{1} << 26;
+// blocks; smaller ones as whole tensors, both from Gram matrices.
+constexpr uint64_t kTsvBlockElements = kRowPanelStreamElements;
 
 // The block merge of TSV-M for a tall matrix of `elements` elements, whatever its size, or nullptr
 // when the shape does not allow it (not a matrix, wider than tall, rows crossing blocks). Its Gram

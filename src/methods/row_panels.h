@@ -1,0 +1,75 @@
+// Matrix methods computed from the rows of every task vector, in order, without a copy of the
+// tensor: Gram-matrix forms of the SVD-based methods (tsv, opcm). An algorithm sums products of
+// whole rows over one or more passes, then maps each row of the task vectors to a row of the
+// merged delta. The same algorithm runs streamed (the executor's blocks, for tall matrices whose
+// rows fit the blocks) or on a whole tensor in memory (in panels; a wide matrix as its transpose).
+#pragma once
+
+#include "linalg/linalg.h"
+#include "methods/method.h"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace weld {
+
+// The task vectors of a merge: weight_t · (model_t − base), rounded to float32 as every method's
+// task vector is.
+struct TaskVectors {
+	std::vector<size_t> models;
+	std::vector<double> weights; // one per model
+	size_t base = 0;
+
+	// Every non-base source of input, weighted by weights (empty: all 1).
+	static TaskVectors of(const MergeInput& input, size_t source_count, std::vector<double> weights = {});
+
+	float value(std::span<const std::span<const float>> sources, size_t t, size_t index) const {
+		const double difference = static_cast<double>(sources[models[t]][index]) - sources[base][index];
+		return static_cast<float>(weights[t] * difference);
+	}
+};
+
+// What a row-panel method computes. Rows come as panels: panel[t] holds task t's next rows.
+class RowPanelAlgorithm {
+public:
+	virtual ~RowPanelAlgorithm() = default;
+	virtual int passes() const = 0;
+	// Pass after pass, every row once, in row order.
+	virtual void add_panel(const std::vector<linalg::MatrixD>& panel) = 0;
+	virtual void end_pass() = 0;
+	// After the passes: the merged delta's rows from every task's same rows.
+	virtual linalg::MatrixD merged_rows(const std::vector<linalg::MatrixD>& task_rows) const = 0;
+	// For --verbose.
+	virtual std::string note() const = 0;
+};
+
+// Matrices of at least this many elements stream (when their shape allows): below it, the whole
+// tensor in memory is faster (no ordered passes) and small enough. The embedding of a 1B model
+// (128256 × 2048, 1 GB in float32 per model) is the first such tensor.
+constexpr uint64_t kRowPanelStreamElements = uint64_t{1} << 26;
+
+// What a row-panel algorithm holds for a rows × cols matrix (MergeMethod::working_bytes): `squares`
+// n × n double matrices (n = min(rows, cols)), every task's panel in float and double, the
+// output panel, and (streamed) the blocks waiting for their turn.
+uint64_t row_panel_working_bytes(size_t tasks, uint64_t rows, uint64_t cols, uint64_t squares);
+
+// Whether a tensor of this shape streams as whole rows through the executor's blocks: a tall matrix
+// (rows >= cols) of at least min_elements elements whose rows fit the blocks.
+bool streams_as_rows(const MergeInput& input, uint64_t elements, uint64_t min_elements);
+
+// The streamed form: the executor's blocks (whole rows) reach the algorithm in panels of panel_rows
+// rows (0: about 2^19 elements), in row order whatever order and thread they come in; the output
+// is base + scale · delta.
+std::unique_ptr<BlockMerge> stream_row_panels(std::unique_ptr<RowPanelAlgorithm> algorithm, TaskVectors tasks,
+                                              double scale, uint64_t rows, uint64_t cols, size_t panel_rows = 0);
+
+// The whole-tensor form, in panels of about 2^19 elements: out = base + scale · delta. A wide
+// matrix is merged as its transpose (its columns are the algorithm's rows); make_algorithm gets the
+// rows and columns of the form it sees.
+void merge_in_row_panels(const MergeInput& input, const TaskVectors& tasks, double scale,
+                         const std::function<std::unique_ptr<RowPanelAlgorithm>(uint64_t, uint64_t)>& make_algorithm,
+                         std::span<float> out);
+
+} // namespace weld
