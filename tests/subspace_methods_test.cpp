@@ -89,9 +89,12 @@ Case tall_case(size_t rows) {
 	return shaped(std::move(sources), {rows, cols}, {{"alpha", 0.8}}, {{}, {}, {{"weight", 0.5}}, {{"weight", 2.0}}});
 }
 
-Vec stream_tsv(const Case& c, size_t panel_rows) {
+// A method's streamed form for tall matrices at any size (tsv_tall_block_merge and the like).
+using RowsBlockMerge = std::unique_ptr<BlockMerge> (*)(const MergeInput&, size_t, uint64_t, size_t);
+
+Vec stream_rows(RowsBlockMerge make, const Case& c, size_t panel_rows) {
 	const MergeInput input = to_input(c);
-	const auto kernel = tsv_tall_block_merge(input, c.sources.size(), c.sources[0].size(), panel_rows);
+	const auto kernel = make(input, c.sources.size(), c.sources[0].size(), panel_rows);
 	EXPECT_NE(kernel, nullptr);
 	Vec out(c.sources[0].size(), -999.0f);
 	merge_in_blocks(*kernel, input, out);
@@ -139,16 +142,23 @@ void expect_close_to_definition(const Vec& merged, const Vec& reference, const V
 	EXPECT_LT(worst, 1e-5 * largest) << what << ", largest delta " << largest;
 }
 
+// The whole-tensor merge and the streamed one, in panels of 7 rows (many panels, the last one
+// partial) or the default (one panel), against a reference.
+void expect_whole_and_streamed_close(const std::string& method, RowsBlockMerge make, const Case& c,
+                                     const Vec& reference) {
+	expect_close_to_definition(run(method, c), reference, c.sources[0], "whole tensor");
+	for (size_t panel_rows : {size_t{7}, size_t{0}})
+		expect_close_to_definition(stream_rows(make, c, panel_rows), reference, c.sources[0],
+		                           "streamed, panel rows " + std::to_string(panel_rows));
+}
+
 TEST(SubspaceTsvTest, TallMatricesWholeOrStreamedAgreeWithTheDefinition) {
 	// 3000 × 16 spans three blocks; k = 5 of 16 per task. The whole-tensor merge (this size is
 	// under kTsvBlockElements) and the streamed one both take eigenpairs of Gram matrices, the
 	// streamed one in panels of 7 rows (many panels, the last one partial) or one panel.
 	const Case c = tall_case(3000);
-	const Vec reference = tsv_by_definition(c, 3000, 16, 0.8, {1.0, 0.5, 2.0});
-	expect_close_to_definition(run("tsv", c), reference, c.sources[0], "whole tensor");
-	for (size_t panel_rows : {size_t{7}, size_t{0}})
-		expect_close_to_definition(stream_tsv(c, panel_rows), reference, c.sources[0],
-		                           "streamed, panel rows " + std::to_string(panel_rows));
+	expect_whole_and_streamed_close("tsv", tsv_tall_block_merge, c,
+	                                tsv_by_definition(c, 3000, 16, 0.8, {1.0, 0.5, 2.0}));
 }
 
 TEST(SubspaceTsvTest, WideMatricesMergeAsTheirTranspose) {
@@ -162,7 +172,7 @@ TEST(SubspaceTsvTest, WideMatricesMergeAsTheirTranspose) {
 
 TEST(SubspaceTsvTest, TallStreamGivesTheSameBytesWhateverOrderAndThreadTheBlocksCome) {
 	const Case c = tall_case(3000);
-	const Vec in_order = stream_tsv(c, 7);
+	const Vec in_order = stream_rows(tsv_tall_block_merge, c, 7);
 	const MergeInput input = to_input(c);
 	const uint64_t n = c.sources[0].size(), blocks = block_count(n);
 	const auto kernel = tsv_tall_block_merge(input, c.sources.size(), n, 7);
@@ -363,15 +373,6 @@ Vec opcm_by_definition(const Case& c, size_t rows, size_t cols, double alpha) {
 	return out;
 }
 
-Vec stream_opcm(const Case& c, size_t panel_rows) {
-	const MergeInput input = to_input(c);
-	const auto kernel = opcm_rows_block_merge(input, c.sources.size(), c.sources[0].size(), panel_rows);
-	EXPECT_NE(kernel, nullptr);
-	Vec out(c.sources[0].size(), -999.0f);
-	merge_in_blocks(*kernel, input, out);
-	return out;
-}
-
 TEST(SubspaceOpcmTest, TallMatricesWholeOrStreamedAgreeWithTheDefinition) {
 	// The tsv case's 3000 × 16 base + 3 (full-rank task vectors), alpha 0.3 and 0.8: the Gram form
 	// on the whole tensor and streamed in panels of 7 rows or one panel.
@@ -379,11 +380,7 @@ TEST(SubspaceOpcmTest, TallMatricesWholeOrStreamedAgreeWithTheDefinition) {
 	c.source_params = {};
 	for (double alpha : {0.3, 0.8}) {
 		c.params = {{"alpha", alpha}};
-		const Vec reference = opcm_by_definition(c, 3000, 16, alpha);
-		expect_close_to_definition(run("opcm", c), reference, c.sources[0], "whole tensor");
-		for (size_t panel_rows : {size_t{7}, size_t{0}})
-			expect_close_to_definition(stream_opcm(c, panel_rows), reference, c.sources[0],
-			                           "streamed, panel rows " + std::to_string(panel_rows));
+		expect_whole_and_streamed_close("opcm", opcm_rows_block_merge, c, opcm_by_definition(c, 3000, 16, alpha));
 	}
 }
 
