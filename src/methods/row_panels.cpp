@@ -104,16 +104,6 @@ private:
 	bool busy_ = false, abandoned_ = false;
 };
 
-std::vector<linalg::MatrixD> to_double(const std::vector<linalg::MatrixF>& panel) {
-	std::vector<linalg::MatrixD> wide;
-	for (const auto& matrix : panel) {
-		linalg::MatrixD d(matrix.rows, matrix.cols);
-		std::copy(matrix.data.begin(), matrix.data.end(), d.data.begin());
-		wide.push_back(std::move(d));
-	}
-	return wide;
-}
-
 size_t default_panel_rows(uint64_t cols) {
 	return std::max<size_t>(1, (size_t{1} << 19) / cols);
 }
@@ -212,12 +202,12 @@ void merge_in_row_panels(const MergeInput& input, const TaskVectors& tasks, doub
 	// Flat index of the tall form's element (r, c).
 	const auto index = [&](uint64_t r, uint64_t c) { return wide ? c * cols + r : r * cols + c; };
 	const auto task_panel = [&](uint64_t first, size_t count) {
-		std::vector<linalg::MatrixF> panel(tasks.models.size(), linalg::MatrixF(count, tall_cols));
+		std::vector<linalg::MatrixD> panel(tasks.models.size(), linalg::MatrixD(count, tall_cols));
 		for (size_t t = 0; t < panel.size(); ++t)
 			for (size_t r = 0; r < count; ++r)
 				for (size_t c = 0; c < tall_cols; ++c)
 					panel[t](r, c) = tasks.value(input.sources, t, index(first + r, c));
-		return to_double(panel);
+		return panel;
 	};
 	const std::unique_ptr<RowPanelAlgorithm> algorithm = make_algorithm(tall_rows, tall_cols);
 	for (int pass = 0; pass < algorithm->passes(); ++pass) {
