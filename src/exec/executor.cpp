@@ -78,19 +78,27 @@ void run_job(const Plan& plan, size_t index, TensorSink& writer, const ExecOptio
 		return;
 	}
 	const size_t n = job.numel();
-	std::vector<std::vector<float>> inputs(job.sources.size());
+	// The conversion overwrites every element: no zero fill first (it took longer than the
+	// conversion itself for the SVD methods' whole-tensor jobs).
+	std::vector<std::unique_ptr<float[]>> inputs(job.sources.size());
+	std::vector<std::vector<float>> remapped;
 	MergeInput input = job_input(plan, job);
 	for (size_t s = 0; s < job.sources.size(); s++) {
 		const auto& source = job.sources[s];
 		const uint64_t count = job.rows ? source.tensor->info->numel() : n; // all rows, to be rearranged
-		inputs[s].resize(count);
+		inputs[s] = std::make_unique_for_overwrite<float[]>(count);
 		const auto bytes = source.tensor->file->data(*source.tensor->info);
-		convert_to_f32(source.tensor->info->dtype, bytes.data(), inputs[s].data(), count);
-		if (!options.allow_nonfinite) check_finite(plan, source, inputs[s], 0);
+		convert_to_f32(source.tensor->info->dtype, bytes.data(), inputs[s].get(), count);
+		if (!options.allow_nonfinite) check_finite(plan, source, {inputs[s].get(), count}, 0);
+		if (job.rows) { // a rare path (vocabulary surgery): rearranged below from whole vectors
+			remapped.emplace_back(inputs[s].get(), inputs[s].get() + count);
+			inputs[s].reset();
+		}
 	}
-	if (job.rows) inputs = remap_rows(*job.rows, inputs, job.shape[1]);
-	for (const auto& values : inputs)
-		input.sources.emplace_back(values);
+	if (job.rows) remapped = remap_rows(*job.rows, remapped, job.shape[1]);
+	for (size_t s = 0; s < job.sources.size(); s++)
+		input.sources.push_back(job.rows ? std::span<const float>(remapped[s])
+		                                 : std::span<const float>(inputs[s].get(), n));
 	std::vector<std::vector<float>> statistics(job.sources.size());
 	if (!plan.method->info().statistics.empty()) {
 		for (size_t s = 0; s < job.sources.size(); s++) {
@@ -111,9 +119,10 @@ void run_job(const Plan& plan, size_t index, TensorSink& writer, const ExecOptio
 	std::vector<float> result(n);
 	plan.method->merge(input, result);
 	print_notes(job, notes, options);
-	std::vector<uint8_t> out(job.out_nbytes());
-	convert_from_f32(job.out_dtype, result.data(), out.data(), n);
-	writer.write(index, out);
+	const size_t out_bytes = job.out_nbytes();
+	const auto out = std::make_unique_for_overwrite<uint8_t[]>(out_bytes);
+	convert_from_f32(job.out_dtype, result.data(), out.get(), n);
+	writer.write(index, {out.get(), out_bytes});
 }
 
 // Runs fn(item, worker) for every item in [0, items) on `threads` threads, the caller being

@@ -2,6 +2,7 @@
 #include "methods/methods.h"
 #include "util/error.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <fmt/format.h>
 #include <map>
@@ -199,14 +200,28 @@ void merge_in_row_panels(const MergeInput& input, const TaskVectors& tasks, doub
 	const bool wide = rows < cols;
 	const uint64_t tall_rows = wide ? cols : rows, tall_cols = wide ? rows : cols;
 	const size_t panel_rows = default_panel_rows(tall_cols);
-	// Flat index of the tall form's element (r, c).
-	const auto index = [&](uint64_t r, uint64_t c) { return wide ? c * cols + r : r * cols + c; };
+	// fn(r, c, flat index) for every element (r, c) of the tall form's `count` rows from
+	// `first`. A wide matrix's tall rows are its columns: read down in tiles of 32 columns, not
+	// one element per cache line.
+	const auto for_each_element = [&](uint64_t first, size_t count, const auto& fn) {
+		if (!wide) {
+			for (size_t r = 0; r < count; ++r)
+				for (size_t c = 0; c < tall_cols; ++c)
+					fn(r, c, (first + r) * cols + c);
+			return;
+		}
+		constexpr size_t kTile = 32;
+		for (size_t tile = 0; tile < tall_cols; tile += kTile)
+			for (size_t r = 0; r < count; ++r)
+				for (size_t c = tile; c < std::min(tile + kTile, tall_cols); ++c)
+					fn(r, c, c * cols + first + r);
+	};
 	const auto task_panel = [&](uint64_t first, size_t count) {
 		std::vector<linalg::MatrixD> panel(tasks.models.size(), linalg::MatrixD(count, tall_cols));
 		for (size_t t = 0; t < panel.size(); ++t)
-			for (size_t r = 0; r < count; ++r)
-				for (size_t c = 0; c < tall_cols; ++c)
-					panel[t](r, c) = tasks.value(input.sources, t, index(first + r, c));
+			for_each_element(first, count, [&](size_t r, size_t c, uint64_t i) {
+				panel[t](r, c) = tasks.value(input.sources, t, i);
+			});
 		return panel;
 	};
 	const std::unique_ptr<RowPanelAlgorithm> algorithm = make_algorithm(tall_rows, tall_cols);
@@ -219,11 +234,9 @@ void merge_in_row_panels(const MergeInput& input, const TaskVectors& tasks, doub
 	for (uint64_t first = 0; first < tall_rows; first += panel_rows) {
 		const size_t count = std::min<uint64_t>(panel_rows, tall_rows - first);
 		const linalg::MatrixD delta = algorithm->merged_rows(task_panel(first, count));
-		for (size_t r = 0; r < count; ++r)
-			for (size_t c = 0; c < tall_cols; ++c) {
-				const uint64_t i = index(first + r, c);
-				out[i] = base[i] + static_cast<float>(scale * delta(r, c));
-			}
+		for_each_element(first, count, [&](size_t r, size_t c, uint64_t i) {
+			out[i] = base[i] + static_cast<float>(scale * delta(r, c));
+		});
 	}
 	if (input.notes)
 		input.notes->push_back(
