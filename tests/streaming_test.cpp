@@ -232,6 +232,23 @@ TEST_F(StreamingMethodsTest, ModelStockStreamsTheSameMergeWithinRounding) {
 	EXPECT_LT(merge_against_reference("model_stock", "", "", false), 1e-7);
 }
 
+TEST_F(StreamingMethodsTest, ModelStockFilterWiseStreamsEachRowsMergeWithinRounding) {
+	// One t per row of 1000 elements, rows crossing blocks: a row's segments add in block order.
+	EXPECT_LT(merge_against_reference("model_stock", "filter_wise: true", "", false), 1e-7);
+	const MergeMethod& method = *find_method("model_stock");
+	MergeInput input;
+	input.tensor_name = "w";
+	input.base_index = 3;
+	input.params = {{"filter_wise", 1.0}};
+	input.shape = {1000, 1000};
+	EXPECT_NE(method.block_merge(input, 4, 1'000'000, 1), nullptr);
+	// 1000 rows and 62 blocks, 9 sums each, a t per row, each block's vector.
+	EXPECT_EQ(method.working_bytes(input, 4, 1'000'000), (1062 * 9 + 1000) * 8 + 62 * sizeof(std::vector<double>));
+	input.shape = {62500, 16}; // rows of 16: more pair sums than values, whole tensors
+	EXPECT_EQ(method.block_merge(input, 4, 1'000'000, 1), nullptr);
+	EXPECT_EQ(method.working_bytes(input, 4, 1'000'000), 0u);
+}
+
 TEST_F(StreamingMethodsTest, NearswapStreamsTheSameBytesAsTheWholeTensorMerge) {
 	EXPECT_EQ(merge_against_reference("nearswap", "t: 0.001", "", false, 1), 0.0);
 }
