@@ -71,10 +71,10 @@ TEST(SubspaceTsvTest, HandOverlappingTasks) {
 
 // Base + 3 tasks of a tall rows × 16 matrix, each a sum of 16 rank-one terms of decaying weight
 // (distinct singular values, so the top-k subspaces are well defined).
-Case tall_case(size_t rows) {
+Case tall_case(size_t rows, int tasks = 3) {
 	const size_t cols = 16;
 	std::vector<Vec> sources{pseudo_random(rows * cols, 0.37f)};
-	for (int t = 0; t < 3; ++t) {
+	for (int t = 0; t < tasks; ++t) {
 		Vec model = sources[0];
 		for (size_t j = 0; j < cols; ++j) {
 			const Vec u = pseudo_random(rows, 1.3f + 0.71f * static_cast<float>(j + 5 * t));
@@ -86,6 +86,7 @@ Case tall_case(size_t rows) {
 		}
 		sources.push_back(std::move(model));
 	}
+	if (tasks != 3) return shaped(std::move(sources), {rows, cols}, {{"alpha", 0.8}});
 	return shaped(std::move(sources), {rows, cols}, {{"alpha", 0.8}}, {{}, {}, {{"weight", 0.5}}, {{"weight", 2.0}}});
 }
 
@@ -260,14 +261,14 @@ TEST(SubspaceTsvTest, ErrorsNameTheTensor) {
 
 TEST(SubspaceWorkingBytesTest, GramMethodsCountTheirSquareMatricesOfTheSmallerSide) {
 	// 8192 × 2048 (or its transpose), base + 3: n = 2048. tsv holds N + 8 = 11 n × n doubles,
-	// opcm N(N+1)/2 + 2N + 8 = 20, core_space N + 2 = 5; besides them every task's panel of 2^19
+	// opcm N + 8 = 11 (a pass per model), core_space N + 2 = 5; besides them every task's panel of 2^19
 	// elements (float, double, and the output's) and 256 waiting blocks of the three tasks.
 	Case c = shaped({Vec{}, Vec{}, Vec{}, Vec{}}, {8192, 2048});
 	const MergeInput input = to_input(c);
 	const uint64_t square = uint64_t{2048} * 2048 * 8, extra = 4 * (uint64_t{1} << 19) * 20 + 256 * 3 * 16384 * 4;
 	const uint64_t elements = uint64_t{8192} * 2048;
 	EXPECT_EQ(find_method("tsv")->working_bytes(input, 4, elements), 11 * square + extra);
-	EXPECT_EQ(find_method("opcm")->working_bytes(input, 4, elements), 20 * square + extra);
+	EXPECT_EQ(find_method("opcm")->working_bytes(input, 4, elements), 11 * square + extra);
 	EXPECT_EQ(find_method("core_space")->working_bytes(input, 4, elements), 5 * square + extra);
 	c.shape = {2048, 8192};
 	EXPECT_EQ(find_method("tsv")->working_bytes(to_input(c), 4, elements), 11 * square + extra);
@@ -382,6 +383,12 @@ TEST(SubspaceOpcmTest, TallMatricesWholeOrStreamedAgreeWithTheDefinition) {
 		c.params = {{"alpha", alpha}};
 		expect_whole_and_streamed_close("opcm", opcm_rows_block_merge, c, opcm_by_definition(c, 3000, 16, alpha));
 	}
+}
+
+TEST(SubspaceOpcmTest, SixModelsTakeFivePassesAndAgreeWithTheDefinition) {
+	Case c = tall_case(3000, 6);
+	c.params = {{"alpha", 0.5}};
+	expect_whole_and_streamed_close("opcm", opcm_rows_block_merge, c, opcm_by_definition(c, 3000, 16, 0.5));
 }
 
 TEST(SubspaceOpcmTest, WideMatricesMergeAsTheirTranspose) {

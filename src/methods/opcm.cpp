@@ -35,75 +35,59 @@ linalg::MatrixD identity(size_t n) {
 }
 
 // OPCM of a tall matrix (m ≥ n) from the rows of its task vectors, without SVDs of m × n
-// matrices: one pass sums the cross Gram matrices G_su = τ_sᵀ τ_u. Every merged delta so far is
-// M = Σ_s τ_s C_s (C_1 = I), so MᵀM = Σ C_sᵀ G_su C_u and Mᵀτ_t follow from them. Step t takes
-// V, σ from the eigenpairs of MᵀM, P = Uᵀ τ_t V = σ⁻¹ Vᵀ (Mᵀτ_t) V with U = M V σ⁻¹, the
-// removed entries Z of P, and M ← M Q + τ_t with Q = I − V σ⁻¹ Z Vᵀ (U Z Vᵀ = M V σ⁻¹ Z Vᵀ).
+// matrices. Every merged delta so far is M = Σ_{s<t} τ_s C_s (C_1 = I). Pass t − 1 reads the
+// rows once more, forms M's rows from the factors and sums MᵀM and Mᵀτ_t; step t then takes V, σ
+// from the eigenpairs of MᵀM, P = Uᵀ τ_t V = σ⁻¹ Vᵀ (Mᵀτ_t) V with U = M V σ⁻¹, the removed
+// entries Z of P, and M ← M Q + τ_t with Q = I − V σ⁻¹ Z Vᵀ (U Z Vᵀ = M V σ⁻¹ Z Vᵀ), so C_s ← C_s Q.
+// A pass per step holds N + 2 n × n matrices, where the N(N+1)/2 cross Gram matrices of one pass
+// would exceed a 1 GB budget at N = 8, n = 2048; the products are about as many.
 // σ at or below 10⁻⁶ σ_max counts as zero: its u is undefined (the SVD completes the basis
 // arbitrarily) and nothing is removed along it. The output rows are Σ_s τ_s[r] C_s · scale.
 class OpcmGram final : public RowPanelAlgorithm {
 public:
 	OpcmGram(size_t tasks, uint64_t cols, double alpha) : tasks_(tasks), cols_(cols), alpha_(alpha) {
-		for (size_t s = 0; s < tasks; ++s)
-			for (size_t u = s; u < tasks; ++u)
-				grams_.emplace_back(cols, cols);
+		factors_.push_back(identity(cols_));
+		start_step();
 	}
 
-	int passes() const override { return 1; }
+	int passes() const override { return static_cast<int>(tasks_) - 1; }
 
-	std::string note() const override { return "singular bases from Gram matrices"; }
+	std::string note() const override { return "singular bases from Gram matrices, a pass per model"; }
 
 	void add_panel(const std::vector<linalg::MatrixD>& panel) override {
-		for (size_t s = 0; s < tasks_; ++s)
-			for (size_t u = s; u < tasks_; ++u) {
-				if (s == u)
-					linalg::add_gram(gram(s, u), panel[s]);
-				else
-					linalg::add_product(gram(s, u), panel[s], true, panel[u], false);
-			}
+		const size_t t = factors_.size(); // the task this pass adds
+		if (t == 1) {
+			square_sums_[0] += sum_of_squares(panel[0]);
+			linalg::add_gram(mtm_, panel[0]); // M = τ_1
+			linalg::add_product(mt_task_, panel[0], true, panel[1], false);
+		} else {
+			linalg::MatrixD m_rows(panel[0].rows, cols_);
+			for (size_t s = 0; s < t; ++s)
+				linalg::add_product(m_rows, panel[s], false, factors_[s], false);
+			linalg::add_gram(mtm_, m_rows);
+			linalg::add_product(mt_task_, m_rows, true, panel[t], false);
+		}
+		square_sums_[t] += sum_of_squares(panel[t]);
 	}
 
 	void end_pass() override {
-		for (size_t t = 0; t < tasks_; ++t)
-			linalg::symmetric_from_upper(gram(t, t));
-		for (const auto& g : grams_)
-			for (const double v : g.data)
+		linalg::symmetric_from_upper(mtm_);
+		for (const auto* sums : {&mtm_, &mt_task_})
+			for (const double v : sums->data)
 				if (!std::isfinite(v)) throw Error("a task vector has values that are not finite");
-		double norm_sum = 0;
-		for (size_t t = 0; t < tasks_; ++t)
-			norm_sum += std::sqrt(std::max(trace(gram(t, t)), 0.0));
-		factors_ = {identity(cols_)};
-		linalg::MatrixD mtm = gram(0, 0);
-		std::vector<linalg::MatrixD> mt_task(tasks_); // Mᵀ τ_u for the tasks still to come
-		for (size_t u = 1; u < tasks_; ++u)
-			mt_task[u] = gram(0, u);
-		for (size_t t = 1; t < tasks_; ++t) {
-			const linalg::MatrixD q = projection_step(mtm, mt_task[t]);
-			for (auto& c : factors_)
-				c = linalg::matmul(c, false, q, false);
-			factors_.push_back(identity(cols_));
-			// (M Q + τ_t)ᵀ (M Q + τ_t) and (M Q + τ_t)ᵀ τ_u.
-			linalg::MatrixD next = linalg::matmul(linalg::matmul(q, true, mtm, false), false, q, false);
-			const linalg::MatrixD cross = linalg::matmul(q, true, mt_task[t], false);
-			for (size_t i = 0; i < cols_; ++i)
-				for (size_t j = 0; j < cols_; ++j)
-					next(i, j) += cross(i, j) + cross(j, i) + gram(t, t)(i, j);
-			mtm = std::move(next);
-			for (size_t u = t + 1; u < tasks_; ++u) {
-				linalg::MatrixD moved = linalg::matmul(q, true, mt_task[u], false);
-				const linalg::MatrixD& g = gram(t, u);
-				for (size_t j = 0; j < moved.data.size(); ++j)
-					moved.data[j] += g.data[j];
-				mt_task[u] = std::move(moved);
-			}
-		}
-		grams_.clear();
-		// Adaptive scaling: the merged delta keeps the mean task-vector norm.
-		const double norm = std::sqrt(std::max(trace(mtm), 0.0)), target = norm_sum / static_cast<double>(tasks_);
-		const double scale = norm > 0 ? target / norm : 0.0;
+		const linalg::MatrixD q = projection_step(mtm_, mt_task_);
 		for (auto& c : factors_)
-			for (double& v : c.data)
-				v *= scale;
+			c = linalg::matmul(c, false, q, false);
+		factors_.push_back(identity(cols_));
+		if (factors_.size() == tasks_) {
+			// ‖M Q + τ_N‖² = tr(Qᵀ MᵀM Q) + 2 tr(Qᵀ Mᵀτ_N) + ‖τ_N‖².
+			const linalg::MatrixD mtm_q = linalg::matmul(mtm_, false, q, false);
+			double square = square_sums_[tasks_ - 1];
+			for (size_t k = 0; k < q.data.size(); ++k)
+				square += q.data[k] * (mtm_q.data[k] + 2 * mt_task_.data[k]);
+			rescale(std::sqrt(std::max(square, 0.0)));
+		}
+		start_step();
 	}
 
 	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixD>& task_rows) const override {
@@ -114,13 +98,32 @@ public:
 	}
 
 private:
-	// G_su for s <= u (upper triangle of the task pairs, row by row).
-	linalg::MatrixD& gram(size_t s, size_t u) { return grams_[s * tasks_ - s * (s + 1) / 2 + u]; }
+	void start_step() {
+		if (factors_.size() < tasks_) {
+			mtm_ = linalg::MatrixD(cols_, cols_);
+			mt_task_ = linalg::MatrixD(cols_, cols_);
+		} else {
+			mtm_ = mt_task_ = linalg::MatrixD();
+		}
+		square_sums_.resize(tasks_);
+	}
 
-	static double trace(const linalg::MatrixD& m) {
+	// Adaptive scaling: the merged delta keeps the mean task-vector norm.
+	void rescale(double merged_norm) {
+		double norm_sum = 0;
+		for (const double square : square_sums_)
+			norm_sum += std::sqrt(std::max(square, 0.0));
+		const double target = norm_sum / static_cast<double>(tasks_);
+		const double scale = merged_norm > 0 ? target / merged_norm : 0.0;
+		for (auto& c : factors_)
+			for (double& v : c.data)
+				v *= scale;
+	}
+
+	static double sum_of_squares(const linalg::MatrixD& m) {
 		double sum = 0;
-		for (size_t i = 0; i < m.rows; ++i)
-			sum += m(i, i);
+		for (const double v : m.data)
+			sum += v * v;
 		return sum;
 	}
 
@@ -151,7 +154,9 @@ private:
 
 	size_t tasks_, cols_;
 	double alpha_;
-	std::vector<linalg::MatrixD> grams_, factors_;
+	std::vector<linalg::MatrixD> factors_; // C_s of every task added so far
+	linalg::MatrixD mtm_, mt_task_;        // this pass's MᵀM (upper triangle) and Mᵀτ_t
+	std::vector<double> square_sums_;      // ‖τ_t‖², each summed in its first pass
 };
 
 class OpcmMethod final : public MergeMethod {
@@ -198,12 +203,12 @@ public:
 		return opcm_rows_block_merge(input, source_count, elements);
 	}
 
-	// OpcmGram's N(N+1)/2 cross Gram matrices, N factors, MᵀM, N − 1 Mᵀτ and the step's
-	// temporaries and eigensolver: N(N+1)/2 + 2N + 8 n × n.
+	// OpcmGram's N factors, MᵀM, Mᵀτ, a panel of M's rows and the step's temporaries and
+	// eigensolver: N + 8 n × n.
 	uint64_t working_bytes(const MergeInput& input, size_t source_count, uint64_t) const override {
 		if (!subspace::is_matrix(input)) return 0;
 		const size_t tasks = source_count - 1;
-		return row_panel_working_bytes(tasks, input.shape[0], input.shape[1], tasks * (tasks + 1) / 2 + 2 * tasks + 8);
+		return row_panel_working_bytes(tasks, input.shape[0], input.shape[1], tasks + 8);
 	}
 
 private:
