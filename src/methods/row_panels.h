@@ -7,6 +7,7 @@
 
 #include "linalg/linalg.h"
 #include "methods/method.h"
+#include "methods/subspace_util.h"
 
 #include <functional>
 #include <memory>
@@ -26,8 +27,7 @@ struct TaskVectors {
 	static TaskVectors of(const MergeInput& input, size_t source_count, std::vector<double> weights = {});
 
 	float value(std::span<const std::span<const float>> sources, size_t t, size_t index) const {
-		const double difference = static_cast<double>(sources[models[t]][index]) - sources[base][index];
-		return static_cast<float>(weights[t] * difference);
+		return subspace::task_value(sources[models[t]][index], sources[base][index], weights[t]);
 	}
 };
 

@@ -16,7 +16,7 @@ linalg::MatrixF task_matrix(const MergeInput& input, size_t source, double scale
 	const size_t rows = is_matrix(input) ? input.shape[0] : 1;
 	linalg::MatrixF m(rows, base.size() / rows);
 	for (size_t j = 0; j < base.size(); ++j)
-		m.data[j] = static_cast<float>(scale * (static_cast<double>(x[j]) - base[j]));
+		m.data[j] = task_value(x[j], base[j], scale);
 	return m;
 }
 

@@ -12,6 +12,11 @@
 
 namespace weld::subspace {
 
+// scale · (x − base) rounded to float32: every subspace method's task-vector value.
+inline float task_value(float x, float base, double scale) {
+	return static_cast<float>(scale * (static_cast<double>(x) - base));
+}
+
 // The tensor is a non-empty matrix (2-D): merged through its singular vectors.
 bool is_matrix(const MergeInput& input);
 
