@@ -188,13 +188,16 @@ unsigned streaming_threads(const TensorJob& job, const ExecOptions& options, uin
 	const uint64_t left = options.memory_budget > held_by_method ? options.memory_budget - held_by_method : 0;
 	const uint64_t held = std::max<uint64_t>(1, left / worker_buffer_bytes(job));
 	static std::atomic<bool> warned{false};
-	if (held < requested && !warned.exchange(true))
-		std::fprintf(stderr,
-		             "weld: warning: --memory-budget %s holds the streaming buffers of %llu thread%s, not %llu: "
-		             "streaming on %llu\n",
-		             format_size(options.memory_budget).c_str(), static_cast<unsigned long long>(held),
-		             held == 1 ? "" : "s", static_cast<unsigned long long>(requested),
-		             static_cast<unsigned long long>(held));
+	if (held < requested && !warned.exchange(true)) {
+		// Name what else the budget holds when the method's own matrices take most of it.
+		const std::string beside = held_by_method == 0 ? std::string()
+		                                               : fmt::format(" beside the {} the method holds for '{}'",
+		                                                             format_size(held_by_method), job.name);
+		fmt::print(stderr,
+		           "weld: warning: --memory-budget {} holds the streaming buffers of {} thread{}, not {}{}: "
+		           "streaming on {}\n",
+		           format_size(options.memory_budget), held, held == 1 ? "" : "s", requested, beside, held);
+	}
 	return static_cast<unsigned>(std::min(requested, held));
 }
 
