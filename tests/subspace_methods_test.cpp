@@ -155,7 +155,7 @@ void expect_whole_and_streamed_close(const std::string& method, RowsBlockMerge m
 
 TEST(SubspaceTsvTest, TallMatricesWholeOrStreamedAgreeWithTheDefinition) {
 	// 3000 × 16 spans three blocks; k = 5 of 16 per task. The whole-tensor merge (this size is
-	// under kTsvBlockElements) and the streamed one both take eigenpairs of Gram matrices, the
+	// too small to stream) and the streamed one both take eigenpairs of Gram matrices, the
 	// streamed one in panels of 7 rows (many panels, the last one partial) or one panel.
 	const Case c = tall_case(3000);
 	expect_whole_and_streamed_close("tsv", tsv_tall_block_merge, c,
@@ -220,11 +220,21 @@ TEST(SubspaceTsvTest, AbandonEndsTheWaitOfABlockFarAhead) {
 	ahead.join();
 }
 
+TEST(SubspaceTsvTest, MatricesStreamOnceTheirWholeTensorJobTakesAGibibyte) {
+	// Every source and the output in float32: 2^30 bytes are 53,687,091.2 elements at base + 3
+	// (5 buffers) and 26,843,545.6 at base + 8 (10 buffers).
+	EXPECT_FALSE(row_panels_stream(53'687'091, 4));
+	EXPECT_TRUE(row_panels_stream(53'687'092, 4));
+	EXPECT_FALSE(row_panels_stream(32'000 * 1024, 4)); // an embedding of 32000 × 1024 at base + 3
+	EXPECT_TRUE(row_panels_stream(32'000 * 1024, 9));  // and at base + 8
+	EXPECT_TRUE(row_panels_stream(uint64_t{128'256} * 2048, 4));
+}
+
 TEST(SubspaceTsvTest, WideOrSmallMatricesAreNotStreamed) {
 	const Case c = tall_case(3000);
 	MergeInput input = to_input(c);
 	const MergeMethod& tsv = *find_method("tsv");
-	EXPECT_EQ(tsv.block_merge(input, c.sources.size(), c.sources[0].size(), 2), nullptr); // under kTsvBlockElements
+	EXPECT_EQ(tsv.block_merge(input, c.sources.size(), c.sources[0].size(), 2), nullptr); // too small to stream
 	input.shape = {16, 3000};                                                             // wide
 	EXPECT_EQ(tsv_tall_block_merge(input, c.sources.size(), c.sources[0].size()), nullptr);
 	input.shape = {4000, 12}; // rows cross blocks: 16384 is not a multiple of 12

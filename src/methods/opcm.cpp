@@ -199,7 +199,7 @@ public:
 
 	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
 	                                        unsigned) const override {
-		if (elements < kRowPanelStreamElements) return nullptr;
+		if (!row_panels_stream(elements, source_count)) return nullptr;
 		return opcm_rows_block_merge(input, source_count, elements);
 	}
 

@@ -45,10 +45,18 @@ public:
 	virtual std::string note() const = 0;
 };
 
-// Matrices of at least this many elements stream (when their shape allows): below it, the whole
-// tensor in memory is faster (no ordered passes) and small enough. The embedding of a 1B model
-// (128256 × 2048, 1 GB in float32 per model) is the first such tensor.
-constexpr uint64_t kRowPanelStreamElements = uint64_t{1} << 26;
+// Matrices stream (when their shape allows) once the executor's whole-tensor job, a float32 copy
+// of every source and the output, would take this many bytes: below it, the whole tensor in
+// memory is faster (no ordered passes; two tensors at once on two threads) and small enough.
+// At base + 3 that is 53.7 M elements: the embedding of a 1B model (128256 × 2048) streams, its
+// MLP matrices (8192 × 2048) do not; at base + 8, 26.8 M elements.
+constexpr uint64_t kRowPanelStreamBytes = uint64_t{1} << 30;
+
+// Whether a matrix of `elements` elements merged from `source_count` sources is large enough to
+// stream (kRowPanelStreamBytes).
+inline bool row_panels_stream(uint64_t elements, size_t source_count) {
+	return (source_count + 1) * elements * sizeof(float) >= kRowPanelStreamBytes;
+}
 
 // What a row-panel algorithm holds for a rows × cols matrix (MergeMethod::working_bytes): `squares`
 // n × n double matrices (n = min(rows, cols)), every task's panel in float and double, the

@@ -172,7 +172,7 @@ public:
 	std::unique_ptr<BlockMerge> block_merge(const MergeInput& input, size_t source_count, uint64_t elements,
 	                                        unsigned workers) const override {
 		(void)workers;
-		if (elements < kTsvBlockElements) return nullptr;
+		if (!row_panels_stream(elements, source_count)) return nullptr;
 		return tsv_tall_block_merge(input, source_count, elements);
 	}
 

@@ -8,10 +8,6 @@
 
 namespace weld {
 
-// Tall matrices (rows >= cols, every block whole rows) of at least this many elements merge in
-// blocks; smaller ones as whole tensors, both from Gram matrices.
-constexpr uint64_t kTsvBlockElements = kRowPanelStreamElements;
-
 // The block merge of TSV-M for a tall matrix of `elements` elements, whatever its size, or nullptr
 // when the shape does not allow it (not a matrix, wider than tall, rows crossing blocks). Its Gram
 // sums add panels of panel_rows rows (0: about 2^19 elements per panel).
