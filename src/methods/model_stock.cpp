@@ -81,57 +81,10 @@ double interpolation_from_sums(std::string_view tensor_name, size_t count, const
 	return interpolation_from(tensor_name, norms, dots);
 }
 
-// The streaming form for one t per tensor (filter_wise false). Statistics pass: every task
-// vector's squared norm and pairwise dot products per block, summed in block order; the
-// output pass pulls the mean toward the base.
-class ModelStockBlocks final : public BlockMerge {
-public:
-	ModelStockBlocks(std::string_view tensor_name, std::vector<size_t> models, size_t base, uint64_t elements,
-	                 unsigned workers)
-	    : name_(tensor_name), models_(std::move(models)), base_(base),
-	      partials_(block_count(elements), std::vector<double>(models_.size() * models_.size())),
-	      scratch_(workers, std::vector<float>(models_.size() * kBlockElements)) {}
-
-	int stat_passes() const override { return 1; }
-
-	void observe(int, const Block& block, unsigned worker) override {
-		float* scratch = scratch_[worker].data();
-		task_differences(block, models_, base_, scratch);
-		pair_sums(scratch, models_.size(), 0, block.size(), partials_[block.index].data());
-	}
-
-	void end_pass(int) override {
-		const size_t count = models_.size();
-		std::vector<double> sums(count * count);
-		for (const auto& partial : partials_)
-			for (size_t k = 0; k < sums.size(); ++k)
-				sums[k] += partial[k];
-		t_ = interpolation_from_sums(name_, count, sums);
-		partials_ = {};
-	}
-
-	std::vector<std::string> notes() const override { return {fmt::format("model_stock t = {:.6g}", t_)}; }
-
-	void merge(const Block& block, std::span<float> out, unsigned) override {
-		std::vector<std::span<const float>> models;
-		for (size_t i : models_)
-			models.push_back(block.sources[i]);
-		pull_toward_base(t_, models, block.sources[base_], out);
-	}
-
-private:
-	std::string name_; // for messages
-	std::vector<size_t> models_;
-	size_t base_;
-	std::vector<std::vector<double>> partials_; // per block: count x count sums (upper triangle)
-	std::vector<std::vector<float>> scratch_;   // per worker: a block of each task vector
-	double t_ = 0;
-};
-
-// The streaming form for filter_wise: one t per row (the last dimension, as mergekit). The
-// statistics pass keeps each row segment's pair products per block; a row's sums add its
-// segments in block order (the same for any thread count), and the output pass pulls each row's
-// mean toward the base by the row's own t.
+// The streaming form: one t per row of row_length elements (filter_wise: the last dimension, as
+// mergekit; else the whole tensor is one row). The statistics pass keeps each row segment's pair
+// products per block; a row's sums add its segments in block order (the same for any thread
+// count), and the output pass pulls each row's mean toward the base by the row's own t.
 class ModelStockRowBlocks final : public BlockMerge {
 public:
 	ModelStockRowBlocks(std::string_view tensor_name, std::vector<size_t> models, size_t base, uint64_t elements,
@@ -168,6 +121,11 @@ public:
 			t_[row] = interpolation_from_sums(name_, count, sums);
 		}
 		partials_ = {};
+	}
+
+	std::vector<std::string> notes() const override {
+		if (rows_ != 1) return {};
+		return {fmt::format("model_stock t = {:.6g}", t_[0])};
 	}
 
 	void merge(const Block& block, std::span<float> out, unsigned) override {
@@ -231,7 +189,8 @@ public:
 			return std::make_unique<ModelStockRowBlocks>(input.tensor_name, std::move(models), base, elements,
 			                                             rows.length, workers);
 		}
-		return std::make_unique<ModelStockBlocks>(input.tensor_name, std::move(models), base, elements, workers);
+		return std::make_unique<ModelStockRowBlocks>(input.tensor_name, std::move(models), base, elements,
+		                                             std::max<uint64_t>(elements, 1), workers);
 	}
 
 	// filter_wise's streamed pair sums: one set per row segment (at most rows + blocks of them)
@@ -287,20 +246,11 @@ private:
 				deltas[i][j] = models[i][j] - base[j];
 			norms[i] = euclidean_norm(deltas[i]);
 		}
-		double cos_sum = 0;
+		std::vector<std::vector<double>> dots(count, std::vector<double>(count));
 		for (size_t a = 0; a < count; ++a)
 			for (size_t b = a + 1; b < count; ++b)
-				cos_sum +=
-				    std::clamp(dot_product(deltas[a], deltas[b]) / std::max(norms[a] * norms[b], 1e-6), -1.0, 1.0);
-		const double cos = cos_sum / static_cast<double>(count * (count - 1) / 2);
-		const double n = static_cast<double>(count);
-		const double denominator = 1 + (n - 1) * cos;
-		// Only for task vectors pointing exactly apart on average (mergekit writes inf/NaN).
-		if (denominator == 0)
-			throw Error(fmt::format("tensor '{}': model_stock task vectors have mean cosine {:g}, which makes t "
-			                        "infinite",
-			                        input.tensor_name, cos));
-		return n * cos / denominator;
+				dots[a][b] = dot_product(deltas[a], deltas[b]);
+		return interpolation_from(input.tensor_name, norms, dots);
 	}
 
 	MethodInfo info_{
