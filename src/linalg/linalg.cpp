@@ -216,27 +216,19 @@ Eigenpairs top_eigenpairs(MatrixD symmetric, size_t count) {
 	Eigenpairs out{std::vector<double>(count), MatrixD(n, count)};
 	if (count == 0) return out;
 	single_threaded_blas();
+	std::vector<double> values(n);
 	// Column-major on the same memory: the row-major upper triangle is the column-major lower one,
 	// and LAPACKE's row-major copies of the matrix and the vectors (a fifth of the time) are saved.
-	// dsyevr's own steps, but MRRR (dstemr) for a subset too: dsyevr takes bisection and inverse
-	// iteration there, 14% of tsv's time for its top n/N of n. Then vector j (ascending
-	// eigenvalues) is vectors[j · n, (j + 1) · n).
-	const lapack_int size = as_int(n), first = as_int(n - count + 1), last = as_int(n);
-	std::vector<double> diagonal(n), off_diagonal(n), reflectors(n), values(n), vectors(n * count);
-	check_info(LAPACKE_dsytrd(LAPACK_COL_MAJOR, 'L', size, symmetric.data.data(), size, diagonal.data(),
-	                          off_diagonal.data(), reflectors.data()),
-	           "tridiagonal reduction (sytrd)");
+	// Vector j (ascending eigenvalues) is then vectors[j · n, (j + 1) · n). All n of them take
+	// the MRRR path (dstemr), a subset bisection and inverse iteration.
+	std::vector<double> vectors(n * count);
 	std::vector<lapack_int> support(2 * count);
-	lapack_int found = 0, relative_accuracy = 0;
-	check_info(LAPACKE_dstemr(LAPACK_COL_MAJOR, 'V', count == n ? 'A' : 'I', size, diagonal.data(), off_diagonal.data(),
-	                          0, 0, first, last, &found, values.data(), vectors.data(), size, as_int(count),
-	                          support.data(), &relative_accuracy),
-	           "tridiagonal eigensolver (stemr)");
-	if (static_cast<size_t>(found) != count)
-		throw Error(fmt::format("tridiagonal eigensolver (stemr) found {} of {} eigenpairs", found, count));
-	check_info(LAPACKE_dormtr(LAPACK_COL_MAJOR, 'L', 'L', 'N', size, as_int(count), symmetric.data.data(), size,
-	                          reflectors.data(), vectors.data(), size),
-	           "back-transformation (ormtr)");
+	lapack_int found = 0;
+	const bool all = count == n;
+	check_info(LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', all ? 'A' : 'I', 'L', as_int(n), symmetric.data.data(), as_int(n),
+	                          0, 0, all ? 0 : as_int(n - count + 1), all ? 0 : as_int(n), 0.0, &found, values.data(),
+	                          vectors.data(), as_int(n), support.data()),
+	           "symmetric eigensolver (syevr)");
 	for (size_t j = 0; j < count; ++j) {
 		out.values[j] = values[count - 1 - j];
 		const double* vector = &vectors[(count - 1 - j) * n];
