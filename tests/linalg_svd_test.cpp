@@ -1,6 +1,7 @@
 // The linear-algebra layer: SVD properties, randomized SVD accuracy on a known spectrum,
 // determinism and the polar factor (hand cases where the answer is known in closed form).
 #include "linalg/linalg.h"
+#include "util/error.h"
 
 #include <gtest/gtest.h>
 
@@ -207,6 +208,39 @@ TEST(LinalgRandomTest, NormalDrawsHaveUnitVariance) {
 	}
 	EXPECT_NEAR(sum / n, 0, 0.03);
 	EXPECT_NEAR(sq / n, 1, 0.05);
+}
+
+} // namespace
+} // namespace weld::linalg
+
+namespace weld::linalg {
+namespace {
+
+// FloatGramSum against AᵀA in double (products of floats are exact in double): 830 rows in two
+// panels, runs of 256 and partial ones, each entry within float32's worst-case bound for a dot
+// product of one run, kRunRows · 2⁻²⁴ · |a_i| |a_j| (its rounding does not grow with the rows).
+TEST(LinalgGramTest, FloatGramSumIsAᵀAWithinOneRunsRounding) {
+	const size_t n = 37;
+	const MatrixF first = normal_matrix<float>(700, n, 11), second = normal_matrix<float>(130, n, 12);
+	FloatGramSum sum(n);
+	sum.add(first);
+	sum.add(second);
+	const MatrixD gram = sum.take();
+	std::vector<double> norms(n, 0.0);
+	for (const MatrixF* part : {&first, &second})
+		for (size_t r = 0; r < part->rows; ++r)
+			for (size_t c = 0; c < n; ++c)
+				norms[c] += static_cast<double>((*part)(r, c)) * (*part)(r, c);
+	const double run_bound = FloatGramSum::kRunRows * std::ldexp(1.0, -24);
+	for (size_t i = 0; i < n; ++i)
+		for (size_t j = i; j < n; ++j) {
+			double exact = 0;
+			for (const MatrixF* part : {&first, &second})
+				for (size_t r = 0; r < part->rows; ++r)
+					exact += static_cast<double>((*part)(r, i)) * (*part)(r, j);
+			EXPECT_LE(std::abs(gram(i, j) - exact), run_bound * std::sqrt(norms[i] * norms[j])) << i << ", " << j;
+		}
+	EXPECT_THROW(FloatGramSum(n + 1).add(first), Error);
 }
 
 } // namespace

@@ -272,10 +272,11 @@ TEST(SubspaceTsvTest, ErrorsNameTheTensor) {
 TEST(SubspaceWorkingBytesTest, GramMethodsCountTheirSquareMatricesOfTheSmallerSide) {
 	// 8192 × 2048 (or its transpose), base + 3: n = 2048. tsv holds N + 8 = 11 n × n doubles,
 	// opcm N + 8 = 11 (a pass per model), core_space N + 2 = 5; besides them every task's panel of 2^19
-	// elements (float, double, and the output's) and 256 waiting blocks of the three tasks.
+	// elements (block values and panel in float, a copy in double, and the output's) and 256 waiting
+	// blocks of the three tasks.
 	Case c = shaped({Vec{}, Vec{}, Vec{}, Vec{}}, {8192, 2048});
 	const MergeInput input = to_input(c);
-	const uint64_t square = uint64_t{2048} * 2048 * 8, extra = 4 * (uint64_t{1} << 19) * 20 + 256 * 3 * 16384 * 4;
+	const uint64_t square = uint64_t{2048} * 2048 * 8, extra = 4 * (uint64_t{1} << 19) * 16 + 256 * 3 * 16384 * 4;
 	const uint64_t elements = uint64_t{8192} * 2048;
 	EXPECT_EQ(find_method("tsv")->working_bytes(input, 4, elements), 11 * square + extra);
 	EXPECT_EQ(find_method("opcm")->working_bytes(input, 4, elements), 11 * square + extra);

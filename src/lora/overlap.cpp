@@ -13,12 +13,6 @@
 namespace weld::lora {
 namespace {
 
-linalg::MatrixD to_double(const linalg::MatrixF& m) {
-	linalg::MatrixD d(m.rows, m.cols);
-	std::copy(m.data.begin(), m.data.end(), d.data.begin());
-	return d;
-}
-
 // The first `count` columns of m.
 linalg::MatrixD leading_columns(const linalg::MatrixD& m, size_t count) {
 	linalg::MatrixD out(m.rows, count);
@@ -39,7 +33,7 @@ size_t numerical_rank(const std::vector<double>& singular_values, size_t rows, s
 } // namespace
 
 linalg::MatrixD column_space(const LoraFactors& factors) {
-	const linalg::MatrixD a = to_double(factors.a), b = to_double(factors.b);
+	const linalg::MatrixD a = linalg::to_double(factors.a), b = linalg::to_double(factors.b);
 	const size_t out = b.rows, in = a.cols;
 	if (out <= b.cols) {
 		// B has no more rows than columns: the SVD of ΔW itself is as small.

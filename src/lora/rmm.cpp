@@ -6,7 +6,8 @@
 namespace weld::lora {
 namespace {
 
-linalg::MatrixD to_double(const linalg::MatrixF& m, double scale = 1.0) {
+// scale · m in double.
+linalg::MatrixD scaled_double(const linalg::MatrixF& m, double scale) {
 	linalg::MatrixD d(m.rows, m.cols);
 	std::transform(m.data.begin(), m.data.end(), d.data.begin(), [&](float v) { return scale * v; });
 	return d;
@@ -54,7 +55,7 @@ std::vector<float> reconstruct_factor(const FactorBasis& fit, size_t task) {
 }
 
 double update_norm_squared(const LoraFactors& factors) {
-	return product_norm_squared(to_double(factors.b, factors.scaling), to_double(factors.a));
+	return product_norm_squared(scaled_double(factors.b, factors.scaling), linalg::to_double(factors.a));
 }
 
 double update_distance_squared(const LoraFactors& x, const LoraFactors& y) {

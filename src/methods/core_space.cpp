@@ -49,7 +49,7 @@ bool keeps_every_direction(const MergeInput& input, size_t tasks) {
 class CoreSpaceGram final : public RowPanelAlgorithm {
 public:
 	CoreSpaceGram(size_t tasks, uint64_t rows, uint64_t cols)
-	    : tasks_(tasks), cols_(cols), rank_(core_rank(rows, cols)), grams_(tasks, linalg::MatrixD(cols, cols)) {}
+	    : tasks_(tasks), cols_(cols), rank_(core_rank(rows, cols)), grams_(tasks, linalg::FloatGramSum(cols)) {}
 
 	int passes() const override { return 1; }
 
@@ -57,13 +57,15 @@ public:
 		return fmt::format("top-{} right singular vectors from Gram matrices, cores kept whole", rank_);
 	}
 
-	void add_panel(const std::vector<linalg::MatrixD>& panel) override {
+	// Float32 products (FloatGramSum): only the top eigenvectors are kept.
+	void add_panel(const std::vector<linalg::MatrixF>& panel) override {
 		for (size_t t = 0; t < tasks_; ++t)
-			linalg::add_gram(grams_[t], panel[t]);
+			grams_[t].add(panel[t]);
 	}
 
 	void end_pass() override {
-		for (auto& gram : grams_) {
+		for (auto& sum : grams_) {
+			linalg::MatrixD gram = sum.take();
 			for (const double v : gram.data)
 				if (!std::isfinite(v)) throw Error("a task vector has values that are not finite");
 			vectors_.push_back(linalg::top_eigenpairs(std::move(gram), rank_).vectors);
@@ -71,11 +73,11 @@ public:
 		grams_.clear();
 	}
 
-	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixD>& task_rows) const override {
+	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows) const override {
 		linalg::MatrixD delta(task_rows[0].rows, cols_);
 		for (size_t t = 0; t < tasks_; ++t)
-			linalg::add_product(delta, linalg::matmul(task_rows[t], false, vectors_[t], false), false, vectors_[t],
-			                    true);
+			linalg::add_product(delta, linalg::matmul(linalg::to_double(task_rows[t]), false, vectors_[t], false),
+			                    false, vectors_[t], true);
 		const double share = 1.0 / static_cast<double>(tasks_);
 		for (double& d : delta.data)
 			d *= share;
@@ -84,7 +86,8 @@ public:
 
 private:
 	size_t tasks_, cols_, rank_;
-	std::vector<linalg::MatrixD> grams_, vectors_;
+	std::vector<linalg::FloatGramSum> grams_;
+	std::vector<linalg::MatrixD> vectors_;
 };
 
 class CoreSpaceMethod final : public MergeMethod {

@@ -54,8 +54,12 @@ public:
 
 	std::string note() const override { return "singular bases from Gram matrices, a pass per model"; }
 
-	void add_panel(const std::vector<linalg::MatrixD>& panel) override {
+	// In double: σ⁻¹ of MᵀM's small eigenvalues scales their rounding.
+	void add_panel(const std::vector<linalg::MatrixF>& values) override {
 		const size_t t = factors_.size(); // the task this pass adds
+		std::vector<linalg::MatrixD> panel;
+		for (size_t s = 0; s <= t; ++s)
+			panel.push_back(linalg::to_double(values[s]));
 		if (t == 1) {
 			square_sums_[0] += sum_of_squares(panel[0]);
 			linalg::add_gram(mtm_, panel[0]); // M = τ_1
@@ -90,10 +94,10 @@ public:
 		start_step();
 	}
 
-	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixD>& task_rows) const override {
+	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows) const override {
 		linalg::MatrixD delta(task_rows[0].rows, cols_);
 		for (size_t s = 0; s < tasks_; ++s)
-			linalg::add_product(delta, task_rows[s], false, factors_[s], false);
+			linalg::add_product(delta, linalg::to_double(task_rows[s]), false, factors_[s], false);
 		return delta;
 	}
 

@@ -21,7 +21,7 @@ constexpr uint64_t kWaitingBlocks = 256;
 // merge_in_blocks passes them in order). abandon() ends the waits when a pass fails elsewhere.
 class OrderedRowPanels {
 public:
-	using Consume = std::function<void(const std::vector<linalg::MatrixD>& panel)>;
+	using Consume = std::function<void(const std::vector<linalg::MatrixF>& panel)>;
 
 	OrderedRowPanels(size_t tasks, size_t cols, size_t panel_rows)
 	    : tasks_(tasks), cols_(cols), panel_rows_(panel_rows) {}
@@ -31,7 +31,7 @@ public:
 		consume_ = std::move(consume);
 		next_ = 0;
 		filled_ = 0;
-		panel_.assign(tasks_, linalg::MatrixD(panel_rows_, cols_));
+		panel_.assign(tasks_, linalg::MatrixF(panel_rows_, cols_));
 	}
 
 	// Block `block`'s task values: task t's at [t · size, (t + 1) · size), whole rows.
@@ -96,7 +96,7 @@ private:
 
 	size_t tasks_, cols_, panel_rows_;
 	Consume consume_;
-	std::vector<linalg::MatrixD> panel_;
+	std::vector<linalg::MatrixF> panel_;
 	size_t filled_ = 0;
 	std::mutex mutex_;
 	std::condition_variable turn_;
@@ -139,7 +139,7 @@ public:
 
 	void merge(const Block& block, std::span<float> out, unsigned) override {
 		const size_t size = block.size(), rows = size / cols_;
-		std::vector<linalg::MatrixD> task_rows(tasks_.models.size(), linalg::MatrixD(rows, cols_));
+		std::vector<linalg::MatrixF> task_rows(tasks_.models.size(), linalg::MatrixF(rows, cols_));
 		for (size_t t = 0; t < task_rows.size(); ++t)
 			for (size_t j = 0; j < size; ++j)
 				task_rows[t].data[j] = tasks_.value(block.sources, t, j);
@@ -155,7 +155,7 @@ public:
 
 private:
 	void start() {
-		panels_.start([this](const std::vector<linalg::MatrixD>& panel) { algorithm_->add_panel(panel); });
+		panels_.start([this](const std::vector<linalg::MatrixF>& panel) { algorithm_->add_panel(panel); });
 	}
 
 	std::unique_ptr<RowPanelAlgorithm> algorithm_;
@@ -178,7 +178,7 @@ TaskVectors TaskVectors::of(const MergeInput& input, size_t source_count, std::v
 uint64_t row_panel_working_bytes(size_t tasks, uint64_t rows, uint64_t cols, uint64_t squares) {
 	const uint64_t n = std::min(rows, cols), panel = uint64_t{1} << 19;
 	const uint64_t waiting = kWaitingBlocks * tasks * kBlockElements * sizeof(float);
-	return squares * n * n * sizeof(double) + (tasks + 1) * panel * (sizeof(float) + 2 * sizeof(double)) + waiting;
+	return squares * n * n * sizeof(double) + (tasks + 1) * panel * (2 * sizeof(float) + sizeof(double)) + waiting;
 }
 
 bool streams_as_rows(const MergeInput& input, uint64_t elements, uint64_t min_elements) {
@@ -217,7 +217,7 @@ void merge_in_row_panels(const MergeInput& input, const TaskVectors& tasks, doub
 					fn(r, c, c * cols + first + r);
 	};
 	const auto task_panel = [&](uint64_t first, size_t count) {
-		std::vector<linalg::MatrixD> panel(tasks.models.size(), linalg::MatrixD(count, tall_cols));
+		std::vector<linalg::MatrixF> panel(tasks.models.size(), linalg::MatrixF(count, tall_cols));
 		for (size_t t = 0; t < panel.size(); ++t)
 			for_each_element(first, count, [&](size_t r, size_t c, uint64_t i) {
 				panel[t](r, c) = tasks.value(input.sources, t, i);

@@ -31,16 +31,17 @@ struct TaskVectors {
 	}
 };
 
-// What a row-panel method computes. Rows come as panels: panel[t] holds task t's next rows.
+// What a row-panel method computes. Rows come as panels: panel[t] holds task t's next rows, as
+// the float32 task values; an algorithm widens them where its sums need double.
 class RowPanelAlgorithm {
 public:
 	virtual ~RowPanelAlgorithm() = default;
 	virtual int passes() const = 0;
 	// Pass after pass, every row once, in row order.
-	virtual void add_panel(const std::vector<linalg::MatrixD>& panel) = 0;
+	virtual void add_panel(const std::vector<linalg::MatrixF>& panel) = 0;
 	virtual void end_pass() = 0;
 	// After the passes: the merged delta's rows from every task's same rows.
-	virtual linalg::MatrixD merged_rows(const std::vector<linalg::MatrixD>& task_rows) const = 0;
+	virtual linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows) const = 0;
 	// For --verbose.
 	virtual std::string note() const = 0;
 };
@@ -59,8 +60,8 @@ inline bool row_panels_stream(uint64_t elements, size_t source_count) {
 }
 
 // What a row-panel algorithm holds for a rows × cols matrix (MergeMethod::working_bytes): `squares`
-// n × n double matrices (n = min(rows, cols)), every task's panel in float and double, the
-// output panel, and (streamed) the blocks waiting for their turn.
+// n × n double matrices (n = min(rows, cols)), every task's panel (its block values and panel in
+// float, a copy in double) and the output panel, and (streamed) the blocks waiting for their turn.
 uint64_t row_panel_working_bytes(size_t tasks, uint64_t rows, uint64_t cols, uint64_t squares);
 
 // Whether a tensor of this shape streams as whole rows through the executor's blocks: a tall matrix

@@ -24,23 +24,24 @@ class TsvGram final : public RowPanelAlgorithm {
 public:
 	TsvGram(size_t tasks, uint64_t rows, uint64_t cols)
 	    : tasks_(tasks), cols_(cols), k_(subspace::rank_share(rows, cols, tasks)) {
-		grams_.assign(tasks, linalg::MatrixD(cols, cols));
+		grams_.assign(tasks, linalg::FloatGramSum(cols));
 	}
 
 	int passes() const override { return 2; }
 
 	std::string note() const override { return fmt::format("top-{} singular vectors from Gram matrices", k_); }
 
-	// Pass 0 sums the Gram matrices, pass 1 UᵀU.
-	void add_panel(const std::vector<linalg::MatrixD>& panel) override {
+	// Pass 0 sums the Gram matrices (float32 products: only the top eigenpairs are kept), pass 1
+	// UᵀU in double (its small eigenvalues are those of nearly dependent tasks).
+	void add_panel(const std::vector<linalg::MatrixF>& panel) override {
 		if (pass_ == 0) {
 			for (size_t t = 0; t < tasks_; ++t)
-				linalg::add_gram(grams_[t], panel[t]);
+				grams_[t].add(panel[t]);
 			return;
 		}
 		linalg::MatrixD stacked(panel[0].rows, k_ * tasks_);
 		for (size_t t = 0; t < tasks_; ++t) {
-			const linalg::MatrixD p = linalg::matmul(panel[t], false, a_[t], false);
+			const linalg::MatrixD p = linalg::matmul(linalg::to_double(panel[t]), false, a_[t], false);
 			for (size_t r = 0; r < p.rows; ++r)
 				std::copy_n(&p.data[r * k_], k_, &stacked.data[r * stacked.cols + t * k_]);
 		}
@@ -56,10 +57,11 @@ public:
 
 	// In double: R's entries grow as 1 / √λ of UᵀU's smallest kept eigenvalue, and float32 products
 	// lost 10⁻⁴ of the delta's norm to that on nearly dependent tasks.
-	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixD>& task_rows) const override {
+	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows) const override {
 		linalg::MatrixD delta(task_rows[0].rows, cols_);
 		for (size_t t = 0; t < tasks_; ++t) {
-			const linalg::MatrixD projected = linalg::matmul(task_rows[t], false, projections_[t], false);
+			const linalg::MatrixD projected =
+			    linalg::matmul(linalg::to_double(task_rows[t]), false, projections_[t], false);
 			linalg::add_product(delta, projected, false, outputs_[t], false);
 		}
 		return delta;
@@ -73,9 +75,10 @@ private:
 		sigma_.assign(width, 0.0);
 		stacked_vt_ = linalg::MatrixD(width, cols_);
 		for (size_t t = 0; t < tasks_; ++t) {
-			for (const double v : grams_[t].data)
+			linalg::MatrixD gram = grams_[t].take();
+			for (const double v : gram.data)
 				if (!std::isfinite(v)) throw Error(fmt::format("task vector {} has values that are not finite", t + 1));
-			const linalg::Eigenpairs pairs = linalg::top_eigenpairs(std::move(grams_[t]), k_);
+			const linalg::Eigenpairs pairs = linalg::top_eigenpairs(std::move(gram), k_);
 			const double largest = std::sqrt(std::max(pairs.values.empty() ? 0.0 : pairs.values[0], 0.0));
 			linalg::MatrixD a(cols_, k_);
 			for (size_t j = 0; j < pairs.values.size(); ++j) {
@@ -114,7 +117,8 @@ private:
 
 	size_t tasks_, cols_, k_;
 	int pass_ = 0;
-	std::vector<linalg::MatrixD> grams_, a_;
+	std::vector<linalg::FloatGramSum> grams_;
+	std::vector<linalg::MatrixD> a_;
 	std::vector<double> sigma_;
 	linalg::MatrixD stacked_vt_, gram_of_u_;
 	std::vector<linalg::MatrixD> projections_, outputs_;
