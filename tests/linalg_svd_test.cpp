@@ -245,3 +245,38 @@ TEST(LinalgGramTest, FloatGramSumIsAᵀAWithinOneRunsRounding) {
 
 } // namespace
 } // namespace weld::linalg
+
+namespace weld::linalg {
+namespace {
+
+// The top 20 of 120 eigenpairs by MRRR and by bisection with inverse iteration (the fallback),
+// on a spectrum whose cut falls inside a cluster (1 four times, then 0.5 24 times): both give
+// eigenpairs (residual, orthonormal vectors) with the values of the full solver.
+TEST(LinalgEigenTest, SubsetSolversGiveTheTopEigenpairs) {
+	const size_t n = 120, count = 20;
+	const MatrixD q = orthonormal_columns(normal_matrix<double>(n, n, 21));
+	std::vector<double> spectrum(n);
+	for (size_t i = 0; i < n; ++i)
+		spectrum[i] = (i >= 70 && i < 90) ? 0.5 : std::ldexp(1.0, -static_cast<int>(i % 30)); // 20 equal
+	MatrixD scaled = q;
+	for (size_t r = 0; r < n; ++r)
+		for (size_t c = 0; c < n; ++c)
+			scaled(r, c) *= spectrum[c];
+	const MatrixD a = matmul(scaled, false, q, true);
+	const Eigenpairs all = top_eigenpairs(a, n);
+	for (const Eigensolver solver : {Eigensolver::Mrrr, Eigensolver::Bisection}) {
+		const Eigenpairs top = top_eigenpairs(a, count, solver);
+		ASSERT_EQ(top.values.size(), count);
+		for (size_t j = 0; j < count; ++j)
+			EXPECT_NEAR(top.values[j], all.values[j], 1e-13) << j;
+		MatrixD residual = matmul(a, false, top.vectors, false);
+		for (size_t r = 0; r < n; ++r)
+			for (size_t j = 0; j < count; ++j)
+				residual(r, j) -= top.values[j] * top.vectors(r, j);
+		EXPECT_LT(max_abs_diff(residual, MatrixD(n, count)), 1e-12);
+		EXPECT_LT(max_abs_diff(matmul(top.vectors, true, top.vectors, false), identity<double>(count)), 1e-12);
+	}
+}
+
+} // namespace
+} // namespace weld::linalg

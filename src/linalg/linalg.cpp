@@ -238,25 +238,71 @@ void symmetric_from_upper(MatrixD& c) {
 			c(r, col) = c(col, r);
 }
 
-Eigenpairs top_eigenpairs(MatrixD symmetric, size_t count) {
+namespace {
+
+// Eigenpairs first..last (1-based, ascending) of the symmetric tridiagonal matrix (diagonal,
+// off_diagonal): values ascending into values[0, count), vectors column-major, n × count. MRRR
+// (dstemr) unless bisection is asked for or MRRR fails (it can: LAPACK info 22 on a tiny tsv
+// merge); then bisection and inverse iteration (dstebz + dstein) on copies, as dsyevr falls back.
+void tridiagonal_eigenpairs(std::vector<double> diagonal, std::vector<double> off_diagonal, size_t first, size_t last,
+                            Eigensolver solver, double* values, double* vectors) {
+	const size_t n = diagonal.size(), count = last - first + 1;
+	const lapack_int size = as_int(n), low = as_int(first), high = as_int(last);
+	lapack_int found = 0;
+	if (solver == Eigensolver::Mrrr) {
+		std::vector<double> d = diagonal, e = off_diagonal;
+		std::vector<lapack_int> support(2 * count);
+		lapack_int relative_accuracy = 0;
+		if (LAPACKE_dstemr(LAPACK_COL_MAJOR, 'V', 'I', size, d.data(), e.data(), 0, 0, low, high, &found, values,
+		                   vectors, size, as_int(count), support.data(), &relative_accuracy) == 0 &&
+		    static_cast<size_t>(found) == count)
+			return;
+	}
+	std::vector<lapack_int> block(n), split(n), failed(count);
+	lapack_int blocks = 0;
+	check_info(LAPACKE_dstebz('I', 'E', size, 0, 0, low, high, 0.0, diagonal.data(), off_diagonal.data(), &found,
+	                          &blocks, values, block.data(), split.data()),
+	           "tridiagonal eigenvalues (stebz)");
+	if (static_cast<size_t>(found) != count)
+		throw Error(fmt::format("tridiagonal eigensolver (stebz) found {} of {} eigenvalues", found, count));
+	check_info(LAPACKE_dstein(LAPACK_COL_MAJOR, size, diagonal.data(), off_diagonal.data(), found, values, block.data(),
+	                          split.data(), vectors, size, failed.data()),
+	           "tridiagonal eigenvectors (stein)");
+}
+
+} // namespace
+
+Eigenpairs top_eigenpairs(MatrixD symmetric, size_t count, Eigensolver solver) {
 	const size_t n = symmetric.rows;
 	count = std::min(count, n);
 	Eigenpairs out{std::vector<double>(count), MatrixD(n, count)};
 	if (count == 0) return out;
 	single_threaded_blas();
-	std::vector<double> values(n);
 	// Column-major on the same memory: the row-major upper triangle is the column-major lower one,
 	// and LAPACKE's row-major copies of the matrix and the vectors (a fifth of the time) are saved.
-	// Vector j (ascending eigenvalues) is then vectors[j · n, (j + 1) · n). All n of them take
-	// the MRRR path (dstemr), a subset bisection and inverse iteration.
-	std::vector<double> vectors(n * count);
-	std::vector<lapack_int> support(2 * count);
-	lapack_int found = 0;
-	const bool all = count == n;
-	check_info(LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', all ? 'A' : 'I', 'L', as_int(n), symmetric.data.data(), as_int(n),
-	                          0, 0, all ? 0 : as_int(n - count + 1), all ? 0 : as_int(n), 0.0, &found, values.data(),
-	                          vectors.data(), as_int(n), support.data()),
-	           "symmetric eigensolver (syevr)");
+	// Vector j (ascending eigenvalues) is then vectors[j · n, (j + 1) · n).
+	std::vector<double> values(n), vectors(n * count);
+	const lapack_int size = as_int(n);
+	if (count == n) {
+		// dsyevr: MRRR for all n, falling back to bisection and inverse iteration itself.
+		std::vector<lapack_int> support(2 * n);
+		lapack_int found = 0;
+		check_info(LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', 'A', 'L', size, symmetric.data.data(), size, 0, 0, 0, 0, 0.0,
+		                          &found, values.data(), vectors.data(), size, support.data()),
+		           "symmetric eigensolver (syevr)");
+	} else {
+		// dsyevr's steps, but MRRR for the subset too: dsyevr takes bisection and inverse iteration
+		// there, 15% of tsv's time for its top n/N of n (dlaebz).
+		std::vector<double> diagonal(n), off_diagonal(n), reflectors(n);
+		check_info(LAPACKE_dsytrd(LAPACK_COL_MAJOR, 'L', size, symmetric.data.data(), size, diagonal.data(),
+		                          off_diagonal.data(), reflectors.data()),
+		           "tridiagonal reduction (sytrd)");
+		tridiagonal_eigenpairs(std::move(diagonal), std::move(off_diagonal), n - count + 1, n, solver, values.data(),
+		                       vectors.data());
+		check_info(LAPACKE_dormtr(LAPACK_COL_MAJOR, 'L', 'L', 'N', size, as_int(count), symmetric.data.data(), size,
+		                          reflectors.data(), vectors.data(), size),
+		           "back-transformation (ormtr)");
+	}
 	for (size_t j = 0; j < count; ++j) {
 		out.values[j] = values[count - 1 - j];
 		const double* vector = &vectors[(count - 1 - j) * n];

@@ -117,13 +117,17 @@ private:
 // A float32 matrix in double.
 MatrixD to_double(const Matrix<float>& a);
 
-// The `count` largest eigenpairs of a symmetric matrix (its upper triangle is read; LAPACK
-// dsyevr computes only those): values descending, vectors[:, j] the eigenvector of values[j].
+// The `count` largest eigenpairs of a symmetric matrix (its upper triangle is read; only those
+// are computed, from its tridiagonal form): values descending, vectors[:, j] the eigenvector of
+// values[j].
 struct Eigenpairs {
 	std::vector<double> values;
 	MatrixD vectors; // n × count
 };
-Eigenpairs top_eigenpairs(MatrixD symmetric, size_t count);
+// How a subset's eigenpairs are found: MRRR (falling back to the other where it fails), or
+// bisection and inverse iteration (what dsyevr does for a subset; for tests of the fallback).
+enum class Eigensolver { Mrrr, Bisection };
+Eigenpairs top_eigenpairs(MatrixD symmetric, size_t count, Eigensolver solver = Eigensolver::Mrrr);
 
 // W^(-1/2) of a symmetric positive semi-definite W (upper triangle read), as a pseudo-inverse:
 // eigenvalues at or below relative_floor · the largest count as zero.
