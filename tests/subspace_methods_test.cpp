@@ -171,6 +171,14 @@ TEST(SubspaceTsvTest, WideMatricesMergeAsTheirTranspose) {
 	                           "wide");
 }
 
+TEST(SubspaceTsvTest, WholeTensorsKeepTheProductsOfEveryPanelInRowOrder) {
+	// 70000 × 16 is read whole in three panels of up to 2^19 elements (32768 rows): the output
+	// pass takes each panel's rows of P = [Δ_t A_t] kept from pass 1.
+	const Case c = tall_case(70000);
+	expect_close_to_definition(run("tsv", c), tsv_by_definition(c, 70000, 16, 0.8, {1.0, 0.5, 2.0}), c.sources[0],
+	                           "three panels");
+}
+
 TEST(SubspaceTsvTest, TallStreamGivesTheSameBytesWhateverOrderAndThreadTheBlocksCome) {
 	const Case c = tall_case(3000);
 	const Vec in_order = stream_rows(tsv_tall_block_merge, c, 7);
@@ -271,18 +279,22 @@ TEST(SubspaceTsvTest, ErrorsNameTheTensor) {
 
 TEST(SubspaceWorkingBytesTest, GramMethodsCountTheirSquareMatricesOfTheSmallerSide) {
 	// 8192 × 2048 (or its transpose), base + 3: n = 2048. tsv holds N + 8 = 11 n × n doubles,
-	// opcm N + 8 = 11 (a pass per model), core_space N + 2 = 5; besides them every task's panel of 2^19
+	// opcm N + 8 = 11 (a pass per model), and as a whole tensor both keep rows (at most m × n
+	// doubles; not when streamed), core_space N + 2 = 5; besides them every task's panel of 2^19
 	// elements (block values and panel in float, a copy in double, and the output's) and 256 waiting
 	// blocks of the three tasks.
 	Case c = shaped({Vec{}, Vec{}, Vec{}, Vec{}}, {8192, 2048});
 	const MergeInput input = to_input(c);
 	const uint64_t square = uint64_t{2048} * 2048 * 8, extra = 4 * (uint64_t{1} << 19) * 16 + 256 * 3 * 16384 * 4;
 	const uint64_t elements = uint64_t{8192} * 2048;
-	EXPECT_EQ(find_method("tsv")->working_bytes(input, 4, elements), 11 * square + extra);
-	EXPECT_EQ(find_method("opcm")->working_bytes(input, 4, elements), 11 * square + extra);
+	EXPECT_EQ(find_method("tsv")->working_bytes(input, 4, elements), 11 * square + extra + elements * 8);
+	EXPECT_EQ(find_method("opcm")->working_bytes(input, 4, elements), 11 * square + extra + elements * 8);
+	Case streamed = shaped({Vec{}, Vec{}, Vec{}, Vec{}}, {65536, 2048}); // 2.7 GB of float32 copies: streams
+	EXPECT_EQ(find_method("opcm")->working_bytes(to_input(streamed), 4, 8 * elements), 11 * square + extra);
+	EXPECT_EQ(find_method("tsv")->working_bytes(to_input(streamed), 4, 8 * elements), 11 * square + extra);
 	EXPECT_EQ(find_method("core_space")->working_bytes(input, 4, elements), 5 * square + extra);
 	c.shape = {2048, 8192};
-	EXPECT_EQ(find_method("tsv")->working_bytes(to_input(c), 4, elements), 11 * square + extra);
+	EXPECT_EQ(find_method("tsv")->working_bytes(to_input(c), 4, elements), 11 * square + extra + elements * 8);
 	c.shape = {elements};
 	EXPECT_EQ(find_method("tsv")->working_bytes(to_input(c), 4, elements), 0u); // vectors: the mean
 	EXPECT_EQ(find_method("linear")->working_bytes(to_input(c), 4, elements), 0u);
@@ -400,6 +412,13 @@ TEST(SubspaceOpcmTest, SixModelsTakeFivePassesAndAgreeWithTheDefinition) {
 	Case c = tall_case(3000, 6);
 	c.params = {{"alpha", 0.5}};
 	expect_whole_and_streamed_close("opcm", opcm_rows_block_merge, c, opcm_by_definition(c, 3000, 16, 0.5));
+}
+
+TEST(SubspaceOpcmTest, WholeTensorsKeepTheMergedRowsOfEveryPanelInRowOrder) {
+	// 70000 × 16 read whole in three panels, four models: the merged rows kept from pass to pass.
+	Case c = tall_case(70000, 4);
+	c.params = {{"alpha", 0.5}};
+	expect_close_to_definition(run("opcm", c), opcm_by_definition(c, 70000, 16, 0.5), c.sources[0], "three panels");
 }
 
 TEST(SubspaceOpcmTest, WideMatricesMergeAsTheirTranspose) {

@@ -73,7 +73,7 @@ public:
 		grams_.clear();
 	}
 
-	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows) const override {
+	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows, uint64_t) const override {
 		linalg::MatrixD delta(task_rows[0].rows, cols_);
 		for (size_t t = 0; t < tasks_; ++t)
 			linalg::add_product(delta, linalg::matmul(linalg::to_double(task_rows[t]), false, vectors_[t], false),

@@ -10,6 +10,7 @@
 #include "util/error.h"
 
 #include <cmath>
+#include <fmt/format.h>
 
 namespace weld {
 namespace {
@@ -36,42 +37,43 @@ linalg::MatrixD identity(size_t n) {
 
 // OPCM of a tall matrix (m ≥ n) from the rows of its task vectors, without SVDs of m × n
 // matrices. Every merged delta so far is M = Σ_{s<t} τ_s C_s (C_1 = I). Pass t − 1 reads the
-// rows once more, forms M's rows from the factors and sums MᵀM and Mᵀτ_t; step t then takes V, σ
-// from the eigenpairs of MᵀM, P = Uᵀ τ_t V = σ⁻¹ Vᵀ (Mᵀτ_t) V with U = M V σ⁻¹, the removed
-// entries Z of P, and M ← M Q + τ_t with Q = I − V σ⁻¹ Z Vᵀ (U Z Vᵀ = M V σ⁻¹ Z Vᵀ), so C_s ← C_s Q.
+// rows once more, forms M's rows and sums MᵀM and Mᵀτ_t; step t then takes V, σ from the
+// eigenpairs of MᵀM, P = Uᵀ τ_t V = σ⁻¹ Vᵀ (Mᵀτ_t) V with U = M V σ⁻¹, the removed entries Z of
+// P, and M ← M Q + τ_t with Q = I − V σ⁻¹ Z Vᵀ (U Z Vᵀ = M V σ⁻¹ Z Vᵀ), so C_s ← C_s Q.
 // A pass per step holds N + 2 n × n matrices, where the N(N+1)/2 cross Gram matrices of one pass
-// would exceed a 1 GB budget at N = 8, n = 2048; the products are about as many.
+// would exceed a 1 GB budget at N = 8, n = 2048. Streamed, M's rows come from the factors
+// (Σ_s τ_s C_s: t products per row in pass t − 1, N in the output). A whole tensor keeps M's
+// rows (m × n doubles) from pass to pass instead, so M Q + τ_{t−1} takes one product per row
+// and the output (M Q + τ_N) · scale one: N = 3 takes 10 m n² multiply-adds instead of 16.
 // σ at or below 10⁻⁶ σ_max counts as zero: its u is undefined (the SVD completes the basis
 // arbitrarily) and nothing is removed along it. The output rows are Σ_s τ_s[r] C_s · scale.
 class OpcmGram final : public RowPanelAlgorithm {
 public:
-	OpcmGram(size_t tasks, uint64_t cols, double alpha) : tasks_(tasks), cols_(cols), alpha_(alpha) {
-		factors_.push_back(identity(cols_));
+	OpcmGram(size_t tasks, uint64_t rows, uint64_t cols, double alpha, bool keep_rows)
+	    : tasks_(tasks), cols_(cols), alpha_(alpha), keep_rows_(keep_rows && tasks > 1) { // one task: no pass, M = τ_1
+		factors_.push_back(keep_rows_ ? linalg::MatrixD() : identity(cols_));
+		square_sums_.resize(tasks_);
+		if (keep_rows_) kept_ = linalg::MatrixD(rows, cols);
 		start_step();
 	}
 
 	int passes() const override { return static_cast<int>(tasks_) - 1; }
 
-	std::string note() const override { return "singular bases from Gram matrices, a pass per model"; }
+	std::string note() const override {
+		return fmt::format("singular bases from Gram matrices, a pass per model{}",
+		                   keep_rows_ ? ", the merged rows kept" : "");
+	}
 
 	// In double: σ⁻¹ of MᵀM's small eigenvalues scales their rounding.
 	void add_panel(const std::vector<linalg::MatrixF>& values) override {
 		const size_t t = factors_.size(); // the task this pass adds
-		std::vector<linalg::MatrixD> panel;
-		for (size_t s = 0; s <= t; ++s)
-			panel.push_back(linalg::to_double(values[s]));
-		if (t == 1) {
-			square_sums_[0] += sum_of_squares(panel[0]);
-			linalg::add_gram(mtm_, panel[0]); // M = τ_1
-			linalg::add_product(mt_task_, panel[0], true, panel[1], false);
-		} else {
-			linalg::MatrixD m_rows(panel[0].rows, cols_);
-			for (size_t s = 0; s < t; ++s)
-				linalg::add_product(m_rows, panel[s], false, factors_[s], false);
-			linalg::add_gram(mtm_, m_rows);
-			linalg::add_product(mt_task_, m_rows, true, panel[t], false);
-		}
-		square_sums_[t] += sum_of_squares(panel[t]);
+		const linalg::MatrixD m_rows = merged_so_far(values, t);
+		if (t == 1) square_sums_[0] += sum_of_squares(values[0]);
+		linalg::add_gram(mtm_, m_rows);
+		linalg::add_product(mt_task_, m_rows, true, linalg::to_double(values[t]), false);
+		square_sums_[t] += sum_of_squares(values[t]);
+		if (keep_rows_) std::copy(m_rows.data.begin(), m_rows.data.end(), &kept_.data[cursor_ * cols_]);
+		cursor_ += m_rows.rows;
 	}
 
 	void end_pass() override {
@@ -79,10 +81,11 @@ public:
 		for (const auto* sums : {&mtm_, &mt_task_})
 			for (const double v : sums->data)
 				if (!std::isfinite(v)) throw Error("a task vector has values that are not finite");
-		const linalg::MatrixD q = projection_step(mtm_, mt_task_);
-		for (auto& c : factors_)
-			c = linalg::matmul(c, false, q, false);
-		factors_.push_back(identity(cols_));
+		linalg::MatrixD q = projection_step(mtm_, mt_task_);
+		if (!keep_rows_)
+			for (auto& c : factors_)
+				c = linalg::matmul(c, false, q, false);
+		factors_.push_back(keep_rows_ ? linalg::MatrixD() : identity(cols_));
 		if (factors_.size() == tasks_) {
 			// ‖M Q + τ_N‖² = tr(Qᵀ MᵀM Q) + 2 tr(Qᵀ Mᵀτ_N) + ‖τ_N‖².
 			const linalg::MatrixD mtm_q = linalg::matmul(mtm_, false, q, false);
@@ -91,13 +94,23 @@ public:
 				square += q.data[k] * (mtm_q.data[k] + 2 * mt_task_.data[k]);
 			rescale(std::sqrt(std::max(square, 0.0)));
 		}
+		last_q_ = std::move(q);
+		cursor_ = 0;
 		start_step();
 	}
 
-	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows) const override {
+	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows, uint64_t first_row) const override {
+		if (keep_rows_) {
+			linalg::MatrixD delta = kept_times_q(task_rows.back(), first_row);
+			for (double& d : delta.data)
+				d *= scale_;
+			return delta;
+		}
 		linalg::MatrixD delta(task_rows[0].rows, cols_);
 		for (size_t s = 0; s < tasks_; ++s)
 			linalg::add_product(delta, linalg::to_double(task_rows[s]), false, factors_[s], false);
+		for (double& d : delta.data)
+			d *= scale_;
 		return delta;
 	}
 
@@ -109,7 +122,27 @@ private:
 		} else {
 			mtm_ = mt_task_ = linalg::MatrixD();
 		}
-		square_sums_.resize(tasks_);
+	}
+
+	// M's rows for this panel in the pass adding task t: τ_1 in the first; then M Q + τ_{t−1} from
+	// the kept rows, or Σ_{s<t} τ_s C_s from the factors.
+	linalg::MatrixD merged_so_far(const std::vector<linalg::MatrixF>& values, size_t t) const {
+		if (t == 1) return linalg::to_double(values[0]);
+		if (keep_rows_) return kept_times_q(values[t - 1], cursor_);
+		linalg::MatrixD m_rows(values[0].rows, cols_);
+		for (size_t s = 0; s < t; ++s)
+			linalg::add_product(m_rows, linalg::to_double(values[s]), false, factors_[s], false);
+		return m_rows;
+	}
+
+	// The kept rows from first_row (as many as task has) times the last step's Q, plus task.
+	linalg::MatrixD kept_times_q(const linalg::MatrixF& task, uint64_t first_row) const {
+		linalg::MatrixD kept(task.rows, cols_);
+		std::copy_n(&kept_.data[first_row * cols_], task.rows * cols_, kept.data.begin());
+		linalg::MatrixD m_rows = linalg::matmul(kept, false, last_q_, false);
+		for (size_t j = 0; j < m_rows.data.size(); ++j)
+			m_rows.data[j] += task.data[j];
+		return m_rows;
 	}
 
 	// Adaptive scaling: the merged delta keeps the mean task-vector norm.
@@ -118,16 +151,13 @@ private:
 		for (const double square : square_sums_)
 			norm_sum += std::sqrt(std::max(square, 0.0));
 		const double target = norm_sum / static_cast<double>(tasks_);
-		const double scale = merged_norm > 0 ? target / merged_norm : 0.0;
-		for (auto& c : factors_)
-			for (double& v : c.data)
-				v *= scale;
+		scale_ = merged_norm > 0 ? target / merged_norm : 0.0;
 	}
 
-	static double sum_of_squares(const linalg::MatrixD& m) {
+	static double sum_of_squares(const linalg::MatrixF& m) {
 		double sum = 0;
-		for (const double v : m.data)
-			sum += v * v;
+		for (const float v : m.data)
+			sum += static_cast<double>(v) * v;
 		return sum;
 	}
 
@@ -158,9 +188,13 @@ private:
 
 	size_t tasks_, cols_;
 	double alpha_;
-	std::vector<linalg::MatrixD> factors_; // C_s of every task added so far
+	bool keep_rows_;
+	std::vector<linalg::MatrixD> factors_; // C_s of every task added so far (empty when rows are kept)
 	linalg::MatrixD mtm_, mt_task_;        // this pass's MᵀM (upper triangle) and Mᵀτ_t
 	std::vector<double> square_sums_;      // ‖τ_t‖², each summed in its first pass
+	linalg::MatrixD kept_, last_q_;        // M's rows of the last pass (kept) and its step's Q
+	uint64_t cursor_ = 0;                  // the next panel's first row
+	double scale_ = 1.0;
 };
 
 class OpcmMethod final : public MergeMethod {
@@ -196,7 +230,10 @@ public:
 			if (subspace::is_matrix(input))
 				return merge_in_row_panels(
 				    input, tasks, 1.0,
-				    [&](uint64_t, uint64_t cols) { return std::make_unique<OpcmGram>(count, cols, alpha); }, out);
+				    [&](uint64_t rows, uint64_t cols) {
+					    return std::make_unique<OpcmGram>(count, rows, cols, alpha, true);
+				    },
+				    out);
 			merge_vectors(input, out);
 		});
 	}
@@ -208,11 +245,13 @@ public:
 	}
 
 	// OpcmGram's N factors, MᵀM, Mᵀτ, a panel of M's rows and the step's temporaries and
-	// eigensolver: N + 8 n × n.
-	uint64_t working_bytes(const MergeInput& input, size_t source_count, uint64_t) const override {
+	// eigensolver: N + 8 n × n; a whole tensor's kept rows besides (m × n doubles).
+	uint64_t working_bytes(const MergeInput& input, size_t source_count, uint64_t elements) const override {
 		if (!subspace::is_matrix(input)) return 0;
 		const size_t tasks = source_count - 1;
-		return row_panel_working_bytes(tasks, input.shape[0], input.shape[1], tasks + 8);
+		const uint64_t squares = row_panel_working_bytes(tasks, input.shape[0], input.shape[1], tasks + 8);
+		const bool streams = row_panels_stream(elements, source_count) && streams_as_rows(input, elements, 0);
+		return streams ? squares : squares + input.shape[0] * input.shape[1] * sizeof(double);
 	}
 
 private:
@@ -255,8 +294,9 @@ std::unique_ptr<BlockMerge> opcm_rows_block_merge(const MergeInput& input, size_
 	if (!streams_as_rows(input, elements, 0)) return nullptr;
 	const TaskVectors tasks = TaskVectors::of(input, source_count);
 	const double alpha = global_param(info, input, "alpha");
-	return stream_row_panels(std::make_unique<OpcmGram>(tasks.models.size(), input.shape[1], alpha), tasks, 1.0,
-	                         input.shape[0], input.shape[1], panel_rows);
+	return stream_row_panels(
+	    std::make_unique<OpcmGram>(tasks.models.size(), input.shape[0], input.shape[1], alpha, false), tasks, 1.0,
+	    input.shape[0], input.shape[1], panel_rows);
 }
 
 const MergeMethod& opcm_method() {

@@ -143,7 +143,7 @@ public:
 		for (size_t t = 0; t < task_rows.size(); ++t)
 			for (size_t j = 0; j < size; ++j)
 				task_rows[t].data[j] = tasks_.value(block.sources, t, j);
-		const linalg::MatrixD delta = algorithm_->merged_rows(task_rows);
+		const linalg::MatrixD delta = algorithm_->merged_rows(task_rows, block.offset / cols_);
 		const std::span<const float> base = block.sources[tasks_.base];
 		for (size_t j = 0; j < size; ++j)
 			out[j] = base[j] + static_cast<float>(scale_ * delta.data[j]);
@@ -233,7 +233,7 @@ void merge_in_row_panels(const MergeInput& input, const TaskVectors& tasks, doub
 	const std::span<const float> base = input.sources[tasks.base];
 	for (uint64_t first = 0; first < tall_rows; first += panel_rows) {
 		const size_t count = std::min<uint64_t>(panel_rows, tall_rows - first);
-		const linalg::MatrixD delta = algorithm->merged_rows(task_panel(first, count));
+		const linalg::MatrixD delta = algorithm->merged_rows(task_panel(first, count), first);
 		for_each_element(first, count, [&](size_t r, size_t c, uint64_t i) {
 			out[i] = base[i] + static_cast<float>(scale * delta(r, c));
 		});

@@ -40,8 +40,9 @@ public:
 	// Pass after pass, every row once, in row order.
 	virtual void add_panel(const std::vector<linalg::MatrixF>& panel) = 0;
 	virtual void end_pass() = 0;
-	// After the passes: the merged delta's rows from every task's same rows.
-	virtual linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows) const = 0;
+	// After the passes: the merged delta's rows from every task's same rows, the first of them
+	// row first_row (streamed blocks come in any order).
+	virtual linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows, uint64_t first_row) const = 0;
 	// For --verbose.
 	virtual std::string note() const = 0;
 };
@@ -76,7 +77,8 @@ std::unique_ptr<BlockMerge> stream_row_panels(std::unique_ptr<RowPanelAlgorithm>
 
 // The whole-tensor form, in panels of about 2^19 elements: out = base + scale · delta. A wide
 // matrix is merged as its transpose (its columns are the algorithm's rows); make_algorithm gets the
-// rows and columns of the form it sees.
+// rows and columns of the form it sees. Here an algorithm may keep rows of its own between passes
+// (a tensor's worth, counted in its working bytes); streamed, it may not.
 void merge_in_row_panels(const MergeInput& input, const TaskVectors& tasks, double scale,
                          const std::function<std::unique_ptr<RowPanelAlgorithm>(uint64_t, uint64_t)>& make_algorithm,
                          std::span<float> out);

@@ -17,19 +17,24 @@ namespace {
 // top-k right singular vectors V_t and values σ_t are the top eigenpairs of its Gram matrix
 // Δ_tᵀΔ_t (pass 0), so U_t = Δ_t V_t σ_t⁻¹ = Δ_t A_t; the stacked U = [U_1 … U_N] has polar
 // factor U (UᵀU)^(-1/2), and UᵀU = PᵀP with P = [Δ_1 A_1 … Δ_N A_N] (pass 1). The merge
-// U⊥ diag(σ) V⊥ᵀ is then, row by row, Σ_t (Δ_t[r] A_t) R_t with R = (UᵀU)^(-1/2) diag(σ) polar(Vᵀ):
-// only n × n matrices are held. A wide matrix is merged as its transpose (TSV-M commutes with
+// U⊥ diag(σ) V⊥ᵀ is then, row by row, P[r] R with R = (UᵀU)^(-1/2) diag(σ) polar(Vᵀ). Streamed,
+// only n × n matrices are held and the output forms P's rows again; a whole tensor keeps them
+// from pass 1 (m × N·k doubles), saving 2 of the 7 + N/2 m n² multiply-adds (N/2: pass 0's
+// float32 products). A wide matrix is merged as its transpose (TSV-M commutes with
 // transposition: polar(Xᵀ) = polar(X)ᵀ).
 class TsvGram final : public RowPanelAlgorithm {
 public:
-	TsvGram(size_t tasks, uint64_t rows, uint64_t cols)
-	    : tasks_(tasks), cols_(cols), k_(subspace::rank_share(rows, cols, tasks)) {
+	TsvGram(size_t tasks, uint64_t rows, uint64_t cols, bool keep_rows)
+	    : tasks_(tasks), cols_(cols), k_(subspace::rank_share(rows, cols, tasks)), keep_rows_(keep_rows) {
 		grams_.assign(tasks, linalg::FloatGramSum(cols));
+		if (keep_rows_) kept_ = linalg::MatrixD(rows, k_ * tasks_);
 	}
 
 	int passes() const override { return 2; }
 
-	std::string note() const override { return fmt::format("top-{} singular vectors from Gram matrices", k_); }
+	std::string note() const override {
+		return fmt::format("top-{} singular vectors from Gram matrices{}", k_, keep_rows_ ? ", the products kept" : "");
+	}
 
 	// Pass 0 sums the Gram matrices (float32 products: only the top eigenpairs are kept), pass 1
 	// UᵀU in double (its small eigenvalues are those of nearly dependent tasks).
@@ -39,13 +44,10 @@ public:
 				grams_[t].add(panel[t]);
 			return;
 		}
-		linalg::MatrixD stacked(panel[0].rows, k_ * tasks_);
-		for (size_t t = 0; t < tasks_; ++t) {
-			const linalg::MatrixD p = linalg::matmul(linalg::to_double(panel[t]), false, a_[t], false);
-			for (size_t r = 0; r < p.rows; ++r)
-				std::copy_n(&p.data[r * k_], k_, &stacked.data[r * stacked.cols + t * k_]);
-		}
+		const linalg::MatrixD stacked = products(panel);
 		linalg::add_gram(gram_of_u_, stacked);
+		if (keep_rows_) std::copy(stacked.data.begin(), stacked.data.end(), &kept_.data[cursor_ * kept_.cols]);
+		cursor_ += stacked.rows;
 	}
 
 	void end_pass() override {
@@ -57,14 +59,11 @@ public:
 
 	// In double: R's entries grow as 1 / √λ of UᵀU's smallest kept eigenvalue, and float32 products
 	// lost 10⁻⁴ of the delta's norm to that on nearly dependent tasks.
-	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows) const override {
-		linalg::MatrixD delta(task_rows[0].rows, cols_);
-		for (size_t t = 0; t < tasks_; ++t) {
-			const linalg::MatrixD projected =
-			    linalg::matmul(linalg::to_double(task_rows[t]), false, projections_[t], false);
-			linalg::add_product(delta, projected, false, outputs_[t], false);
-		}
-		return delta;
+	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows, uint64_t first_row) const override {
+		if (!keep_rows_) return linalg::matmul(products(task_rows), false, output_operator_, false);
+		linalg::MatrixD kept(task_rows[0].rows, kept_.cols);
+		std::copy_n(&kept_.data[first_row * kept_.cols], kept.data.size(), kept.data.begin());
+		return linalg::matmul(kept, false, output_operator_, false);
 	}
 
 private:
@@ -96,32 +95,38 @@ private:
 		gram_of_u_ = linalg::MatrixD(width, width);
 	}
 
-	// After pass 1: R = (UᵀU)^(-1/2) diag(σ) polar(Vᵀ), split by task into the output's operators
-	// A_t (n × k) and R_t (k × n).
+	// P's rows for these rows of the tasks: [Δ_1 A_1 … Δ_N A_N].
+	linalg::MatrixD products(const std::vector<linalg::MatrixF>& panel) const {
+		linalg::MatrixD stacked(panel[0].rows, k_ * tasks_);
+		for (size_t t = 0; t < tasks_; ++t) {
+			const linalg::MatrixD p = linalg::matmul(linalg::to_double(panel[t]), false, a_[t], false);
+			for (size_t r = 0; r < p.rows; ++r)
+				std::copy_n(&p.data[r * k_], k_, &stacked.data[r * stacked.cols + t * k_]);
+		}
+		return stacked;
+	}
+
+	// After pass 1: R = (UᵀU)^(-1/2) diag(σ) polar(Vᵀ) (N·k × n).
 	void build_output_operator() {
 		linalg::MatrixD inverse_sqrt = linalg::inverse_sqrt_psd(gram_of_u_, 1e-12);
 		gram_of_u_ = {};
 		for (size_t r = 0; r < inverse_sqrt.rows; ++r)
 			for (size_t c = 0; c < inverse_sqrt.cols; ++c)
 				inverse_sqrt(r, c) *= sigma_[c];
-		const linalg::MatrixD r =
-		    linalg::matmul(inverse_sqrt, false, linalg::polar_factor_of_rows(stacked_vt_, 1e-12), false);
+		output_operator_ = linalg::matmul(inverse_sqrt, false, linalg::polar_factor_of_rows(stacked_vt_, 1e-12), false);
 		stacked_vt_ = {};
-		for (size_t t = 0; t < tasks_; ++t) {
-			linalg::MatrixD out(k_, cols_);
-			std::copy_n(&r.data[t * k_ * cols_], k_ * cols_, out.data.begin());
-			outputs_.push_back(std::move(out));
-		}
-		projections_ = std::move(a_);
+		if (keep_rows_) a_.clear();
 	}
 
 	size_t tasks_, cols_, k_;
+	bool keep_rows_;
 	int pass_ = 0;
 	std::vector<linalg::FloatGramSum> grams_;
-	std::vector<linalg::MatrixD> a_;
+	std::vector<linalg::MatrixD> a_; // A_t = V_t σ_t⁻¹ (n × k)
 	std::vector<double> sigma_;
-	linalg::MatrixD stacked_vt_, gram_of_u_;
-	std::vector<linalg::MatrixD> projections_, outputs_;
+	linalg::MatrixD stacked_vt_, gram_of_u_, output_operator_;
+	linalg::MatrixD kept_; // P's rows from pass 1 (whole tensors)
+	uint64_t cursor_ = 0;  // the next panel's first row in pass 1
 };
 
 // Each model's task vector scaled by its weight.
@@ -163,7 +168,9 @@ public:
 				const size_t count = tasks.models.size();
 				return merge_in_row_panels(
 				    input, tasks, alpha,
-				    [count](uint64_t rows, uint64_t cols) { return std::make_unique<TsvGram>(count, rows, cols); },
+				    [count](uint64_t rows, uint64_t cols) {
+					    return std::make_unique<TsvGram>(count, rows, cols, true);
+				    },
 				    out);
 			}
 			std::vector<float> delta = subspace::mean_of(subspace::task_matrices(input, tasks.weights));
@@ -181,11 +188,13 @@ public:
 	}
 
 	// TsvGram's Gram matrices, V's rows, UᵀU and the eigensolvers' copies: N + 8 n × n at most
-	// (N·k <= n).
-	uint64_t working_bytes(const MergeInput& input, size_t source_count, uint64_t) const override {
+	// (N·k <= n); a whole tensor's kept products besides (m × N·k doubles, at most m × n).
+	uint64_t working_bytes(const MergeInput& input, size_t source_count, uint64_t elements) const override {
 		if (!subspace::is_matrix(input)) return 0;
 		const size_t tasks = source_count - 1;
-		return row_panel_working_bytes(tasks, input.shape[0], input.shape[1], tasks + 8);
+		const uint64_t squares = row_panel_working_bytes(tasks, input.shape[0], input.shape[1], tasks + 8);
+		const bool streams = row_panels_stream(elements, source_count) && streams_as_rows(input, elements, 0);
+		return streams ? squares : squares + input.shape[0] * input.shape[1] * sizeof(double);
 	}
 
 private:
@@ -200,7 +209,7 @@ std::unique_ptr<BlockMerge> tsv_tall_block_merge(const MergeInput& input, size_t
 	if (!streams_as_rows(input, elements, 0)) return nullptr;
 	const TaskVectors tasks = task_vectors(input, source_count);
 	const size_t count = tasks.models.size();
-	return stream_row_panels(std::make_unique<TsvGram>(count, input.shape[0], input.shape[1]), tasks,
+	return stream_row_panels(std::make_unique<TsvGram>(count, input.shape[0], input.shape[1], false), tasks,
 	                         global_param(tsv_method().info(), input, "alpha"), input.shape[0], input.shape[1],
 	                         panel_rows);
 }
