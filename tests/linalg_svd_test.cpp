@@ -216,31 +216,37 @@ TEST(LinalgRandomTest, NormalDrawsHaveUnitVariance) {
 namespace weld::linalg {
 namespace {
 
-// FloatGramSum against AᵀA in double (products of floats are exact in double): 830 rows in two
+// FloatGramSums against AᵀA in double (products of floats are exact in double): 830 rows in two
 // panels, runs of 256 and partial ones, each entry within float32's worst-case bound for a dot
-// product of one run, kRunRows · 2⁻²⁴ · |a_i| |a_j| (its rounding does not grow with the rows).
-TEST(LinalgGramTest, FloatGramSumIsAᵀAWithinOneRunsRounding) {
+// product of one run, kRunRows · 2⁻²⁴ · |a_i| |a_j| (its rounding does not grow with the rows);
+// a second sum sharing the run gets its own rows only.
+TEST(LinalgGramTest, FloatGramSumsAreAᵀAWithinOneRunsRounding) {
 	const size_t n = 37;
 	const MatrixF first = normal_matrix<float>(700, n, 11), second = normal_matrix<float>(130, n, 12);
-	FloatGramSum sum(n);
-	sum.add(first);
-	sum.add(second);
-	const MatrixD gram = sum.take();
+	FloatGramSums sums(2, n);
+	sums.add(0, first);
+	sums.add(1, second);
+	sums.add(0, second);
+	const MatrixD gram = sums.take(0), other = sums.take(1);
 	std::vector<double> norms(n, 0.0);
 	for (const MatrixF* part : {&first, &second})
 		for (size_t r = 0; r < part->rows; ++r)
 			for (size_t c = 0; c < n; ++c)
 				norms[c] += static_cast<double>((*part)(r, c)) * (*part)(r, c);
-	const double run_bound = FloatGramSum::kRunRows * std::ldexp(1.0, -24);
+	const double run_bound = FloatGramSums::kRunRows * std::ldexp(1.0, -24);
 	for (size_t i = 0; i < n; ++i)
 		for (size_t j = i; j < n; ++j) {
-			double exact = 0;
+			double exact = 0, exact_second = 0;
 			for (const MatrixF* part : {&first, &second})
 				for (size_t r = 0; r < part->rows; ++r)
 					exact += static_cast<double>((*part)(r, i)) * (*part)(r, j);
+			for (size_t r = 0; r < second.rows; ++r)
+				exact_second += static_cast<double>(second(r, i)) * second(r, j);
 			EXPECT_LE(std::abs(gram(i, j) - exact), run_bound * std::sqrt(norms[i] * norms[j])) << i << ", " << j;
+			EXPECT_LE(std::abs(other(i, j) - exact_second), run_bound * std::sqrt(norms[i] * norms[j]))
+			    << i << ", " << j;
 		}
-	EXPECT_THROW(FloatGramSum(n + 1).add(first), Error);
+	EXPECT_THROW(FloatGramSums(1, n + 1).add(0, first), Error);
 }
 
 } // namespace

@@ -204,26 +204,27 @@ void add_gram(MatrixD& c, const MatrixD& a) {
 	            as_int(a.cols), 1.0, c.data.data(), as_int(c.cols));
 }
 
-void FloatGramSum::add(const MatrixF& rows) {
-	const size_t n = sum_.rows;
-	if (rows.cols != n) throw Error("FloatGramSum: the rows must have as many columns as the sum");
+void FloatGramSums::add(size_t index, const MatrixF& rows) {
+	MatrixD& sum = sums_.at(index);
+	const size_t n = sum.rows;
+	if (rows.cols != n) throw Error("FloatGramSums: the rows must have as many columns as the sums");
 	single_threaded_blas();
 	for (size_t first = 0; first < rows.rows; first += kRunRows) {
 		const size_t count = std::min(kRunRows, rows.rows - first);
 		cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, as_int(n), as_int(count), 1.0f, &rows.data[first * n],
 		            as_int(n), 0.0f, run_.data(), as_int(n));
 		for (size_t r = 0; r < n; ++r) {
-			double* sum = &sum_.data[r * n];
+			double* total = &sum.data[r * n];
 			const float* run = &run_[r * n];
 			for (size_t c = r; c < n; ++c)
-				sum[c] += run[c];
+				total[c] += run[c];
 		}
 	}
 }
 
-MatrixD FloatGramSum::take() {
-	run_ = {};
-	return std::move(sum_);
+MatrixD FloatGramSums::take(size_t index) {
+	if (++taken_ == sums_.size()) run_ = {};
+	return std::move(sums_.at(index));
 }
 
 MatrixD to_double(const MatrixF& a) {

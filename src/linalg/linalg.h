@@ -93,25 +93,28 @@ SvdD top_singular_triplets(const MatrixD& a, size_t rank);
 void add_gram(MatrixD& c, const MatrixD& a);
 void symmetric_from_upper(MatrixD& c);
 
-// Aᵀ A of a matrix given in row panels of float32 values, summed in double from float32 products
-// (ssyrk: 1.6× dsyrk's speed on this machine's AVX2 kernels) over runs of at most kRunRows rows:
-// an entry's rounding is that of float32 dot products of kRunRows terms, about √kRunRows · 2⁻²⁴
-// of |a_i| |a_j| (as a float32 SVD's), and does not grow with the rows. For the top eigenvectors
-// (tsv, core_space); where small eigenvalues count (opcm's σ⁻¹), add_gram in double.
-class FloatGramSum {
+// AᵢᵀAᵢ of `count` matrices given in row panels of float32 values (each task's Gram matrix),
+// summed in double from float32 products (ssyrk: 1.6× dsyrk's speed on this machine's AVX2
+// kernels) over runs of at most kRunRows rows: an entry's rounding is that of float32 dot
+// products of kRunRows terms, about √kRunRows · 2⁻²⁴ of |a_i| |a_j| (as a float32 SVD's), and
+// does not grow with the rows. The sums share one float32 run (n × n floats besides the count
+// n × n doubles). For the top eigenvectors (tsv, core_space); where small eigenvalues count
+// (opcm's σ⁻¹), add_gram in double.
+class FloatGramSums {
 public:
 	static constexpr size_t kRunRows = 256;
 
-	explicit FloatGramSum(size_t n) : sum_(n, n), run_(n * n) {}
+	FloatGramSums(size_t count, size_t n) : sums_(count, MatrixD(n, n)), run_(n * n) {}
 
-	// Adds rowsᵀ rows (rows.cols == n).
-	void add(const Matrix<float>& rows);
-	// The sum (its upper triangle, as add_gram's); frees the float32 run.
-	MatrixD take();
+	// Adds rowsᵀ rows to sum `index` (rows.cols == n).
+	void add(size_t index, const Matrix<float>& rows);
+	// Sum `index` (its upper triangle, as add_gram's), moved out; the last take frees the run.
+	MatrixD take(size_t index);
 
 private:
-	MatrixD sum_;
+	std::vector<MatrixD> sums_;
 	std::vector<float> run_;
+	size_t taken_ = 0;
 };
 
 // A float32 matrix in double.

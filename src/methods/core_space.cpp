@@ -49,7 +49,7 @@ bool keeps_every_direction(const MergeInput& input, size_t tasks) {
 class CoreSpaceGram final : public RowPanelAlgorithm {
 public:
 	CoreSpaceGram(size_t tasks, uint64_t rows, uint64_t cols)
-	    : tasks_(tasks), cols_(cols), rank_(core_rank(rows, cols)), grams_(tasks, linalg::FloatGramSum(cols)) {}
+	    : tasks_(tasks), cols_(cols), rank_(core_rank(rows, cols)), grams_(tasks, cols) {}
 
 	int passes() const override { return 1; }
 
@@ -57,20 +57,19 @@ public:
 		return fmt::format("top-{} right singular vectors from Gram matrices, cores kept whole", rank_);
 	}
 
-	// Float32 products (FloatGramSum): only the top eigenvectors are kept.
+	// Float32 products (FloatGramSums): only the top eigenvectors are kept.
 	void add_panel(const std::vector<linalg::MatrixF>& panel) override {
 		for (size_t t = 0; t < tasks_; ++t)
-			grams_[t].add(panel[t]);
+			grams_.add(t, panel[t]);
 	}
 
 	void end_pass() override {
-		for (auto& sum : grams_) {
-			linalg::MatrixD gram = sum.take();
+		for (size_t t = 0; t < tasks_; ++t) {
+			linalg::MatrixD gram = grams_.take(t);
 			for (const double v : gram.data)
 				if (!std::isfinite(v)) throw Error("a task vector has values that are not finite");
 			vectors_.push_back(linalg::top_eigenpairs(std::move(gram), rank_).vectors);
 		}
-		grams_.clear();
 	}
 
 	linalg::MatrixD merged_rows(const std::vector<linalg::MatrixF>& task_rows, uint64_t) const override {
@@ -86,7 +85,7 @@ public:
 
 private:
 	size_t tasks_, cols_, rank_;
-	std::vector<linalg::FloatGramSum> grams_;
+	linalg::FloatGramSums grams_;
 	std::vector<linalg::MatrixD> vectors_;
 };
 

@@ -25,8 +25,8 @@ namespace {
 class TsvGram final : public RowPanelAlgorithm {
 public:
 	TsvGram(size_t tasks, uint64_t rows, uint64_t cols, bool keep_rows)
-	    : tasks_(tasks), cols_(cols), k_(subspace::rank_share(rows, cols, tasks)), keep_rows_(keep_rows) {
-		grams_.assign(tasks, linalg::FloatGramSum(cols));
+	    : tasks_(tasks), cols_(cols), k_(subspace::rank_share(rows, cols, tasks)), keep_rows_(keep_rows),
+	      grams_(tasks, cols) {
 		if (keep_rows_) kept_ = linalg::MatrixD(rows, k_ * tasks_);
 	}
 
@@ -41,7 +41,7 @@ public:
 	void add_panel(const std::vector<linalg::MatrixF>& panel) override {
 		if (pass_ == 0) {
 			for (size_t t = 0; t < tasks_; ++t)
-				grams_[t].add(panel[t]);
+				grams_.add(t, panel[t]);
 			return;
 		}
 		const linalg::MatrixD stacked = products(panel);
@@ -74,7 +74,7 @@ private:
 		sigma_.assign(width, 0.0);
 		stacked_vt_ = linalg::MatrixD(width, cols_);
 		for (size_t t = 0; t < tasks_; ++t) {
-			linalg::MatrixD gram = grams_[t].take();
+			linalg::MatrixD gram = grams_.take(t);
 			for (const double v : gram.data)
 				if (!std::isfinite(v)) throw Error(fmt::format("task vector {} has values that are not finite", t + 1));
 			const linalg::Eigenpairs pairs = linalg::top_eigenpairs(std::move(gram), k_);
@@ -91,7 +91,6 @@ private:
 			}
 			a_.push_back(std::move(a));
 		}
-		grams_.clear();
 		gram_of_u_ = linalg::MatrixD(width, width);
 	}
 
@@ -121,7 +120,7 @@ private:
 	size_t tasks_, cols_, k_;
 	bool keep_rows_;
 	int pass_ = 0;
-	std::vector<linalg::FloatGramSum> grams_;
+	linalg::FloatGramSums grams_;
 	std::vector<linalg::MatrixD> a_; // A_t = V_t σ_t⁻¹ (n × k)
 	std::vector<double> sigma_;
 	linalg::MatrixD stacked_vt_, gram_of_u_, output_operator_;
